@@ -1,0 +1,25 @@
+//! Builds `galmanhae-ebpf` for the bpf target with aya-build (nightly + bpf-linker), as the
+//! aya template does; the object lands in `OUT_DIR/galmanhae`.
+use anyhow::{Context as _, anyhow};
+
+fn main() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = metadata
+        .packages
+        .into_iter()
+        .find(|p| p.name == "galmanhae-ebpf")
+        .ok_or_else(|| anyhow!("galmanhae-ebpf package not found"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("galmanhae-ebpf manifest has no parent directory"))?;
+    let package = aya_build::Package {
+        name: ebpf.name.as_str(),
+        root_dir: root_dir.as_str(),
+        ..Default::default()
+    };
+    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+}

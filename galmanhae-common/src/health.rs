@@ -1,0 +1,27 @@
+//! Per-CPU counters of what the programs could not do, so that nothing is lost silently.
+
+/// Index into the `HEALTH` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthCounter {
+    /// A retransmit whose flow did not fit in `RETRANSMIT_FLOWS`: it was counted in
+    /// `RETRANSMIT_OVERFLOW` (per namespace) instead.
+    FlowMapFull = 0,
+    /// A retransmit that fit in neither map: lost.
+    OverflowMapFull = 1,
+    /// A kernel read (`bpf_probe_read_kernel`) failed; the event was counted with what was read.
+    ReadError = 2,
+}
+
+impl HealthCounter {
+    pub const ALL: [Self; 3] = [Self::FlowMapFull, Self::OverflowMapFull, Self::ReadError];
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::FlowMapFull => "flow_map_full",
+            Self::OverflowMapFull => "overflow_map_full",
+            Self::ReadError => "read_error",
+        }
+    }
+}

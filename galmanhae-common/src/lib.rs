@@ -1,0 +1,21 @@
+//! Keys, values and globals shared by the eBPF programs (`galmanhae-ebpf`) and the agent.
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of implicit padding, so both sides agree on
+//! the layout byte for byte. Sizes are asserted at compile time.
+#![no_std]
+
+pub mod health;
+pub mod offsets;
+pub mod retransmit;
+
+/// Marks a type as plain old data for aya (user space only).
+macro_rules! impl_pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: the type is #[repr(C)], Copy, has no padding and every bit pattern is valid.
+            unsafe impl aya::Pod for $t {}
+        )*
+    };
+}
+pub(crate) use impl_pod;

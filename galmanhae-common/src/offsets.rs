@@ -1,0 +1,126 @@
+//! Kernel layout facts the programs receive at load time as a read-only global.
+//!
+//! Nothing here is known at compile time: the agent reads tracepoint field offsets from
+//! tracefs `format` files and struct member offsets from `/sys/kernel/btf/vmlinux`, then
+//! writes them into [`KernelOffsets`] before the programs are loaded.
+
+/// An offset the running kernel does not have (a field or member that is absent).
+pub const ABSENT: u32 = u32::MAX;
+
+/// Field offsets inside the `tcp:tcp_retransmit_skb` tracepoint record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetransmitSkbFields {
+    pub skbaddr: u32,
+    pub skaddr: u32,
+    /// `int state`, added in 4.16; [`ABSENT`] before.
+    pub state: u32,
+    pub sport: u32,
+    pub dport: u32,
+    /// `__u16 family`, added in 5.12; [`ABSENT`] before (then the v4-mapped v6 addresses tell).
+    pub family: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    /// `int err`, added in 6.17 together with firing on failed attempts; [`ABSENT`] before.
+    pub err: u32,
+}
+
+/// Field offsets inside the `tcp:tcp_retransmit_synack` tracepoint record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetransmitSynackFields {
+    pub skaddr: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+/// A bitfield member: the byte that holds it, then shift and mask within that byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitField {
+    pub byte: u32,
+    pub shift: u8,
+    pub mask: u8,
+    pub _pad: [u8; 2],
+}
+
+impl BitField {
+    pub const ABSENT: Self = Self {
+        byte: ABSENT,
+        shift: 0,
+        mask: 0,
+        _pad: [0; 2],
+    };
+}
+
+/// Struct member offsets, resolved from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StructOffsets {
+    /// `struct sock` -> `__sk_common.skc_net.net` (a `struct net *`).
+    pub sock_net: u32,
+    /// `struct net` -> `ns.inum`: the inode number `ls -l /proc/PID/ns/net` shows.
+    pub net_inum: u32,
+    /// `struct sock` -> `sk_cgrp_data.cgroup` (a `struct cgroup *`); [`ABSENT`] without
+    /// `CONFIG_SOCK_CGROUP_DATA`.
+    pub sock_cgroup: u32,
+    /// `struct cgroup` -> `kn` (a `struct kernfs_node *`).
+    pub cgroup_kn: u32,
+    /// `struct kernfs_node` -> `id`: the cgroup id, equal to the cgroup2 directory's inode.
+    pub kernfs_node_id: u32,
+    /// `struct sk_buff` -> `cb` plus `struct tcp_skb_cb` -> `tcp_gso_segs`: what
+    /// `tcp_skb_pcount()` returns and the kernel adds to `RetransSegs`.
+    pub skb_tcp_gso_segs: u32,
+    /// `struct inet_connection_sock` -> `icsk_ca_state` (a 5-bit bitfield).
+    pub icsk_ca_state: BitField,
+}
+
+/// Everything the programs need to know about the running kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub retransmit_skb: RetransmitSkbFields,
+    pub retransmit_synack: RetransmitSynackFields,
+    pub structs: StructOffsets,
+}
+
+impl KernelOffsets {
+    /// All offsets absent: the programs count nothing and report read errors.
+    pub const UNRESOLVED: Self = Self {
+        retransmit_skb: RetransmitSkbFields {
+            skbaddr: ABSENT,
+            skaddr: ABSENT,
+            state: ABSENT,
+            sport: ABSENT,
+            dport: ABSENT,
+            family: ABSENT,
+            saddr_v6: ABSENT,
+            daddr_v6: ABSENT,
+            err: ABSENT,
+        },
+        retransmit_synack: RetransmitSynackFields {
+            skaddr: ABSENT,
+            sport: ABSENT,
+            dport: ABSENT,
+            family: ABSENT,
+            saddr_v6: ABSENT,
+            daddr_v6: ABSENT,
+        },
+        structs: StructOffsets {
+            sock_net: ABSENT,
+            net_inum: ABSENT,
+            sock_cgroup: ABSENT,
+            cgroup_kn: ABSENT,
+            kernfs_node_id: ABSENT,
+            skb_tcp_gso_segs: ABSENT,
+            icsk_ca_state: BitField::ABSENT,
+        },
+    };
+}
+
+const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 32);
+
+crate::impl_pod!(KernelOffsets);

@@ -1,0 +1,35 @@
+//! galmanhae's eBPF programs. One line per program: the hook and the module that handles it.
+//!
+//! The programs only count into maps; the agent reads, attributes and reports.
+#![no_std]
+#![no_main]
+
+mod health;
+mod kernel;
+mod retransmit;
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+/// `tcp:tcp_retransmit_skb`: every retransmit attempt of a data or SYN segment.
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    retransmit::on_retransmit_skb(&ctx);
+    0
+}
+
+/// `tcp:tcp_retransmit_synack`: a listener re-sending a SYN-ACK (not seen by the one above).
+#[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    retransmit::on_retransmit_synack(&ctx);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
