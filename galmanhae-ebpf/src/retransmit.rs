@@ -3,7 +3,9 @@
 //! Both run in softirq or timer context, where the current task is not the socket's owner, so
 //! everything is read from the socket: its network namespace and its cgroup.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::PerCpuHashMap, programs::TracePointContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, macros::map, maps::PerCpuHashMap, programs::TracePointContext,
+};
 use galmanhae_common::{
     health::HealthCounter,
     retransmit::{
@@ -56,7 +58,8 @@ pub fn on_retransmit_skb(ctx: &TracePointContext) {
         offset!(retransmit_skb.daddr_v6),
     );
     let skb = tp_field::<u64>(ctx, offset!(retransmit_skb.skbaddr)).unwrap_or(0);
-    let segments = at::<u16>(skb, offset!(structs.skb_tcp_gso_segs)).map_or(1, |s| u64::from(s.max(1)));
+    let segments =
+        at::<u16>(skb, offset!(structs.skb_tcp_gso_segs)).map_or(1, |s| u64::from(s.max(1)));
     let kind = match tp_field::<i32>(ctx, offset!(retransmit_skb.state)) {
         Some(TCP_SYN_SENT) => RetransmitKind::Syn,
         Some(TCP_SYN_RECV) => RetransmitKind::SynAck,
@@ -115,7 +118,11 @@ fn flow_key(
     let remote_addr = tp_field::<[u8; 16]>(ctx, daddr_v6);
     let local_port = tp_field::<u16>(ctx, sport);
     let remote_port = tp_field::<u16>(ctx, dport);
-    if local_addr.is_none() || remote_addr.is_none() || local_port.is_none() || remote_port.is_none() {
+    if local_addr.is_none()
+        || remote_addr.is_none()
+        || local_port.is_none()
+        || remote_port.is_none()
+    {
         health::bump(HealthCounter::ReadError);
     }
     let local_addr = local_addr.unwrap_or([0; 16]);
@@ -124,7 +131,11 @@ fn flow_key(
         netns: owner.netns,
         // Before 5.12 there is no `family`; the addresses are v4-mapped for IPv4 sockets.
         family: tp_field::<u16>(ctx, family).unwrap_or_else(|| {
-            if is_v4_mapped(&local_addr) { AF_INET } else { AF_INET6 }
+            if is_v4_mapped(&local_addr) {
+                AF_INET
+            } else {
+                AF_INET6
+            }
         }),
         local_port: local_port.unwrap_or(0),
         remote_port: remote_port.unwrap_or(0),

@@ -1,0 +1,161 @@
+//! From a network namespace inode and a cgroup id (both read from the socket in the kernel)
+//! to a workload: a container, a pod, a systemd service, a bare namespace, or the host.
+//! Only this module knows about Docker and cgroup layouts.
+
+pub mod cgroup_path;
+pub mod docker;
+pub mod procfs;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use cgroup_path::CgroupIdentity;
+pub use cgroup_path::WorkloadKind;
+
+use self::{
+    docker::ContainerInfo,
+    procfs::{CgroupResolver, ProcessTable},
+};
+
+/// Who owns a socket.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    /// docker, containerd, podman, cri-o, kubernetes, systemd, host, none.
+    pub runtime: String,
+    /// Full container id, pod uid, unit name, namespace inode, or `host`.
+    pub id: String,
+    /// Container name (from the Engine API), unit name, `host`, ...
+    pub name: String,
+    pub image: Option<String>,
+    pub netns: u32,
+    /// The namespace is the host's, shared with other workloads: its segment counters are
+    /// the whole host's.
+    pub netns_shared: bool,
+}
+
+/// Resolves owners to workloads, remembering namespaces after their processes exit.
+pub struct Attributor {
+    docker_socket: PathBuf,
+    cgroups: CgroupResolver,
+    by_netns: HashMap<u32, Option<CgroupIdentity>>,
+    netns_names: HashMap<u32, String>,
+    containers: HashMap<String, ContainerInfo>,
+    host_netns: Option<u32>,
+    /// Why a source of names is unavailable (shown once in the report).
+    pub notes: Vec<String>,
+}
+
+impl Attributor {
+    pub fn new(docker_socket: &Path) -> Self {
+        Self {
+            docker_socket: docker_socket.to_owned(),
+            cgroups: CgroupResolver::new(),
+            by_netns: HashMap::new(),
+            netns_names: HashMap::new(),
+            containers: HashMap::new(),
+            host_netns: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Learns the identity of namespaces first seen in this scan. Known ones keep theirs, so a
+    /// container that exits mid-window is still named.
+    pub fn observe(&mut self, table: &ProcessTable) {
+        self.host_netns = table.host_netns.or(self.host_netns);
+        for (netns, info) in &table.netns {
+            if Some(*netns) == self.host_netns
+                || self.by_netns.get(netns).is_some_and(Option::is_some)
+            {
+                continue;
+            }
+            // A namespace's processes all belong to its container or pod; a few suffice.
+            let identity = info
+                .pids
+                .iter()
+                .take(8)
+                .flat_map(|pid| procfs::cgroup_paths(*pid))
+                .find_map(|path| cgroup_path::classify(&path));
+            self.by_netns.insert(*netns, identity);
+        }
+    }
+
+    /// Refreshes container names (Docker Engine API) and namespace names (/run/netns).
+    pub fn refresh_names(&mut self) {
+        self.netns_names = procfs::netns_names();
+        if !self.docker_socket.exists() {
+            return;
+        }
+        match docker::containers(&self.docker_socket) {
+            Ok(containers) => self.containers.extend(containers),
+            Err(e) => {
+                let note = format!("{e}: containers are named by short id");
+                if !self.notes.contains(&note) {
+                    self.notes.push(note);
+                }
+            }
+        }
+    }
+
+    pub fn host_netns(&self) -> Option<u32> {
+        self.host_netns
+    }
+
+    /// The workload that owns a socket in `netns` created by a task in cgroup `cgroup_id`.
+    pub fn workload(&mut self, netns: u32, cgroup_id: u64) -> Workload {
+        if Some(netns) == self.host_netns {
+            // Host network: the namespace says nothing, the socket's cgroup does.
+            let identity = self.cgroups.path(cgroup_id).and_then(cgroup_path::classify);
+            return match identity {
+                Some(identity) => self.named(identity, netns, true),
+                None => Workload {
+                    kind: WorkloadKind::Host,
+                    runtime: "host".to_owned(),
+                    id: "host".to_owned(),
+                    name: "host".to_owned(),
+                    image: None,
+                    netns,
+                    netns_shared: true,
+                },
+            };
+        }
+        match self.by_netns.get(&netns).cloned().flatten() {
+            Some(identity) => self.named(identity, netns, false),
+            None => Workload {
+                kind: WorkloadKind::Netns,
+                runtime: "none".to_owned(),
+                id: netns.to_string(),
+                name: self
+                    .netns_names
+                    .get(&netns)
+                    .map_or_else(|| format!("netns-{netns}"), |n| format!("netns:{n}")),
+                image: None,
+                netns,
+                netns_shared: false,
+            },
+        }
+    }
+
+    fn named(&self, identity: CgroupIdentity, netns: u32, netns_shared: bool) -> Workload {
+        let info = self.containers.get(&identity.id);
+        let name = match (identity.kind, info) {
+            (_, Some(info)) => info.name.clone(),
+            (WorkloadKind::Container, None) => identity.id.chars().take(12).collect(),
+            (WorkloadKind::Pod, None) => {
+                format!("pod-{}", identity.id.chars().take(8).collect::<String>())
+            }
+            _ => identity.id.clone(),
+        };
+        Workload {
+            kind: identity.kind,
+            runtime: identity.runtime.to_owned(),
+            name,
+            image: info.map(|i| i.image.clone()),
+            id: identity.id,
+            netns,
+            netns_shared,
+        }
+    }
+}

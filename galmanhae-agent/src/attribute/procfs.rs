@@ -1,0 +1,146 @@
+//! Which processes live in which network namespace, and what their cgroups are.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+/// The processes of one network namespace, lowest pid first.
+#[derive(Clone, Debug, Default)]
+pub struct NetnsProcesses {
+    pub pids: Vec<i32>,
+}
+
+/// A scan of /proc.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessTable {
+    /// The namespace of pid 1: the host's.
+    pub host_netns: Option<u32>,
+    pub netns: BTreeMap<u32, NetnsProcesses>,
+}
+
+/// Inode of a namespace file (`/proc/PID/ns/net`, a bind mount in /run/netns, ...).
+pub fn ns_inode(path: &Path) -> Option<u32> {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
+}
+
+/// Lists every process's network namespace. Processes that exit mid-scan are skipped.
+pub fn scan() -> ProcessTable {
+    let mut table = ProcessTable {
+        host_netns: ns_inode(Path::new("/proc/1/ns/net")),
+        netns: BTreeMap::new(),
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return table;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Some(netns) = ns_inode(&entry.path().join("ns/net")) {
+            table.netns.entry(netns).or_default().pids.push(pid);
+        }
+    }
+    for info in table.netns.values_mut() {
+        info.pids.sort_unstable();
+    }
+    table
+}
+
+/// The cgroup paths of a process, one per hierarchy (v1 controllers and the v2 `0::` line).
+pub fn cgroup_paths(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|text| {
+            text.lines()
+                .filter_map(|line| line.splitn(3, ':').nth(2).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Names of namespaces that are bind-mounted (`ip netns add`, Docker sandboxes).
+pub fn netns_names() -> HashMap<u32, String> {
+    let mut names = HashMap::new();
+    for dir in ["/run/netns", "/var/run/docker/netns"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if let (Some(inode), Some(name)) = (ns_inode(&entry.path()), entry.file_name().to_str())
+            {
+                names.entry(inode).or_insert_with(|| name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// Maps cgroup v2 ids (what `sk_cgrp_data` holds) to paths: the id is the inode of the
+/// cgroup's directory in the cgroup2 mount.
+#[derive(Debug, Default)]
+pub struct CgroupResolver {
+    root: Option<PathBuf>,
+    paths: HashMap<u64, String>,
+}
+
+impl CgroupResolver {
+    pub fn new() -> Self {
+        Self {
+            root: cgroup2_mount(),
+            paths: HashMap::new(),
+        }
+    }
+
+    /// The path (relative to the cgroup2 root, `/` for the root) of a cgroup id.
+    pub fn path(&mut self, id: u64) -> Option<&str> {
+        if id == 0 {
+            return None;
+        }
+        if !self.paths.contains_key(&id) {
+            self.rescan();
+        }
+        self.paths.get(&id).map(String::as_str)
+    }
+
+    fn rescan(&mut self) {
+        let Some(root) = self.root.clone() else {
+            return;
+        };
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let relative = dir
+                .strip_prefix(&root)
+                .map_or_else(|_| "/".to_owned(), |p| format!("/{}", p.display()));
+            self.paths.insert(meta.ino(), relative);
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
+/// in hybrid mode).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut parts = line.split_whitespace();
+        let (_, target, fstype) = (parts.next()?, parts.next()?, parts.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(target))
+    })
+}

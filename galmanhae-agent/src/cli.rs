@@ -1,0 +1,110 @@
+//! Command-line interface (clap). Usage errors exit with code 2.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::attribute::docker::DEFAULT_SOCKET;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "galmanhae",
+    version,
+    about = "Which container retransmits, to where, how much, and why: eBPF, no packet capture"
+)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(
+        long,
+        global = true,
+        default_value = "warn",
+        env = "GALMANHAE_LOG_LEVEL"
+    )]
+    pub log_level: log::LevelFilter,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch for a while, then report workloads and flows by retransmissions.
+    Diagnose(DiagnoseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiagnoseArgs {
+    /// How long to watch, e.g. 30s, 2m, 1m30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Print the report as one JSON document (schema galmanhae.diagnose/v1) on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How many flows to list.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub top: u32,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// Options shared by every command that loads the programs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KernelArgs {
+    /// Where tracefs is mounted (default: found in /proc/self/mounts, else mounted at
+    /// /sys/kernel/tracing).
+    #[arg(long, env = "GALMANHAE_TRACEFS")]
+    pub tracefs: Option<PathBuf>,
+
+    /// Docker Engine API socket, for container names.
+    #[arg(long, default_value = DEFAULT_SOCKET, env = "GALMANHAE_DOCKER_SOCKET")]
+    pub docker_socket: PathBuf,
+
+    /// Capacity of the kernel's per-flow map; flows beyond it are counted per workload.
+    #[arg(long, default_value_t = galmanhae_common::retransmit::FLOW_MAP_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(16..=4_194_304),
+          env = "GALMANHAE_FLOW_MAP_CAPACITY")]
+    pub flow_map_capacity: u32,
+}
+
+/// `30s`, `2m`, `1m30s`, `500ms`; at least 1 s, at most a day.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 30s, 2m or 1m30s"))?;
+    if duration < Duration::from_secs(1) {
+        return Err(format!("`{text}` is too short: watch for at least 1s"));
+    }
+    if duration > Duration::from_secs(24 * 3600) {
+        return Err(format!(
+            "`{text}` is too long: at most 24h (use `galmanhae run` to watch forever)"
+        ));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(
+            parse_duration("abc")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(parse_duration("30").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("10ms").unwrap_err().contains("too short"));
+        assert!(parse_duration("2d").unwrap_err().contains("too long"));
+    }
+
+    #[test]
+    fn unknown_flag_is_a_usage_error() {
+        let err = Cli::try_parse_from(["galmanhae", "diagnose", "--bogus"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,4 @@
+//! One module per signal; each turns kernel state into plain records.
+
+pub mod netns_snmp;
+pub mod retransmits;

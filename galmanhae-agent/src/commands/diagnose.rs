@@ -1,0 +1,173 @@
+//! `galmanhae diagnose`: attach, watch for `--duration` with live progress on stderr, then
+//! print the report (text, or JSON on stdout with `--json`).
+
+use std::{
+    io::{IsTerminal as _, Write as _},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use super::NoHooks;
+use crate::{
+    attribute::Attributor,
+    cli::DiagnoseArgs,
+    kernel::{
+        prereq,
+        probes::{HookStatus, LoadOptions, Probes},
+    },
+    pipeline::{Pipeline, Window},
+    report::{self, HookReport, ReportContext},
+};
+
+const TICK: Duration = Duration::from_secs(1);
+
+pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
+    let env = prereq::prepare(args.kernel.tracefs.as_deref())?;
+    let probes = Probes::load(
+        &env,
+        &LoadOptions {
+            flow_capacity: args.kernel.flow_map_capacity,
+            bpf_stats: true,
+        },
+    )
+    .context("loading the eBPF programs")?;
+    let attached = probes
+        .hooks
+        .iter()
+        .filter(|h| h.status == HookStatus::Attached)
+        .count();
+    if attached == 0 {
+        let reasons: Vec<String> = probes
+            .hooks
+            .iter()
+            .map(|h| format!("  {}: {}", h.name, h.detail))
+            .collect();
+        return Err(NoHooks(reasons.join("\n")).into());
+    }
+
+    let mut attributor = Attributor::new(&args.kernel.docker_socket);
+    attributor.refresh_names();
+    let mut pipeline = Pipeline::new(probes, attributor);
+    let baseline_stats = hook_stats(&pipeline.probes);
+    let mut window = Window::new(pipeline.snapshot().context("first snapshot")?);
+    eprintln!(
+        "galmanhae: attached {attached}/{} hooks; watching for {} (Ctrl-C to stop early)",
+        pipeline.probes.hooks.len(),
+        humantime::format_duration(args.duration)
+    );
+
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + args.duration;
+    let mut progress = Progress::new();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break,
+            _ = &mut ctrl_c => {
+                eprintln!("\ngalmanhae: interrupted, reporting what was seen");
+                break;
+            }
+            _ = ticks.tick() => {
+                window.update(pipeline.snapshot().context("reading the maps")?);
+                progress.show(started.elapsed(), args.duration, &window);
+            }
+        }
+    }
+    window.update(pipeline.snapshot().context("last snapshot")?);
+    progress.finish();
+
+    pipeline.attributor.refresh_names();
+    let summary = window.summarize(&mut pipeline.attributor);
+    let hooks = pipeline
+        .probes
+        .hooks
+        .iter()
+        .zip(hook_stats(&pipeline.probes).iter().zip(&baseline_stats))
+        .map(|(hook, (end, begin))| {
+            let runs_and_time = end.zip(*begin).map(|((runs1, t1), (runs0, t0))| {
+                (runs1.saturating_sub(runs0), t1.saturating_sub(t0))
+            });
+            HookReport {
+                hook: hook.clone(),
+                runs: runs_and_time.map(|(runs, _)| runs),
+                ns_per_run: runs_and_time.and_then(|(runs, time)| {
+                    #[expect(clippy::cast_precision_loss, reason = "an average for display")]
+                    (runs > 0).then(|| time.as_nanos() as f64 / runs as f64)
+                }),
+            }
+        })
+        .collect();
+    let mut notes = pipeline.probes.notes.clone();
+    notes.extend(pipeline.attributor.notes.iter().cloned());
+    let report = report::build(
+        &summary,
+        ReportContext {
+            prerequisites: env.checks,
+            hooks,
+            flow_capacity: pipeline.probes.flow_capacity,
+            notes,
+            top: args.top as usize,
+        },
+    );
+
+    let rendered = if args.json {
+        report::json::render(&report).context("encoding the JSON report")?
+    } else {
+        report::text::render(&report)
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{rendered}").context("writing the report")?;
+    Ok(())
+}
+
+fn hook_stats(probes: &Probes) -> Vec<Option<(u64, Duration)>> {
+    probes.hooks.iter().map(|h| probes.run_stats(h)).collect()
+}
+
+/// Live progress on stderr: one rewritten line on a terminal, a line every 5 s otherwise.
+struct Progress {
+    terminal: bool,
+    last_line: Option<Instant>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            terminal: std::io::stderr().is_terminal(),
+            last_line: None,
+        }
+    }
+
+    fn show(&mut self, elapsed: Duration, total: Duration, window: &Window) {
+        let so_far = window.retransmits_so_far();
+        let line = format!(
+            "galmanhae: {:>4}s / {}s  retransmits {} (segments {}), failed attempts {}, flows {}",
+            elapsed.as_secs(),
+            total.as_secs(),
+            so_far.retransmits,
+            so_far.segments,
+            so_far.failed,
+            window.latest().retransmits.flows.len()
+        );
+        let mut stderr = std::io::stderr().lock();
+        if self.terminal {
+            let _ = write!(stderr, "\r{line}");
+            let _ = stderr.flush();
+        } else if self
+            .last_line
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            let _ = writeln!(stderr, "{line}");
+            self.last_line = Some(Instant::now());
+        }
+    }
+
+    fn finish(&self) {
+        if self.terminal {
+            eprintln!();
+        }
+    }
+}

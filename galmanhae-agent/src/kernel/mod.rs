@@ -1,0 +1,7 @@
+//! Everything that knows the running kernel: BTF, tracefs, prerequisites, load and attach.
+//! Only this module knows offsets.
+
+pub mod btf;
+pub mod prereq;
+pub mod probes;
+pub mod tracefs;

@@ -1,0 +1,192 @@
+//! What galmanhae needs from the host, checked before anything is loaded: privileges, BTF,
+//! tracefs and bpffs (mounted here when absent, as on a fresh Debian VM).
+
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use caps::{CapSet, Capability};
+
+use super::{btf::VMLINUX_BTF, tracefs};
+
+/// Where bpffs is normally mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrereqError {
+    #[error(
+        "missing privileges: {missing}. galmanhae loads eBPF tracepoint programs, which needs \
+         root or CAP_BPF + CAP_PERFMON (plus CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read other \
+         processes' namespaces). Run it with sudo, or grant them: \
+         setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep $(command -v galmanhae)"
+    )]
+    Privileges { missing: String },
+    #[error(
+        "kernel BTF is missing ({VMLINUX_BTF}): galmanhae resolves struct offsets from it and \
+         needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf,
+    #[error(
+        "tracefs is not mounted at {path} and could not be mounted ({reason}); mount it with: \
+         mount -t tracefs nodev {path}"
+    )]
+    NoTracefs { path: String, reason: String },
+}
+
+/// The outcome of one check, for the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: CheckStatus,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Ok,
+    /// It was missing and galmanhae fixed it (mounted a filesystem).
+    Fixed,
+    /// Missing; galmanhae runs with less.
+    Degraded,
+}
+
+/// Paths the rest of the agent uses, once the checks passed.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    pub tracefs: PathBuf,
+    pub checks: Vec<Check>,
+}
+
+/// Checks privileges, BTF, tracefs and bpffs; mounts tracefs and bpffs where needed.
+pub fn prepare(explicit_tracefs: Option<&Path>) -> Result<Environment, PrereqError> {
+    let mut checks = Vec::new();
+    check_privileges(&mut checks)?;
+
+    if !Path::new(VMLINUX_BTF).is_file() {
+        return Err(PrereqError::NoBtf);
+    }
+    checks.push(Check {
+        name: "btf",
+        status: CheckStatus::Ok,
+        detail: VMLINUX_BTF.to_owned(),
+    });
+
+    let tracefs = tracefs::locate(explicit_tracefs);
+    if tracefs.join("events").is_dir() {
+        checks.push(Check {
+            name: "tracefs",
+            status: CheckStatus::Ok,
+            detail: tracefs.display().to_string(),
+        });
+    } else if explicit_tracefs.is_some() {
+        return Err(PrereqError::NoTracefs {
+            path: tracefs.display().to_string(),
+            reason: "the given --tracefs has no events/ directory".to_owned(),
+        });
+    } else {
+        mount(&tracefs, "tracefs", "nodev").map_err(|reason| PrereqError::NoTracefs {
+            path: tracefs.display().to_string(),
+            reason,
+        })?;
+        checks.push(Check {
+            name: "tracefs",
+            status: CheckStatus::Fixed,
+            detail: format!("mounted at {}", tracefs.display()),
+        });
+    }
+
+    checks.push(bpffs_check());
+    Ok(Environment { tracefs, checks })
+}
+
+fn check_privileges(checks: &mut Vec<Check>) -> Result<(), PrereqError> {
+    let has = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
+    // Before 5.8 there is no CAP_BPF/CAP_PERFMON and CAP_SYS_ADMIN covers both.
+    let required = [Capability::CAP_BPF, Capability::CAP_PERFMON];
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|cap| !has(**cap))
+        .map(ToString::to_string)
+        .collect();
+    if !missing.is_empty() && !has(Capability::CAP_SYS_ADMIN) {
+        return Err(PrereqError::Privileges {
+            missing: missing.join(", "),
+        });
+    }
+    let reading = [Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH];
+    let weak: Vec<String> = reading
+        .iter()
+        .filter(|cap| !has(**cap))
+        .map(ToString::to_string)
+        .collect();
+    checks.push(if weak.is_empty() {
+        Check {
+            name: "privileges",
+            status: CheckStatus::Ok,
+            detail: "CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH".to_owned(),
+        }
+    } else {
+        Check {
+            name: "privileges",
+            status: CheckStatus::Degraded,
+            detail: format!(
+                "without {}: namespaces of other users' processes cannot be attributed",
+                weak.join(", ")
+            ),
+        }
+    });
+    Ok(())
+}
+
+fn bpffs_check() -> Check {
+    let path = Path::new(BPFFS);
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+        })
+        .unwrap_or(false);
+    if mounted {
+        return Check {
+            name: "bpffs",
+            status: CheckStatus::Ok,
+            detail: BPFFS.to_owned(),
+        };
+    }
+    match mount(path, "bpf", "bpf") {
+        Ok(()) => Check {
+            name: "bpffs",
+            status: CheckStatus::Fixed,
+            detail: format!("mounted at {BPFFS}"),
+        },
+        // Nothing is pinned yet, so this only matters to other tools.
+        Err(reason) => Check {
+            name: "bpffs",
+            status: CheckStatus::Degraded,
+            detail: format!("not mounted and could not mount it: {reason}"),
+        },
+    }
+}
+
+fn mount(target: &Path, fstype: &str, source: &str) -> Result<(), String> {
+    let c = |s: &str| CString::new(s).map_err(|e| e.to_string());
+    let target_c = c(&target.display().to_string())?;
+    let (fstype_c, source_c) = (c(fstype)?, c(source)?);
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source_c.as_ptr(),
+            target_c.as_ptr(),
+            fstype_c.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
+}

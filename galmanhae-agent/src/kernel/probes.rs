@@ -1,0 +1,244 @@
+//! Loading and attaching the programs, with a status per hook: a hook the kernel lacks is
+//! reported as unavailable and the others still run.
+
+use std::{os::fd::OwnedFd, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, TracePoint},
+};
+use galmanhae_common::{
+    offsets::KernelOffsets,
+    retransmit::{FLOW_MAP_CAPACITY, OVERFLOW_MAP_CAPACITY},
+};
+
+use super::{
+    btf::{self, KernelBtf},
+    prereq::Environment,
+    tracefs::{Format, FormatError},
+};
+
+/// The object `build.rs` produced from `galmanhae-ebpf`.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/galmanhae"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+}
+
+/// One kernel hook and what became of it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Hook {
+    pub name: String,
+    pub kind: &'static str,
+    pub status: HookStatus,
+    pub detail: String,
+    /// The program's name in the object (and in `bpftool prog`).
+    #[serde(skip)]
+    pub program: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookStatus {
+    Attached,
+    /// The kernel does not have it (or lacks a field it needs).
+    Unavailable,
+    /// It exists but loading or attaching failed.
+    Failed,
+}
+
+/// Options for [`Probes::load`].
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Capacity of the per-flow map.
+    pub flow_capacity: u32,
+    /// Enable kernel run-time statistics (`BPF_ENABLE_STATS`) while loaded.
+    pub bpf_stats: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            flow_capacity: FLOW_MAP_CAPACITY,
+            bpf_stats: true,
+        }
+    }
+}
+
+/// The loaded programs and their maps. Dropping it detaches and unloads everything.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<Hook>,
+    /// Notes on reduced precision (an optional struct member the kernel lacks, ...).
+    pub notes: Vec<String>,
+    pub flow_capacity: u32,
+    _stats: Option<OwnedFd>,
+}
+
+/// A tracepoint program of the object.
+struct TracepointSpec {
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+}
+
+const RETRANSMIT_SKB: TracepointSpec = TracepointSpec {
+    program: "tcp_retransmit_skb",
+    category: "tcp",
+    name: "tcp_retransmit_skb",
+};
+const RETRANSMIT_SYNACK: TracepointSpec = TracepointSpec {
+    program: "tcp_retransmit_synack",
+    category: "tcp",
+    name: "tcp_retransmit_synack",
+};
+
+impl Probes {
+    pub fn load(env: &Environment, options: &LoadOptions) -> Result<Self, LoadError> {
+        raise_memlock_limit();
+        let btf = KernelBtf::load(Path::new(btf::VMLINUX_BTF))?;
+        let (structs, mut notes) = btf::struct_offsets(&btf)?;
+
+        let mut offsets = KernelOffsets::UNRESOLVED;
+        offsets.structs = structs;
+        let skb = Format::read(&env.tracefs, RETRANSMIT_SKB.category, RETRANSMIT_SKB.name)
+            .and_then(|f| f.retransmit_skb());
+        let synack = Format::read(
+            &env.tracefs,
+            RETRANSMIT_SYNACK.category,
+            RETRANSMIT_SYNACK.name,
+        )
+        .and_then(|f| f.retransmit_synack());
+        if let Ok(fields) = &skb {
+            offsets.retransmit_skb = *fields;
+        }
+        if let Ok(fields) = &synack {
+            offsets.retransmit_synack = *fields;
+        }
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("KERNEL_OFFSETS", &offsets, true)
+            .map_max_entries("RETRANSMIT_FLOWS", options.flow_capacity)
+            .map_max_entries("RETRANSMIT_OVERFLOW", OVERFLOW_MAP_CAPACITY)
+            .load(PROGRAMS)?;
+
+        let skb_detail = match &skb {
+            Ok(f) if f.err == galmanhae_common::offsets::ABSENT => {
+                "no `err` field (kernel < 6.17): only sent retransmits fire".to_owned()
+            }
+            Ok(_) => "`err` field present: failed attempts are counted apart".to_owned(),
+            Err(_) => String::new(),
+        };
+        let hooks = vec![
+            attach_tracepoint(&mut ebpf, &RETRANSMIT_SKB, skb.map(|_| skb_detail)),
+            attach_tracepoint(
+                &mut ebpf,
+                &RETRANSMIT_SYNACK,
+                synack.map(|_| "listener SYN-ACK retransmits".to_owned()),
+            ),
+        ];
+
+        let stats = if options.bpf_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    notes.push(format!("kernel run-time statistics unavailable: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if structs.sock_cgroup == galmanhae_common::offsets::ABSENT {
+            notes.push(
+                "no sk_cgrp_data (CONFIG_SOCK_CGROUP_DATA off): host-network sockets are \
+                 attributed through /proc only"
+                    .to_owned(),
+            );
+        }
+        notes.dedup();
+        Ok(Self {
+            ebpf,
+            hooks,
+            notes,
+            flow_capacity: options.flow_capacity,
+            _stats: stats,
+        })
+    }
+
+    /// Kernel-side run count and total run time of a hook's program (zero without stats).
+    pub fn run_stats(&self, hook: &Hook) -> Option<(u64, std::time::Duration)> {
+        let program = self.ebpf.program(hook.program)?;
+        let info = program.info().ok()?;
+        Some((info.run_count(), info.run_time()))
+    }
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    spec: &TracepointSpec,
+    format: Result<String, FormatError>,
+) -> Hook {
+    let mut hook = Hook {
+        name: format!("{}:{}", spec.category, spec.name),
+        kind: "tracepoint",
+        status: HookStatus::Attached,
+        detail: String::new(),
+        program: spec.program,
+    };
+    match format {
+        Err(e) => {
+            hook.status = HookStatus::Unavailable;
+            hook.detail = e.to_string();
+        }
+        Ok(detail) => match attach(ebpf, spec) {
+            Ok(()) => hook.detail = detail,
+            Err(e) => {
+                hook.status = HookStatus::Failed;
+                hook.detail = error_chain(&e);
+            }
+        },
+    }
+    hook
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &TracepointSpec) -> Result<(), ProgramError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| ProgramError::UnexpectedProgramType)?
+        .try_into()?;
+    program.load()?;
+    program.attach(spec.category, spec.name)?;
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones use memcg and ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer; failure only matters on old kernels.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
+    if rc != 0 {
+        log::debug!(
+            "setrlimit(RLIMIT_MEMLOCK): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
