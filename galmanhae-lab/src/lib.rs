@@ -1,1 +1,197 @@
+//! The incident lab on one machine: a real dockerd (bridge in 198.18.100.0/24), a `db` host in
+//! its own network namespace (198.19.0.2, 2001:2:0:1::2) reached across Docker's bridge and
+//! MASQUERADE, containers streaming to it, and loss injected with iptables.
+//!
+//! Only 198.18.0.0/15 and 2001:2::/48 are used. [`down`] removes everything [`up`] created and
+//! is safe to run at any time, also after a failed run.
 
+mod cmd;
+pub mod docker;
+pub mod fault;
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, bail};
+pub use cmd::{run, spawn_detached};
+
+/// Docker's bridge, given to dockerd as `--bip`.
+pub const BRIDGE_IP: &str = "198.18.100.1/24";
+pub const BRIDGE_V6: &str = "2001:2:0:100::/64";
+/// The database host, in its own namespace, routed (not bridged) from the host.
+pub const DB_NETNS: &str = "galmanhae-db";
+pub const DB_V4: &str = "198.19.0.2";
+pub const DB_V6: &str = "2001:2:0:1::2";
+pub const HOST_ON_DB_LINK_V4: &str = "198.19.0.1";
+pub const HOST_ON_DB_LINK_V6: &str = "2001:2:0:1::1";
+/// Containers stream here.
+pub const DB_PORT: u16 = 5432;
+/// Host processes stream here, so a fault can target them alone.
+pub const DB_HOST_PORT: u16 = 5433;
+pub const HOST_VETH: &str = "gmh-db-host";
+pub const DB_VETH: &str = "gmh-db";
+pub const IMAGE: &str = "galmanhae-lab/busybox:latest";
+/// Every container the lab or a test creates carries this label.
+pub const LABEL: &str = "galmanhae.lab=1";
+/// The lab's state: dockerd's pid and log if the lab started it, the db servers' pid file.
+pub const STATE_DIR: &str = "/run/galmanhae-lab";
+
+/// The containers `up` starts: `app` (the incident's app) and `web` (a healthy control).
+pub const LAB_CONTAINERS: [&str; 2] = ["app", "web"];
+
+/// Brings the lab up; does nothing for the parts that are already up.
+pub fn up() -> anyhow::Result<()> {
+    infrastructure()?;
+    for name in LAB_CONTAINERS {
+        docker::ensure_streaming_container(name, DB_V4, DB_PORT)?;
+    }
+    Ok(())
+}
+
+/// dockerd, the image and the db namespace with its servers, without traffic: what tests
+/// build their own scenarios on.
+pub fn infrastructure() -> anyhow::Result<()> {
+    std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+    docker::ensure_daemon()?;
+    docker::ensure_image()?;
+    ensure_db()
+}
+
+/// Removes everything the lab created; each step tolerates what is already gone.
+pub fn down() -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    let mut step = |what: &str, result: anyhow::Result<()>| {
+        if let Err(e) = result {
+            errors.push(format!("{what}: {e:#}"));
+        }
+    };
+    step("faults", fault::clear_all(true));
+    step("containers", docker::remove_lab_containers());
+    step("image", docker::remove_image());
+    step("db namespace", remove_db());
+    step("dockerd", docker::stop_daemon_if_ours());
+    let _ = std::fs::remove_dir_all(STATE_DIR);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("lab down left things behind:\n  {}", errors.join("\n  "))
+    }
+}
+
+fn ensure_db() -> anyhow::Result<()> {
+    if !Path::new("/run/netns").join(DB_NETNS).exists() {
+        run("ip", &["netns", "add", DB_NETNS])?;
+    }
+    if run("ip", &["link", "show", HOST_VETH]).is_err() {
+        run(
+            "ip",
+            &[
+                "link", "add", HOST_VETH, "type", "veth", "peer", "name", DB_VETH,
+            ],
+        )?;
+        run("ip", &["link", "set", DB_VETH, "netns", DB_NETNS])?;
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{HOST_ON_DB_LINK_V4}/24"),
+                "dev",
+                HOST_VETH,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{HOST_ON_DB_LINK_V6}/64"),
+                "dev",
+                HOST_VETH,
+                "nodad",
+            ],
+        )?;
+        run("ip", &["link", "set", HOST_VETH, "up"])?;
+        let in_db = |args: &[&str]| {
+            let mut full = vec!["netns", "exec", DB_NETNS, "ip"];
+            full.extend_from_slice(args);
+            run("ip", &full)
+        };
+        in_db(&["link", "set", "lo", "up"])?;
+        in_db(&["addr", "add", &format!("{DB_V4}/24"), "dev", DB_VETH])?;
+        in_db(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{DB_V6}/64"),
+            "dev",
+            DB_VETH,
+            "nodad",
+        ])?;
+        in_db(&["link", "set", DB_VETH, "up"])?;
+        in_db(&["route", "add", "default", "via", HOST_ON_DB_LINK_V4])?;
+        in_db(&["-6", "route", "add", BRIDGE_V6, "via", HOST_ON_DB_LINK_V6])?;
+    }
+    run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    ensure_db_servers()
+}
+
+/// `socat` sinks in the db namespace (IPv4 and IPv6), one per port.
+fn ensure_db_servers() -> anyhow::Result<()> {
+    let pids = run("ip", &["netns", "pids", DB_NETNS]).unwrap_or_default();
+    if !pids.trim().is_empty() {
+        return Ok(());
+    }
+    for port in [DB_PORT, DB_HOST_PORT] {
+        let listen = format!("TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr");
+        spawn_detached(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                DB_NETNS,
+                "socat",
+                "-u",
+                &listen,
+                "OPEN:/dev/null",
+            ],
+            &Path::new(STATE_DIR).join(format!("db-{port}.log")),
+        )?;
+    }
+    wait_for(Duration::from_secs(5), "the db servers to listen", || {
+        run("ip", &["netns", "exec", DB_NETNS, "ss", "-Htln"]).is_ok_and(|out| {
+            out.contains(&format!(":{DB_HOST_PORT}")) && out.contains(&format!(":{DB_PORT}"))
+        })
+    })
+}
+
+fn remove_db() -> anyhow::Result<()> {
+    if Path::new("/run/netns").join(DB_NETNS).exists() {
+        let pids = run("ip", &["netns", "pids", DB_NETNS]).unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            let _ = run("kill", &["-9", pid]);
+        }
+        run("ip", &["netns", "del", DB_NETNS])?;
+    }
+    if run("ip", &["link", "show", HOST_VETH]).is_ok() {
+        run("ip", &["link", "del", HOST_VETH])?;
+    }
+    Ok(())
+}
+
+/// Polls `ready` every 100 ms until it holds or `timeout` passes.
+pub fn wait_for(
+    timeout: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}

@@ -15,7 +15,8 @@ pub struct NetnsProcesses {
 /// A scan of /proc.
 #[derive(Clone, Debug, Default)]
 pub struct ProcessTable {
-    /// The namespace of pid 1: the host's.
+    /// The host's namespace: galmanhae's own. It runs on the host network (systemd unit,
+    /// DaemonSet with hostNetwork); pid 1's namespace is not always the host's (sandboxes).
     pub host_netns: Option<u32>,
     pub netns: BTreeMap<u32, NetnsProcesses>,
 }
@@ -30,7 +31,7 @@ pub fn ns_inode(path: &Path) -> Option<u32> {
 /// Lists every process's network namespace. Processes that exit mid-scan are skipped.
 pub fn scan() -> ProcessTable {
     let mut table = ProcessTable {
-        host_netns: ns_inode(Path::new("/proc/1/ns/net")),
+        host_netns: ns_inode(Path::new("/proc/self/ns/net")),
         netns: BTreeMap::new(),
     };
     let Ok(entries) = std::fs::read_dir("/proc") else {

@@ -1,0 +1,409 @@
+//! Root integration tests: real kernel hooks, a real dockerd, real iptables loss.
+//!
+//! Run by `cargo xtask test` (one at a time: one kernel, one lab). Without root they skip,
+//! except with `CI=true`, where a missing capability is a failure.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use galmanhae_lab::{
+    DB_HOST_PORT, DB_PORT, DB_V4, DB_V6, docker,
+    fault::{self, Target},
+};
+use serde_json::Value;
+
+const GALMANHAE: &str = env!("CARGO_BIN_EXE_galmanhae");
+
+/// `true` if the test can run; panics under CI when it cannot.
+fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: root integration tests need root (CAP_BPF, CAP_PERFMON, Docker)"
+        );
+        eprintln!("skipped: needs root (set CI=true to make this a failure)");
+    }
+    root
+}
+
+/// Test containers, removed (and faults cleared) when the test ends, whatever happens.
+struct Scenario {
+    containers: Vec<String>,
+}
+
+impl Scenario {
+    fn new() -> Self {
+        galmanhae_lab::infrastructure().expect("lab infrastructure (dockerd, db namespace)");
+        fault::clear_all(false).expect("clearing old faults");
+        // The lab's own streaming containers would only add load here.
+        for name in galmanhae_lab::LAB_CONTAINERS {
+            let _ = docker::remove_container(name);
+        }
+        Self {
+            containers: Vec::new(),
+        }
+    }
+
+    /// An idle container; traffic comes from `docker exec`.
+    fn container(&mut self, name: &str, docker_args: &[&str]) {
+        let _ = docker::remove_container(name);
+        docker::start_container(name, &["sleep", "3600"], docker_args)
+            .expect("starting a container");
+        self.containers.push(name.to_owned());
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let _ = fault::clear_all(false);
+        for name in &self.containers {
+            let _ = docker::remove_container(name);
+        }
+    }
+}
+
+/// A running `galmanhae diagnose --json`, returned once its hooks are attached.
+struct Diagnose {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Diagnose {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(GALMANHAE)
+            .arg("diagnose")
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting galmanhae");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("galmanhae did not report its hooks attached within 30 s");
+            eprintln!("[galmanhae] {line}");
+            if line.contains("attached") {
+                break;
+            }
+            assert!(!line.contains("error"), "galmanhae failed: {line}");
+        }
+        Self { child, stderr: rx }
+    }
+
+    fn report(self) -> Value {
+        let output = self
+            .child
+            .wait_with_output()
+            .expect("waiting for galmanhae");
+        for line in self.stderr.try_iter() {
+            eprintln!("[galmanhae] {line}");
+        }
+        assert!(
+            output.status.success(),
+            "galmanhae diagnose failed: {}",
+            output.status
+        );
+        let report: Value =
+            serde_json::from_slice(&output.stdout).expect("stdout is one JSON document");
+        assert_eq!(report["schema"], "galmanhae.diagnose/v1");
+        report
+    }
+}
+
+/// Streams `bytes` from a container to the db and waits until the transfer is done.
+fn stream_from(container: &str, host: &str, bytes: u64) {
+    let script = format!("head -c {bytes} /dev/zero | nc -w 10 {host} {DB_PORT}");
+    docker::exec(container, &["sh", "-c", &script]).expect("streaming to the db");
+}
+
+/// `Tcp: RetransSegs` of a process's network namespace, read independently of galmanhae.
+fn retrans_segs(pid: u32) -> u64 {
+    let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("reading snmp");
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (
+        tcp.next().expect("Tcp header"),
+        tcp.next().expect("Tcp values"),
+    );
+    let column = names
+        .split_whitespace()
+        .position(|n| n == "RetransSegs")
+        .expect("RetransSegs column");
+    values
+        .split_whitespace()
+        .nth(column)
+        .expect("value")
+        .parse()
+        .expect("a number")
+}
+
+fn workload<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["workloads"]
+        .as_array()
+        .expect("workloads")
+        .iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("workload {name} missing from {:#}", report["workloads"]))
+}
+
+fn flows<'a>(report: &'a Value, workload: &str) -> Vec<&'a Value> {
+    report["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .filter(|f| f["workload"] == workload)
+        .collect()
+}
+
+fn u64_of(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+fn flow_segments(report: &Value, workload: &str) -> u64 {
+    flows(report, workload)
+        .iter()
+        .map(|f| u64_of(&f["retransmitted_segments"]))
+        .sum()
+}
+
+#[test]
+fn lossy_container_is_named_and_counts_are_exact() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-lossy", &[]);
+    lab.container("t-healthy", &[]);
+    fault::loss(5.0, &Target::Container("t-lossy".to_owned())).expect("injecting loss");
+    let (lossy_pid, healthy_pid) = (
+        docker::pid("t-lossy").unwrap(),
+        docker::pid("t-healthy").unwrap(),
+    );
+    let before = (retrans_segs(lossy_pid), retrans_segs(healthy_pid));
+
+    let run = Diagnose::start(&["--duration", "12s", "--top", "1000"]);
+    let lossy = thread::spawn(|| stream_from("t-lossy", DB_V4, 20_000_000));
+    stream_from("t-healthy", DB_V4, 20_000_000);
+    lossy.join().expect("lossy stream");
+    let report = run.report();
+    let after = (retrans_segs(lossy_pid), retrans_segs(healthy_pid));
+
+    let w = workload(&report, "t-lossy");
+    assert_eq!(w["kind"], "container");
+    assert_eq!(w["runtime"], "docker");
+    assert_eq!(w["id"], docker::id("t-lossy").unwrap());
+    let netns_retrans = u64_of(&w["retransmitted_segments"]);
+    assert!(
+        netns_retrans > 0,
+        "the lossy container retransmitted nothing: {w:#}"
+    );
+    assert!(w["retransmit_ratio"].as_f64().unwrap() > 0.005, "{w:#}");
+    // The kernel hook's per-flow counts add up to the namespace's own counter, exactly.
+    assert_eq!(
+        flow_segments(&report, "t-lossy"),
+        netns_retrans,
+        "{:#}",
+        report["flows"]
+    );
+    // ... and that counter is what an independent read of /proc says for the same window.
+    assert_eq!(after.0 - before.0, netns_retrans);
+    let container_ip = docker::ip("t-lossy").unwrap();
+    for f in flows(&report, "t-lossy") {
+        assert!(
+            f["local"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{container_ip}:")),
+            "{f:#}"
+        );
+        assert_eq!(f["remote"], format!("{DB_V4}:{DB_PORT}"));
+        assert_eq!(f["family"], "ipv4");
+    }
+
+    // The healthy container: its flows match its own (near zero) kernel count.
+    let h = workload(&report, "t-healthy");
+    let healthy_retrans = u64_of(&h["retransmitted_segments"]);
+    assert_eq!(flow_segments(&report, "t-healthy"), healthy_retrans);
+    assert_eq!(after.1 - before.1, healthy_retrans);
+    assert!(
+        h["retransmit_ratio"].as_f64().unwrap() < w["retransmit_ratio"].as_f64().unwrap() / 5.0,
+        "healthy {h:#} vs lossy {w:#}"
+    );
+    // Listed first: workloads come ordered by ratio.
+    assert_eq!(report["workloads"][0]["name"], "t-lossy");
+    assert_eq!(report["health"]["lost"], 0);
+}
+
+#[test]
+fn host_process_is_attributed_to_host() {
+    if !privileged() {
+        return;
+    }
+    let _lab = Scenario::new();
+    fault::loss(5.0, &Target::Port(DB_HOST_PORT)).expect("injecting loss");
+    let run = Diagnose::start(&["--duration", "8s", "--top", "1000"]);
+    let script = format!("head -c 20000000 /dev/zero | busybox nc -w 10 {DB_V4} {DB_HOST_PORT}");
+    let status = Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("host client");
+    assert!(status.success());
+    let report = run.report();
+
+    let host = workload(&report, "host");
+    assert_eq!(host["kind"], "host");
+    assert_eq!(host["netns_shared"], true);
+    let host_flows: Vec<_> = flows(&report, "host")
+        .into_iter()
+        .filter(|f| f["remote"] == format!("{DB_V4}:{DB_HOST_PORT}"))
+        .collect();
+    assert!(
+        !host_flows.is_empty(),
+        "no host flow to the db: {:#}",
+        report["flows"]
+    );
+    assert!(
+        host_flows
+            .iter()
+            .map(|f| u64_of(&f["retransmitted_segments"]))
+            .sum::<u64>()
+            > 0
+    );
+}
+
+#[test]
+fn ipv6_flows_are_reported() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-v6", &[]);
+    fault::loss(5.0, &Target::Container("t-v6".to_owned())).expect("injecting loss");
+    let pid = docker::pid("t-v6").unwrap();
+    let before = retrans_segs(pid);
+    let run = Diagnose::start(&["--duration", "8s", "--top", "1000"]);
+    stream_from("t-v6", DB_V6, 20_000_000);
+    let report = run.report();
+    let after = retrans_segs(pid);
+
+    let v6 = docker::ipv6("t-v6").unwrap();
+    let flows = flows(&report, "t-v6");
+    assert!(!flows.is_empty(), "{:#}", report["flows"]);
+    for f in &flows {
+        assert_eq!(f["family"], "ipv6");
+        assert!(
+            f["local"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("[{v6}]:")),
+            "{f:#}"
+        );
+        assert_eq!(f["remote"], format!("[{DB_V6}]:{DB_PORT}"));
+    }
+    let segments: u64 = flows
+        .iter()
+        .map(|f| u64_of(&f["retransmitted_segments"]))
+        .sum();
+    assert!(segments > 0);
+    assert_eq!(segments, after - before);
+}
+
+#[test]
+fn missing_tracepoint_is_unavailable_and_the_rest_works() {
+    if !privileged() {
+        return;
+    }
+    // A tracefs view where tcp_retransmit_synack does not exist, as on a kernel without it.
+    let fake = std::env::temp_dir().join(format!("galmanhae-tracefs-{}", std::process::id()));
+    let events = fake.join("events/tcp/tcp_retransmit_skb");
+    std::fs::create_dir_all(&events).unwrap();
+    let real = Command::new(GALMANHAE).arg("--version").output().unwrap();
+    assert!(real.status.success());
+    std::fs::copy(
+        "/sys/kernel/tracing/events/tcp/tcp_retransmit_skb/format",
+        events.join("format"),
+    )
+    .expect("tracefs is mounted (a diagnose run mounts it)");
+
+    let mut lab = Scenario::new();
+    lab.container("t-tp", &[]);
+    fault::loss(5.0, &Target::Container("t-tp".to_owned())).unwrap();
+    let run = Diagnose::start(&["--duration", "6s", "--tracefs", fake.to_str().unwrap()]);
+    stream_from("t-tp", DB_V4, 10_000_000);
+    let report = run.report();
+    let _ = std::fs::remove_dir_all(&fake);
+
+    let hook = |name: &str| {
+        report["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == name)
+            .unwrap_or_else(|| panic!("hook {name} missing: {:#}", report["hooks"]))
+            .clone()
+    };
+    let synack = hook("tcp:tcp_retransmit_synack");
+    assert_eq!(synack["status"], "unavailable");
+    assert!(
+        synack["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not in this kernel"),
+        "{synack:#}"
+    );
+    assert_eq!(hook("tcp:tcp_retransmit_skb")["status"], "attached");
+    assert!(flow_segments(&report, "t-tp") > 0, "{report:#}");
+}
+
+#[test]
+fn bad_input_is_rejected_clearly() {
+    let usage = |args: &[&str], expected: &str| {
+        let out = Command::new(GALMANHAE).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    };
+    usage(&["diagnose", "--bogus"], "unexpected argument '--bogus'");
+    usage(&["diagnose", "--duration", "abc"], "is not a duration");
+    usage(&["diagnose", "--duration", "0s"], "too short");
+    usage(&["diagnose", "--top", "0"], "--top");
+    usage(&["frobnicate"], "unrecognized subcommand");
+
+    if !privileged() {
+        return;
+    }
+    // Without privileges: say exactly what is missing, exit 77.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(GALMANHAE)
+        .args(["diagnose", "--duration", "1s"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(
+        stderr.contains("missing privileges: CAP_BPF, CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("setcap"), "{stderr}");
+}

@@ -1,0 +1,53 @@
+//! `cargo xtask test`: unit tests, then the root integration tests against the real lab.
+
+use clap::Args;
+
+use crate::{setup, sh, workspace_root};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Only the unit tests (no root, no lab).
+    #[arg(long)]
+    unit_only: bool,
+    /// Extra arguments for the integration test binaries (e.g. a test name filter).
+    #[arg(last = true)]
+    filter: Vec<String>,
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    setup::run()?;
+    let manifest = workspace_root().join("Cargo.toml");
+    let manifest = manifest.display().to_string();
+    sh(
+        "cargo",
+        &[
+            "test",
+            "--manifest-path",
+            &manifest,
+            "--workspace",
+            "--lib",
+            "--bins",
+        ],
+        &[],
+    )?;
+    if args.unit_only {
+        return Ok(());
+    }
+    // Integration tests share one kernel and one lab: one at a time. They need root; with
+    // CI=true a missing capability fails them instead of skipping.
+    let mut integration = vec![
+        "test",
+        "--manifest-path",
+        &manifest,
+        "-p",
+        "galmanhae-agent",
+        "--test",
+        "lab",
+        "--",
+        "--test-threads=1",
+    ];
+    integration.extend(args.filter.iter().map(String::as_str));
+    let result = sh("cargo", &integration, &[("RUST_BACKTRACE", "1")]);
+    let down = galmanhae_lab::down();
+    result.and(down)
+}
