@@ -2,6 +2,10 @@
 //!
 //! Run by `cargo xtask test` (one at a time: one kernel, one lab). Without root they skip,
 //! except with `CI=true`, where a missing capability is a failure.
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers fail the test with a message"
+)]
 
 use std::{
     io::{BufRead as _, BufReader},

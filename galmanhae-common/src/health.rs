@@ -15,6 +15,7 @@ pub enum HealthCounter {
 
 impl HealthCounter {
     pub const ALL: [Self; 3] = [Self::FlowMapFull, Self::OverflowMapFull, Self::ReadError];
+    #[expect(clippy::cast_possible_truncation, reason = "a handful of counters")]
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     pub const fn name(self) -> &'static str {

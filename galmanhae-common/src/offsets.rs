@@ -44,7 +44,7 @@ pub struct BitField {
     pub byte: u32,
     pub shift: u8,
     pub mask: u8,
-    pub _pad: [u8; 2],
+    pub padding: [u8; 2],
 }
 
 impl BitField {
@@ -52,7 +52,7 @@ impl BitField {
         byte: ABSENT,
         shift: 0,
         mask: 0,
-        _pad: [0; 2],
+        padding: [0; 2],
     };
 }
 

@@ -21,7 +21,7 @@ pub struct FlowKey {
     pub family: u16,
     pub local_port: u16,
     pub remote_port: u16,
-    pub _pad: [u8; 6],
+    pub padding: [u8; 6],
     /// cgroup v2 id of the socket's creator (`sk_cgrp_data`), 0 if unknown.
     pub cgroup_id: u64,
     pub local_addr: [u8; 16],
@@ -35,7 +35,7 @@ const _: () = assert!(size_of::<FlowKey>() == 56);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OwnerKey {
     pub netns: u32,
-    pub _pad: u32,
+    pub padding: u32,
     pub cgroup_id: u64,
 }
 

@@ -3,6 +3,10 @@
 //! The programs only count into maps; the agent reads, attributes and reports.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "BPF: helpers are inlined into each program so no BPF-to-BPF calls are made"
+)]
 
 mod health;
 mod kernel;
@@ -12,6 +16,10 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 /// `tcp:tcp_retransmit_skb`: every retransmit attempt of a data or SYN segment.
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     retransmit::on_retransmit_skb(&ctx);
     0
@@ -19,6 +27,10 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 
 /// `tcp:tcp_retransmit_synack`: a listener re-sending a SYN-ACK (not seen by the one above).
 #[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
 pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
     retransmit::on_retransmit_synack(&ctx);
     0

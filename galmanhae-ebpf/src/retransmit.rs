@@ -139,7 +139,7 @@ fn flow_key(
         }),
         local_port: local_port.unwrap_or(0),
         remote_port: remote_port.unwrap_or(0),
-        _pad: [0; 6],
+        padding: [0; 6],
         cgroup_id: owner.cgroup_id,
         local_addr,
         remote_addr: remote_addr.unwrap_or([0; 16]),
@@ -158,7 +158,7 @@ fn owner(sk: u64) -> OwnerKey {
     let kernfs_node = at::<u64>(cgroup, offset!(structs.cgroup_kn)).unwrap_or(0);
     OwnerKey {
         netns: netns.unwrap_or(0),
-        _pad: 0,
+        padding: 0,
         cgroup_id: at::<u64>(kernfs_node, offset!(structs.kernfs_node_id)).unwrap_or(0),
     }
 }
@@ -178,7 +178,7 @@ fn count(key: &FlowKey, update: impl Fn(&mut RetransmitCounters)) {
     health::bump(HealthCounter::FlowMapFull);
     let owner = OwnerKey {
         netns: key.netns,
-        _pad: 0,
+        padding: 0,
         cgroup_id: key.cgroup_id,
     };
     if !bump_in(&RETRANSMIT_OVERFLOW, &owner, &update) {
@@ -188,6 +188,10 @@ fn count(key: &FlowKey, update: impl Fn(&mut RetransmitCounters)) {
 
 /// `true` if counted; `false` only when the map is full.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "passing the value by value copies it once more and overflows the 512-byte BPF stack"
+)]
 fn bump_in<K>(
     map: &PerCpuHashMap<K, RetransmitCounters>,
     key: &K,

@@ -1,8 +1,8 @@
 //! The incident lab on one machine: a real dockerd (bridge in 198.18.100.0/24), a `db` host in
-//! its own network namespace (198.19.0.2, 2001:2:0:1::2) reached across Docker's bridge and
+//! its own network namespace (`198.19.0.2`, `2001:2:0:1::2`) reached across Docker's bridge and
 //! MASQUERADE, containers streaming to it, and loss injected with iptables.
 //!
-//! Only 198.18.0.0/15 and 2001:2::/48 are used. [`down`] removes everything [`up`] created and
+//! Only `198.18.0.0/15` and `2001:2::/48` are used. [`down`] removes everything [`up`] created and
 //! is safe to run at any time, also after a failed run.
 
 mod cmd;

@@ -22,8 +22,10 @@ enum Task {
     Lab(lab::LabArgs),
     /// Set up, build, bring the lab up with 5 % loss on `app`, diagnose, tear down.
     Demo(demo::DemoArgs),
-    /// Set up, then run unit tests and the root integration tests against the lab.
+    /// Set up, lint, then run unit tests and the root integration tests against the lab.
     Test(test::TestArgs),
+    /// rustfmt and clippy (-D warnings) on every crate, the eBPF one included.
+    Lint,
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +35,7 @@ fn main() -> std::process::ExitCode {
         Task::Lab(args) => lab::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Test(args) => test::run(&args),
+        Task::Lint => test::lint(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

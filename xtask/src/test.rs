@@ -51,3 +51,58 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let down = galmanhae_lab::down();
     result.and(down)
 }
+
+/// `cargo fmt --check`, then clippy in two passes as the aya template does: the host crates,
+/// then the eBPF crate for its own target (feature unification would build its panic handler
+/// twice otherwise).
+pub fn lint() -> anyhow::Result<()> {
+    let manifest = workspace_root().join("Cargo.toml");
+    let manifest = manifest.display().to_string();
+    sh(
+        "cargo",
+        &[
+            "fmt",
+            "--manifest-path",
+            &manifest,
+            "--all",
+            "--",
+            "--check",
+        ],
+        &[],
+    )?;
+    sh(
+        "cargo",
+        &[
+            "clippy",
+            "--manifest-path",
+            &manifest,
+            "--workspace",
+            "--exclude",
+            "galmanhae-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    sh(
+        "cargo",
+        &[
+            "+nightly",
+            "clippy",
+            "--manifest-path",
+            &manifest,
+            "-p",
+            "galmanhae-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )
+}

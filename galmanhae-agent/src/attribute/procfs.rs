@@ -16,7 +16,7 @@ pub struct NetnsProcesses {
 #[derive(Clone, Debug, Default)]
 pub struct ProcessTable {
     /// The host's namespace: galmanhae's own. It runs on the host network (systemd unit,
-    /// DaemonSet with hostNetwork); pid 1's namespace is not always the host's (sandboxes).
+    /// `DaemonSet` with `hostNetwork`); pid 1's namespace is not always the host's (sandboxes).
     pub host_netns: Option<u32>,
     pub netns: BTreeMap<u32, NetnsProcesses>,
 }
@@ -94,7 +94,8 @@ pub struct CgroupResolver {
 impl CgroupResolver {
     pub fn new() -> Self {
         Self {
-            root: cgroup2_mount(),
+            // `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` in hybrid mode.
+            root: crate::kernel::mounts::mount_point("cgroup2"),
             paths: HashMap::new(),
         }
     }
@@ -133,15 +134,4 @@ impl CgroupResolver {
             }
         }
     }
-}
-
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
-/// in hybrid mode).
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let mut parts = line.split_whitespace();
-        let (_, target, fstype) = (parts.next()?, parts.next()?, parts.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(target))
-    })
 }

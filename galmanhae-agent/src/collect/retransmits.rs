@@ -88,7 +88,7 @@ fn read_hash<K: aya::Pod + Eq + std::hash::Hash>(
     let map: PerCpuHashMap<&MapData, K, RetransmitCounters> =
         PerCpuHashMap::try_from(map).map_err(|source| ReadError::Map { name, source })?;
     let mut out = HashMap::new();
-    for entry in map.iter() {
+    for entry in &map {
         match entry {
             Ok((key, values)) => {
                 out.insert(key, sum(&values));

@@ -12,7 +12,7 @@ use crate::kernel::prereq::PrereqError;
 pub struct NoHooks(pub String);
 
 /// Exit codes beyond 0 (success) and 2 (usage, from clap): 77 for missing privileges, 69 for
-/// a missing kernel feature (sysexits.h EX_NOPERM, EX_UNAVAILABLE), 1 for anything else.
+/// a missing kernel feature (`sysexits.h` `EX_NOPERM`, `EX_UNAVAILABLE`), 1 for anything else.
 pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     for cause in error.chain() {
         if let Some(prereq) = cause.downcast_ref::<PrereqError>() {

@@ -92,7 +92,7 @@ impl KernelBtf {
             byte: bit_offset / 8,
             shift: u8::try_from(shift).unwrap_or(0),
             mask: u8::try_from((1u32 << bits) - 1).unwrap_or(u8::MAX),
-            _pad: [0; 2],
+            padding: [0; 2],
         })
     }
 

@@ -142,13 +142,7 @@ fn check_privileges(checks: &mut Vec<Check>) -> Result<(), PrereqError> {
 
 fn bpffs_check() -> Check {
     let path = Path::new(BPFFS);
-    let mounted = std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
-        })
-        .unwrap_or(false);
-    if mounted {
+    if super::mounts::mount_point("bpf").is_some() {
         return Check {
             name: "bpffs",
             status: CheckStatus::Ok,

@@ -227,7 +227,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones use memcg and ignore it.
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`; later ones use memcg and ignore it.
 fn raise_memlock_limit() {
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,

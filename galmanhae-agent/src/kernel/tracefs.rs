@@ -58,7 +58,7 @@ impl Format {
         Ok(Self::parse(&format!("{category}:{name}"), &text))
     }
 
-    /// Parses lines like `field:__u16 sport;	offset:28;	size:2;	signed:0;`.
+    /// Parses lines like `field:__u16 sport; offset:28; size:2; signed:0;` (tab-separated).
     pub fn parse(tracepoint: &str, text: &str) -> Self {
         let fields = text
             .lines()
@@ -148,16 +148,7 @@ pub fn locate(explicit: Option<&Path>) -> PathBuf {
     if let Some(path) = explicit {
         return path.to_owned();
     }
-    std::fs::read_to_string("/proc/self/mounts")
-        .ok()
-        .and_then(|mounts| {
-            mounts.lines().find_map(|line| {
-                let mut parts = line.split_whitespace();
-                let (_, target, fstype) = (parts.next()?, parts.next()?, parts.next()?);
-                (fstype == "tracefs").then(|| PathBuf::from(target))
-            })
-        })
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_TRACEFS))
+    super::mounts::mount_point("tracefs").unwrap_or_else(|| PathBuf::from(DEFAULT_TRACEFS))
 }
 
 #[cfg(test)]

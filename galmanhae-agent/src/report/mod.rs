@@ -66,7 +66,7 @@ fn hostname_and_release() -> (String, String) {
 pub struct HookReport {
     #[serde(flatten)]
     pub hook: Hook,
-    /// Kernel-side runs while attached (with `kernel.bpf_stats_enabled` or BPF_ENABLE_STATS).
+    /// Kernel-side runs while attached (with `kernel.bpf_stats_enabled` or `BPF_ENABLE_STATS`).
     pub runs: Option<u64>,
     /// Average kernel-side cost per run.
     pub ns_per_run: Option<f64>,
@@ -284,7 +284,7 @@ mod tests {
             family,
             local_port: 41000,
             remote_port: 5432,
-            _pad: [0; 6],
+            padding: [0; 6],
             cgroup_id: 0,
             local_addr: local,
             remote_addr: remote,
@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn formats_v4_mapped_and_v6_endpoints() {
-        let v4 = |a: [u8; 4]| Ipv6Addr::from(std::net::Ipv4Addr::from(a).to_ipv6_mapped()).octets();
+        let v4 = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets();
         let (l, r) = endpoints(&key(AF_INET, v4([198, 18, 100, 2]), v4([198, 19, 0, 2])));
         assert_eq!(
             (l.to_string(), r.to_string()),
