@@ -16,6 +16,7 @@ pub struct TestArgs {
 
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     setup::run()?;
+    lint()?;
     let manifest = workspace_root().join("Cargo.toml");
     let manifest = manifest.display().to_string();
     sh(
@@ -25,6 +26,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             "--manifest-path",
             &manifest,
             "--workspace",
+            "--exclude",
+            "galmanhae-ebpf",
             "--lib",
             "--bins",
         ],
