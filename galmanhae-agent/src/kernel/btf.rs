@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use btfparse::{Offset, Readable, TypeInformation};
+use btf_rs::{Backend, Btf, Member, Struct, Type};
 use galmanhae_common::offsets::{ABSENT, BitField, StructOffsets};
 
 /// Where the kernel exposes its own BTF.
@@ -13,15 +13,10 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error(
-        "cannot read kernel BTF at {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"
+        "cannot read kernel BTF at {path}: {reason} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"
     )]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot parse kernel BTF: {0}")]
-    Parse(String),
-    #[error("kernel BTF has no type `{0}`")]
+    Read { path: String, reason: String },
+    #[error("kernel BTF has no struct `{0}`")]
     NoType(String),
     #[error("kernel BTF: `{ty}.{path}`: {reason}")]
     Member {
@@ -31,62 +26,38 @@ pub enum BtfError {
     },
 }
 
-struct Bytes(Vec<u8>);
-
-impl Readable for Bytes {
-    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let start = usize::try_from(offset).ok();
-        let slice = start.and_then(|s| self.0.get(s..s.checked_add(buffer.len())?));
-        match slice {
-            Some(slice) => {
-                buffer.copy_from_slice(slice);
-                Ok(())
-            }
-            None => Err(btfparse::Error::new(
-                btfparse::ErrorKind::IOError,
-                "read past the end of the BTF blob",
-            )),
-        }
-    }
-}
-
-/// The kernel's types, parsed once at start-up.
+/// The kernel's types. Memory-mapped and parsed on demand: materialising all of vmlinux's
+/// BTF would cost ~70 MB of RSS for a dozen lookups.
 pub struct KernelBtf {
-    types: TypeInformation,
+    btf: Btf,
 }
 
 impl KernelBtf {
     pub fn load(path: &Path) -> Result<Self, BtfError> {
-        let bytes = std::fs::read(path).map_err(|source| BtfError::Read {
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap).map_err(|e| BtfError::Read {
             path: path.display().to_string(),
-            source,
+            reason: e.to_string(),
         })?;
-        Self::from_bytes(bytes)
-    }
-
-    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, BtfError> {
-        let types =
-            TypeInformation::new(&Bytes(bytes)).map_err(|e| BtfError::Parse(format!("{e:?}")))?;
-        Ok(Self { types })
+        Ok(Self { btf })
     }
 
     /// Byte offset of `path` (dotted, through anonymous members) inside struct `ty`.
     pub fn offset_of(&self, ty: &str, path: &str) -> Result<u32, BtfError> {
         match self.member(ty, path)? {
-            Offset::ByteOffset(bytes) => Ok(bytes),
-            Offset::BitOffsetAndSize(..) => Err(self.member_error(ty, path, "is a bitfield")),
+            (bits, None) if bits % 8 == 0 => Ok(bits / 8),
+            _ => Err(member_error(ty, path, "is a bitfield")),
         }
     }
 
     /// A bitfield member (or a one-byte plain member) as byte, shift and mask.
     pub fn bitfield(&self, ty: &str, path: &str) -> Result<BitField, BtfError> {
         let (bit_offset, bits) = match self.member(ty, path)? {
-            Offset::BitOffsetAndSize(offset, size) => (offset, size),
-            Offset::ByteOffset(bytes) => (bytes * 8, 8),
+            (offset, Some(size)) => (offset, size),
+            (offset, None) => (offset, 8),
         };
         let shift = bit_offset % 8;
         if bits == 0 || shift + bits > 8 {
-            return Err(self.member_error(ty, path, "bitfield spans more than one byte"));
+            return Err(member_error(ty, path, "bitfield spans more than one byte"));
         }
         Ok(BitField {
             byte: bit_offset / 8,
@@ -96,29 +67,78 @@ impl KernelBtf {
         })
     }
 
-    /// Whether the kernel has a type of this name.
-    pub fn has_type(&self, ty: &str) -> bool {
-        self.types.id_of(ty).is_some()
-    }
-
-    fn member(&self, ty: &str, path: &str) -> Result<Offset, BtfError> {
-        let id = self
-            .types
-            .id_of(ty)
-            .ok_or_else(|| BtfError::NoType(ty.to_owned()))?;
-        self.types
-            .offset_of(id, path)
-            .map(|(_, offset)| offset)
-            .map_err(|e| self.member_error(ty, path, &format!("{e:?}")))
-    }
-
-    #[expect(clippy::unused_self, reason = "keeps the call sites uniform")]
-    fn member_error(&self, ty: &str, path: &str, reason: &str) -> BtfError {
-        BtfError::Member {
-            ty: ty.to_owned(),
-            path: path.to_owned(),
-            reason: reason.to_owned(),
+    /// Bit offset and bitfield size (`None` for a plain member) of a dotted member path.
+    fn member(&self, ty: &str, path: &str) -> Result<(u32, Option<u32>), BtfError> {
+        let error = |reason: &str| member_error(ty, path, reason);
+        let mut current = self.named_struct(ty)?;
+        let mut offset = 0;
+        let mut parts = path.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let (member_offset, member) = self
+                .find(&current, part)
+                .ok_or_else(|| error(&format!("no member `{part}`")))?;
+            offset += member_offset;
+            if parts.peek().is_none() {
+                return Ok((offset, member.bitfield_size().filter(|bits| *bits > 0)));
+            }
+            current = self
+                .composite(&member)
+                .ok_or_else(|| error(&format!("`{part}` is not a struct or union")))?;
         }
+        Err(error("empty path"))
+    }
+
+    fn named_struct(&self, name: &str) -> Result<Struct, BtfError> {
+        self.btf
+            .resolve_types_by_name(name)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoType(name.to_owned()))
+    }
+
+    /// A member by name, looking inside anonymous structs and unions; its bit offset.
+    fn find(&self, within: &Struct, name: &str) -> Option<(u32, Member)> {
+        within.members.iter().find_map(|member| {
+            let member_name = self.btf.resolve_name(member).unwrap_or_default();
+            if member_name == name {
+                return Some((member.bit_offset(), member.clone()));
+            }
+            if member_name.is_empty() {
+                let inner = self.composite(member)?;
+                let (offset, found) = self.find(&inner, name)?;
+                return Some((member.bit_offset() + offset, found));
+            }
+            None
+        })
+    }
+
+    /// The struct or union a member is, through typedefs and qualifiers.
+    fn composite(&self, member: &Member) -> Option<Struct> {
+        let mut current = self.btf.resolve_chained_type(member).ok()?;
+        for _ in 0..16 {
+            current = match current {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(t) => self.btf.resolve_chained_type(&t).ok()?,
+                Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => {
+                    self.btf.resolve_chained_type(&t).ok()?
+                }
+                Type::TypeTag(t) => self.btf.resolve_chained_type(&t).ok()?,
+                _ => return None,
+            };
+        }
+        None
+    }
+}
+
+fn member_error(ty: &str, path: &str, reason: &str) -> BtfError {
+    BtfError::Member {
+        ty: ty.to_owned(),
+        path: path.to_owned(),
+        reason: reason.to_owned(),
     }
 }
 

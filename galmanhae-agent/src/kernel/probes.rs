@@ -120,7 +120,11 @@ impl Probes {
             offsets.retransmit_synack = *fields;
         }
 
+        log::debug!("kernel offsets: {offsets:?}");
         let mut ebpf = EbpfLoader::new()
+            // The programs carry no CO-RE relocations (offsets come as a global), so aya need
+            // not parse the kernel's BTF a second time (~30 MB at start-up).
+            .btf(None)
             .override_global("KERNEL_OFFSETS", &offsets, true)
             .map_max_entries("RETRANSMIT_FLOWS", options.flow_capacity)
             .map_max_entries("RETRANSMIT_OVERFLOW", OVERFLOW_MAP_CAPACITY)
