@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::{setup, sh, workspace_root};
+use crate::{manifest, setup, sh, workspace_root};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -17,14 +17,13 @@ pub struct DemoArgs {
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     setup::run()?;
     let root = workspace_root();
-    let manifest = root.join("Cargo.toml");
     sh(
         "cargo",
         &[
             "build",
             "--release",
             "--manifest-path",
-            &manifest.display().to_string(),
+            &manifest(),
             "-p",
             "galmanhae-agent",
         ],

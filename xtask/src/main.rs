@@ -62,6 +62,11 @@ fn sh(program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The workspace's `Cargo.toml`, for `cargo --manifest-path` (tasks may run from anywhere).
+fn manifest() -> String {
+    workspace_root().join("Cargo.toml").display().to_string()
+}
+
 /// The workspace root (xtask lives one level below it).
 fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

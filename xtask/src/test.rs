@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::{setup, sh, workspace_root};
+use crate::{manifest, setup, sh};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -17,8 +17,7 @@ pub struct TestArgs {
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     setup::run()?;
     lint()?;
-    let manifest = workspace_root().join("Cargo.toml");
-    let manifest = manifest.display().to_string();
+    let manifest = manifest();
     sh(
         "cargo",
         &[
@@ -59,8 +58,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
 /// then the eBPF crate for its own target (feature unification would build its panic handler
 /// twice otherwise).
 pub fn lint() -> anyhow::Result<()> {
-    let manifest = workspace_root().join("Cargo.toml");
-    let manifest = manifest.display().to_string();
+    let manifest = manifest();
     sh(
         "cargo",
         &[

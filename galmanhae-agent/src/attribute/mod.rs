@@ -99,10 +99,6 @@ impl Attributor {
         }
     }
 
-    pub fn host_netns(&self) -> Option<u32> {
-        self.host_netns
-    }
-
     /// The workload that owns a socket in `netns` created by a task in cgroup `cgroup_id`.
     pub fn workload(&mut self, netns: u32, cgroup_id: u64) -> Workload {
         if Some(netns) == self.host_netns {

@@ -102,25 +102,14 @@ pub fn prepare(explicit_tracefs: Option<&Path>) -> Result<Environment, PrereqErr
 }
 
 fn check_privileges(checks: &mut Vec<Check>) -> Result<(), PrereqError> {
-    let has = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
+    let missing = lacking(&[Capability::CAP_BPF, Capability::CAP_PERFMON]);
     // Before 5.8 there is no CAP_BPF/CAP_PERFMON and CAP_SYS_ADMIN covers both.
-    let required = [Capability::CAP_BPF, Capability::CAP_PERFMON];
-    let missing: Vec<String> = required
-        .iter()
-        .filter(|cap| !has(**cap))
-        .map(ToString::to_string)
-        .collect();
-    if !missing.is_empty() && !has(Capability::CAP_SYS_ADMIN) {
+    if !missing.is_empty() && !lacking(&[Capability::CAP_SYS_ADMIN]).is_empty() {
         return Err(PrereqError::Privileges {
             missing: missing.join(", "),
         });
     }
-    let reading = [Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH];
-    let weak: Vec<String> = reading
-        .iter()
-        .filter(|cap| !has(**cap))
-        .map(ToString::to_string)
-        .collect();
+    let weak = lacking(&[Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH]);
     checks.push(if weak.is_empty() {
         Check {
             name: "privileges",
@@ -138,6 +127,15 @@ fn check_privileges(checks: &mut Vec<Check>) -> Result<(), PrereqError> {
         }
     });
     Ok(())
+}
+
+/// The capabilities of `wanted` that this process does not have in its effective set.
+fn lacking(wanted: &[Capability]) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|cap| !caps::has_cap(None, CapSet::Effective, **cap).unwrap_or(false))
+        .map(ToString::to_string)
+        .collect()
 }
 
 fn bpffs_check() -> Check {
