@@ -3,6 +3,7 @@
 //! Data flows one way: kernel maps ([`kernel`]) -> collectors ([`collect`]) -> attribution
 //! ([`attribute`]) -> one snapshot per tick ([`pipeline`]) -> sinks ([`report`]).
 
+pub mod addr;
 pub mod attribute;
 pub mod cli;
 pub mod collect;

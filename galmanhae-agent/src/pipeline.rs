@@ -3,14 +3,24 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use galmanhae_common::retransmit::{FlowKey, RetransmitCounters};
+use galmanhae_common::{
+    drop::DropKey,
+    retransmit::{FlowKey, RetransmitCounters},
+};
 
 use crate::{
-    attribute::{Attributor, Workload, procfs},
+    addr::{endpoints, packet_endpoints},
+    attribute::{
+        Attributor, Workload,
+        nat::{Binding, Direction, NatIndex},
+        procfs,
+    },
     collect::{
+        drops::{self, DropSample},
         netns_snmp::{self, TcpSegments},
         retransmits::{self, ReadError, RetransmitSample},
     },
@@ -22,6 +32,7 @@ use crate::{
 pub struct Snapshot {
     pub taken: Instant,
     pub retransmits: RetransmitSample,
+    pub drops: DropSample,
     pub netns_tcp: BTreeMap<u32, TcpSegments>,
 }
 
@@ -39,11 +50,13 @@ impl Pipeline {
     /// Reads the maps, then scans namespaces and reads their counters.
     pub fn snapshot(&mut self) -> Result<Snapshot, ReadError> {
         let retransmits = retransmits::read(&self.probes.ebpf)?;
+        let drops = drops::read(&self.probes.ebpf)?;
         let processes = procfs::scan();
         self.attributor.observe(&processes);
         Ok(Snapshot {
             taken: Instant::now(),
             retransmits,
+            drops,
             netns_tcp: netns_snmp::read_all(&processes),
         })
     }
@@ -67,6 +80,26 @@ pub struct FlowTotals {
     pub workload: Workload,
     pub key: FlowKey,
     pub counters: RetransmitCounters,
+    /// How the flow leaves the host, if it is translated (conntrack, host namespace).
+    pub nat: Option<Binding>,
+}
+
+/// Dropped packets of one workload at one site (namespace, reason, location), one flow.
+#[derive(Clone, Debug)]
+pub struct DropTotals {
+    pub workload: Workload,
+    /// Where the packet was dropped: the namespace and who it belongs to (`host`, a workload).
+    pub netns: u32,
+    pub dropped_in: String,
+    pub reason: u32,
+    pub location: u64,
+    /// The packet's headers; `None` when counted per site only (map full).
+    pub key: Option<DropKey>,
+    /// Which way the packet was going, when its owner was found by address.
+    pub direction: Option<Direction>,
+    /// The NAT binding the packet matched in the host namespace.
+    pub nat: Option<Binding>,
+    pub packets: u64,
 }
 
 /// Per-workload and per-flow results of a window.
@@ -75,6 +108,7 @@ pub struct Summary {
     pub duration: Duration,
     pub workloads: Vec<WorkloadTotals>,
     pub flows: Vec<FlowTotals>,
+    pub drops: Vec<DropTotals>,
     /// The kernel-side health counters over the window.
     pub retransmits: RetransmitSample,
     /// Entries in the flow map at the end (not a delta).
@@ -125,7 +159,7 @@ impl Window {
     }
 
     /// Attributes every flow and namespace of the window.
-    pub fn summarize(&self, attributor: &mut Attributor) -> Summary {
+    pub fn summarize(&self, attributor: &mut Attributor, nat: &NatIndex) -> Summary {
         let delta = self.latest.retransmits.since(&self.start.retransmits);
         let mut workloads: HashMap<Workload, WorkloadTotals> = HashMap::new();
 
@@ -135,10 +169,12 @@ impl Window {
             totals(&mut workloads, workload.clone())
                 .hooked
                 .add(counters);
+            let (local, remote) = endpoints(key);
             flows.push(FlowTotals {
                 workload,
                 key: *key,
                 counters: *counters,
+                nat: nat.translate(IPPROTO_TCP, local, remote),
             });
         }
         for (owner, counters) in &delta.overflow {
@@ -174,7 +210,11 @@ impl Window {
             }
         }
 
+        let drop_delta = self.latest.drops.since(&self.start.drops);
+        let drops = attribute_drops(&drop_delta, attributor, nat);
+
         Summary {
+            drops,
             duration: self
                 .latest
                 .taken
@@ -195,4 +235,88 @@ fn totals(map: &mut HashMap<Workload, WorkloadTotals>, workload: Workload) -> &m
             hooked: RetransmitCounters::default(),
             vanished: false,
         })
+}
+
+const IPPROTO_TCP: u8 = galmanhae_common::drop::IPPROTO_TCP;
+
+/// Who each dropped packet belonged to. In a workload's own namespace, that workload; in the
+/// host's, the workload whose address is on the packet (before NAT) or whose NAT binding the
+/// packet matches (after NAT); else the host.
+fn attribute_drops(
+    delta: &DropSample,
+    attributor: &mut Attributor,
+    nat: &NatIndex,
+) -> Vec<DropTotals> {
+    let host = attributor.host_netns();
+    let mut out = Vec::with_capacity(delta.flows.len() + delta.overflow.len());
+    for (key, packets) in &delta.flows {
+        let mut direction = None;
+        let mut binding = None;
+        let owner_netns = if Some(key.netns) == host {
+            let by_address = packet_endpoints(key).and_then(|(src, dst)| {
+                let found = |a: SocketAddr| attributor.netns_of_address(a.ip());
+                if let Some(netns) = found(src) {
+                    return Some((
+                        netns,
+                        Direction::Egress,
+                        nat.translate(key.protocol, src, dst),
+                    ));
+                }
+                if let Some(netns) = found(dst) {
+                    return Some((
+                        netns,
+                        Direction::Ingress,
+                        nat.translate(key.protocol, dst, src),
+                    ));
+                }
+                let (b, dir) = nat.packet(key.protocol, src, dst)?;
+                Some((attributor.netns_of_address(b.local.ip())?, dir, Some(b)))
+            });
+            match by_address {
+                Some((netns, dir, b)) => {
+                    direction = Some(dir);
+                    binding = b;
+                    netns
+                }
+                None => key.netns,
+            }
+        } else {
+            key.netns
+        };
+        out.push(DropTotals {
+            workload: attributor.workload(owner_netns, 0),
+            dropped_in: site_name(attributor, host, key.netns),
+            netns: key.netns,
+            reason: key.reason,
+            location: key.location,
+            key: Some(*key),
+            direction,
+            nat: binding,
+            packets: *packets,
+        });
+    }
+    for (site, packets) in &delta.overflow {
+        out.push(DropTotals {
+            workload: attributor.workload(site.netns, 0),
+            dropped_in: site_name(attributor, host, site.netns),
+            netns: site.netns,
+            reason: site.reason,
+            location: site.location,
+            key: None,
+            direction: None,
+            nat: None,
+            packets: *packets,
+        });
+    }
+    out
+}
+
+fn site_name(attributor: &mut Attributor, host: Option<u32>, netns: u32) -> String {
+    if netns == 0 {
+        "unknown namespace".to_owned()
+    } else if Some(netns) == host {
+        "host".to_owned()
+    } else {
+        attributor.workload(netns, 0).name
+    }
 }

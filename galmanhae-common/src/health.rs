@@ -11,10 +11,20 @@ pub enum HealthCounter {
     OverflowMapFull = 1,
     /// A kernel read (`bpf_probe_read_kernel`) failed; the event was counted with what was read.
     ReadError = 2,
+    /// A drop whose flow did not fit in `DROPS`: counted per site in `DROP_OVERFLOW` instead.
+    DropMapFull = 3,
+    /// A drop that fit in neither drop map: lost.
+    DropOverflowFull = 4,
 }
 
 impl HealthCounter {
-    pub const ALL: [Self; 3] = [Self::FlowMapFull, Self::OverflowMapFull, Self::ReadError];
+    pub const ALL: [Self; 5] = [
+        Self::FlowMapFull,
+        Self::OverflowMapFull,
+        Self::ReadError,
+        Self::DropMapFull,
+        Self::DropOverflowFull,
+    ];
     #[expect(clippy::cast_possible_truncation, reason = "a handful of counters")]
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -23,6 +33,8 @@ impl HealthCounter {
             Self::FlowMapFull => "flow_map_full",
             Self::OverflowMapFull => "overflow_map_full",
             Self::ReadError => "read_error",
+            Self::DropMapFull => "drop_map_full",
+            Self::DropOverflowFull => "drop_overflow_full",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! the layout byte for byte. Sizes are asserted at compile time.
 #![no_std]
 
+pub mod drop;
 pub mod health;
 pub mod offsets;
 pub mod retransmit;

@@ -37,6 +37,20 @@ pub struct RetransmitSynackFields {
     pub daddr_v6: u32,
 }
 
+/// Field offsets inside the `skb:kfree_skb` tracepoint record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KfreeSkbFields {
+    pub skbaddr: u32,
+    pub location: u32,
+    /// `unsigned short protocol`: the ethertype, host order.
+    pub protocol: u32,
+    /// `enum skb_drop_reason reason`, added in 5.17; [`ABSENT`] before.
+    pub reason: u32,
+    /// `void *rx_sk`, the receiving socket, added in 6.12; [`ABSENT`] before.
+    pub rx_sk: u32,
+}
+
 /// A bitfield member: the byte that holds it, then shift and mask within that byte.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +90,18 @@ pub struct StructOffsets {
     pub skb_tcp_gso_segs: u32,
     /// `struct inet_connection_sock` -> `icsk_ca_state` (a 5-bit bitfield).
     pub icsk_ca_state: BitField,
+    /// `struct sk_buff` -> `len`.
+    pub skb_len: u32,
+    /// `struct sk_buff` -> `dev` (a `struct net_device *`).
+    pub skb_dev: u32,
+    /// `struct sk_buff` -> `sk` (a `struct sock *`).
+    pub skb_sk: u32,
+    /// `struct sk_buff` -> `head` (the start of the buffer).
+    pub skb_head: u32,
+    /// `struct sk_buff` -> `network_header` (a `u16` offset from `head`).
+    pub skb_network_header: u32,
+    /// `struct net_device` -> `nd_net.net` (a `struct net *`).
+    pub net_device_net: u32,
 }
 
 /// Everything the programs need to know about the running kernel.
@@ -84,6 +110,7 @@ pub struct StructOffsets {
 pub struct KernelOffsets {
     pub retransmit_skb: RetransmitSkbFields,
     pub retransmit_synack: RetransmitSynackFields,
+    pub kfree_skb: KfreeSkbFields,
     pub structs: StructOffsets,
 }
 
@@ -109,6 +136,13 @@ impl KernelOffsets {
             saddr_v6: ABSENT,
             daddr_v6: ABSENT,
         },
+        kfree_skb: KfreeSkbFields {
+            skbaddr: ABSENT,
+            location: ABSENT,
+            protocol: ABSENT,
+            reason: ABSENT,
+            rx_sk: ABSENT,
+        },
         structs: StructOffsets {
             sock_net: ABSENT,
             net_inum: ABSENT,
@@ -117,10 +151,16 @@ impl KernelOffsets {
             kernfs_node_id: ABSENT,
             skb_tcp_gso_segs: ABSENT,
             icsk_ca_state: BitField::ABSENT,
+            skb_len: ABSENT,
+            skb_dev: ABSENT,
+            skb_sk: ABSENT,
+            skb_head: ABSENT,
+            skb_network_header: ABSENT,
+            net_device_net: ABSENT,
         },
     };
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 32);
+const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 56);
 
 crate::impl_pod!(KernelOffsets);

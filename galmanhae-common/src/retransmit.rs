@@ -94,6 +94,9 @@ pub struct RetransmitCounters {
     pub failed: u64,
     /// Segments of failed attempts.
     pub failed_segments: u64,
+    /// Payload bytes those segments carried (`skb->len`): against `segments`, the size of a
+    /// retransmitted segment, to compare with the path MTU.
+    pub bytes: u64,
     /// Sent retransmit events by [`RetransmitKind`].
     pub kinds: [u64; RetransmitKind::COUNT],
 }
@@ -105,6 +108,7 @@ impl RetransmitCounters {
         self.segments += other.segments;
         self.failed += other.failed;
         self.failed_segments += other.failed_segments;
+        self.bytes += other.bytes;
         for (mine, theirs) in self.kinds.iter_mut().zip(other.kinds.iter()) {
             *mine += theirs;
         }
@@ -122,6 +126,7 @@ impl RetransmitCounters {
             segments: self.segments.saturating_sub(earlier.segments),
             failed: self.failed.saturating_sub(earlier.failed),
             failed_segments: self.failed_segments.saturating_sub(earlier.failed_segments),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
             kinds,
         }
     }
@@ -131,6 +136,6 @@ impl RetransmitCounters {
     }
 }
 
-const _: () = assert!(size_of::<RetransmitCounters>() == 8 * (4 + RetransmitKind::COUNT));
+const _: () = assert!(size_of::<RetransmitCounters>() == 8 * (5 + RetransmitKind::COUNT));
 
 crate::impl_pod!(FlowKey, OwnerKey, RetransmitCounters);

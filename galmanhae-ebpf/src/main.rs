@@ -8,8 +8,10 @@
     reason = "BPF: helpers are inlined into each program so no BPF-to-BPF calls are made"
 )]
 
+mod drop;
 mod health;
 mod kernel;
+mod maps;
 mod retransmit;
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
@@ -33,6 +35,17 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 )]
 pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
     retransmit::on_retransmit_synack(&ctx);
+    0
+}
+
+/// `skb:kfree_skb`: a packet dropped, with the kernel's reason (5.17+) and location.
+#[tracepoint(category = "skb", name = "kfree_skb")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    drop::on_kfree_skb(&ctx);
     0
 }
 

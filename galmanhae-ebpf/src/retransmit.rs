@@ -3,9 +3,7 @@
 //! Both run in softirq or timer context, where the current task is not the socket's owner, so
 //! everything is read from the socket: its network namespace and its cgroup.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST, macros::map, maps::PerCpuHashMap, programs::TracePointContext,
-};
+use aya_ebpf::{macros::map, maps::PerCpuHashMap, programs::TracePointContext};
 use galmanhae_common::{
     health::HealthCounter,
     retransmit::{
@@ -17,6 +15,7 @@ use galmanhae_common::{
 use crate::{
     health,
     kernel::{at, bits, offset, tp_field},
+    maps,
 };
 
 /// Per-flow counters. A plain hash, not LRU: an LRU would evict counts without telling.
@@ -38,7 +37,6 @@ const TCP_CA_OPEN: u8 = 0;
 const TCP_CA_DISORDER: u8 = 1;
 const TCP_CA_RECOVERY: u8 = 3;
 const TCP_CA_LOSS: u8 = 4;
-const EEXIST: i32 = 17;
 
 pub fn on_retransmit_skb(ctx: &TracePointContext) {
     let Some(sk) = tp_field::<u64>(ctx, offset!(retransmit_skb.skaddr)) else {
@@ -60,6 +58,7 @@ pub fn on_retransmit_skb(ctx: &TracePointContext) {
     let skb = tp_field::<u64>(ctx, offset!(retransmit_skb.skbaddr)).unwrap_or(0);
     let segments =
         at::<u16>(skb, offset!(structs.skb_tcp_gso_segs)).map_or(1, |s| u64::from(s.max(1)));
+    let bytes = at::<u32>(skb, offset!(structs.skb_len)).map_or(0, u64::from);
     let kind = match tp_field::<i32>(ctx, offset!(retransmit_skb.state)) {
         Some(TCP_SYN_SENT) => RetransmitKind::Syn,
         Some(TCP_SYN_RECV) => RetransmitKind::SynAck,
@@ -74,6 +73,7 @@ pub fn on_retransmit_skb(ctx: &TracePointContext) {
         if err == 0 {
             c.retransmits += 1;
             c.segments += segments;
+            c.bytes += bytes;
             c.kinds[kind as usize] += 1;
         } else {
             c.failed += 1;
@@ -172,7 +172,7 @@ fn is_v4_mapped(addr: &[u8; 16]) -> bool {
 /// full, to the owner's overflow counters; when both are full, counts the loss.
 #[inline(always)]
 fn count(key: &FlowKey, update: impl Fn(&mut RetransmitCounters)) {
-    if bump_in(&RETRANSMIT_FLOWS, key, &update) {
+    if maps::update(&RETRANSMIT_FLOWS, key, &update) {
         return;
     }
     health::bump(HealthCounter::FlowMapFull);
@@ -181,40 +181,7 @@ fn count(key: &FlowKey, update: impl Fn(&mut RetransmitCounters)) {
         padding: 0,
         cgroup_id: key.cgroup_id,
     };
-    if !bump_in(&RETRANSMIT_OVERFLOW, &owner, &update) {
+    if !maps::update(&RETRANSMIT_OVERFLOW, &owner, &update) {
         health::bump(HealthCounter::OverflowMapFull);
-    }
-}
-
-/// `true` if counted; `false` only when the map is full.
-#[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "passing the value by value copies it once more and overflows the 512-byte BPF stack"
-)]
-fn bump_in<K>(
-    map: &PerCpuHashMap<K, RetransmitCounters>,
-    key: &K,
-    update: &impl Fn(&mut RetransmitCounters),
-) -> bool {
-    if let Some(counters) = map.get_ptr_mut(key) {
-        // SAFETY: this CPU's slot; nothing else writes it while the program runs.
-        update(unsafe { &mut *counters });
-        return true;
-    }
-    let mut fresh = RetransmitCounters::default();
-    update(&mut fresh);
-    match map.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
-        Ok(()) => true,
-        // Another CPU created the flow in between: this CPU's slot starts at zero.
-        Err(e) if e == -EEXIST => match map.get_ptr_mut(key) {
-            Some(counters) => {
-                // SAFETY: as above.
-                update(unsafe { &mut *counters });
-                true
-            }
-            None => false,
-        },
-        Err(_) => false,
     }
 }

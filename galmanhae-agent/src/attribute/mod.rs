@@ -2,12 +2,15 @@
 //! to a workload: a container, a pod, a systemd service, a bare namespace, or the host.
 //! Only this module knows about Docker and cgroup layouts.
 
+pub mod addresses;
 pub mod cgroup_path;
 pub mod docker;
+pub mod nat;
 pub mod procfs;
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -44,6 +47,8 @@ pub struct Attributor {
     netns_names: HashMap<u32, String>,
     containers: HashMap<String, ContainerInfo>,
     host_netns: Option<u32>,
+    /// Local addresses of the other namespaces: who a packet in the host namespace belongs to.
+    addresses: HashMap<IpAddr, u32>,
     /// Why a source of names is unavailable (shown once in the report).
     pub notes: Vec<String>,
 }
@@ -57,6 +62,7 @@ impl Attributor {
             netns_names: HashMap::new(),
             containers: HashMap::new(),
             host_netns: None,
+            addresses: HashMap::new(),
             notes: Vec::new(),
         }
     }
@@ -79,7 +85,21 @@ impl Attributor {
                 .flat_map(|pid| procfs::cgroup_paths(*pid))
                 .find_map(|path| cgroup_path::classify(&path));
             self.by_netns.insert(*netns, identity);
+            if let Some(pid) = info.pids.first() {
+                for address in addresses::local_addresses(*pid) {
+                    self.addresses.entry(address).or_insert(*netns);
+                }
+            }
         }
+    }
+
+    /// The namespace whose interface has `address`, if it is not the host's.
+    pub fn netns_of_address(&self, address: IpAddr) -> Option<u32> {
+        self.addresses.get(&address).copied()
+    }
+
+    pub fn host_netns(&self) -> Option<u32> {
+        self.host_netns
     }
 
     /// Refreshes container names (Docker Engine API) and namespace names (/run/netns).

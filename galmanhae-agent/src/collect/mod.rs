@@ -1,4 +1,6 @@
 //! One module per signal; each turns kernel state into plain records.
 
+pub mod drops;
+pub mod maps;
 pub mod netns_snmp;
 pub mod retransmits;

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 
 use super::NoHooks;
 use crate::{
-    attribute::Attributor,
+    attribute::{Attributor, nat::NatIndex},
     cli::DiagnoseArgs,
     kernel::{
         prereq,
@@ -80,7 +80,11 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     progress.finish();
 
     pipeline.attributor.refresh_names();
-    let summary = window.summarize(&mut pipeline.attributor);
+    let summary = window.summarize(&mut pipeline.attributor, &NatIndex::default());
+    pipeline
+        .probes
+        .symbols
+        .learn(summary.drops.iter().map(|d| d.location));
     let hooks = pipeline
         .probes
         .hooks
@@ -110,6 +114,8 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
             flow_capacity: pipeline.probes.flow_capacity,
             notes,
             top: args.top as usize,
+            drop_reasons: &pipeline.probes.drop_reasons,
+            symbols: &pipeline.probes.symbols,
         },
     );
 

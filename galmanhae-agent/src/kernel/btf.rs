@@ -88,6 +88,25 @@ impl KernelBtf {
         Err(error("empty path"))
     }
 
+    /// Values and names of an enum (`enum skb_drop_reason`, ...), as the running kernel has them.
+    pub fn enum_values(&self, name: &str) -> Result<Vec<(u32, String)>, BtfError> {
+        let found = self
+            .btf
+            .resolve_types_by_name(name)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Enum(e) => Some(e),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoType(format!("enum {name}")))?;
+        Ok(found
+            .members
+            .iter()
+            .filter_map(|m| Some((m.val(), self.btf.resolve_name(m).ok()?)))
+            .collect())
+    }
+
     fn named_struct(&self, name: &str) -> Result<Struct, BtfError> {
         self.btf
             .resolve_types_by_name(name)
@@ -161,6 +180,14 @@ pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), B
     let sock_cgroup = optional(btf.offset_of("sock", "sk_cgrp_data.cgroup"));
     let cgroup_kn = optional(btf.offset_of("cgroup", "kn"));
     let kernfs_node_id = optional(btf.offset_of("kernfs_node", "id"));
+    // The drop program's reads: https://elixir.bootlin.com/linux/v6.18/source/include/linux/skbuff.h
+    let mut skb_member = |member: &str| optional(btf.offset_of("sk_buff", member));
+    let skb_len = skb_member("len");
+    let skb_dev = skb_member("dev");
+    let skb_sk = skb_member("sk");
+    let skb_head = skb_member("head");
+    let skb_network_header = skb_member("network_header");
+    let net_device_net = optional(btf.offset_of("net_device", "nd_net.net"));
     // tcp_skb_pcount(): TCP_SKB_CB(skb)->tcp_gso_segs, skb->cb holds struct tcp_skb_cb.
     let skb_tcp_gso_segs = match (
         btf.offset_of("sk_buff", "cb"),
@@ -189,6 +216,12 @@ pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), B
             kernfs_node_id,
             skb_tcp_gso_segs,
             icsk_ca_state,
+            skb_len,
+            skb_dev,
+            skb_sk,
+            skb_head,
+            skb_network_header,
+            net_device_net,
         },
         notes,
     ))

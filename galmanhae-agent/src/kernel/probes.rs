@@ -8,15 +8,18 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use galmanhae_common::{
-    offsets::KernelOffsets,
+    drop::{DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY},
+    offsets::{ABSENT, KernelOffsets},
     retransmit::{FLOW_MAP_CAPACITY, OVERFLOW_MAP_CAPACITY},
 };
 
 use super::{
     btf::{self, KernelBtf},
+    kallsyms::Symbolizer,
     prereq::Environment,
     tracefs::{Format, FormatError},
 };
+use crate::collect::drops::DropReasons;
 
 /// The object `build.rs` produced from `galmanhae-ebpf`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/galmanhae"));
@@ -76,6 +79,10 @@ pub struct Probes {
     /// Notes on reduced precision (an optional struct member the kernel lacks, ...).
     pub notes: Vec<String>,
     pub flow_capacity: u32,
+    /// Names of the drop reasons the drop program counts.
+    pub drop_reasons: DropReasons,
+    /// Names of the kernel functions that drop packets.
+    pub symbols: Symbolizer,
     _stats: Option<OwnedFd>,
 }
 
@@ -90,6 +97,11 @@ const RETRANSMIT_SKB: TracepointSpec = TracepointSpec {
     program: "tcp_retransmit_skb",
     category: "tcp",
     name: "tcp_retransmit_skb",
+};
+const KFREE_SKB: TracepointSpec = TracepointSpec {
+    program: "kfree_skb",
+    category: "skb",
+    name: "kfree_skb",
 };
 const RETRANSMIT_SYNACK: TracepointSpec = TracepointSpec {
     program: "tcp_retransmit_synack",
@@ -113,6 +125,12 @@ impl Probes {
             RETRANSMIT_SYNACK.name,
         )
         .and_then(|f| f.retransmit_synack());
+        let drop_format = Format::read(&env.tracefs, KFREE_SKB.category, KFREE_SKB.name);
+        let drop_reasons = DropReasons::resolve(&btf, drop_format.as_ref().ok());
+        let drops = drop_format.and_then(|f| f.kfree_skb());
+        if let Ok(fields) = &drops {
+            offsets.kfree_skb = *fields;
+        }
         if let Ok(fields) = &skb {
             offsets.retransmit_skb = *fields;
         }
@@ -128,10 +146,12 @@ impl Probes {
             .override_global("KERNEL_OFFSETS", &offsets, true)
             .map_max_entries("RETRANSMIT_FLOWS", options.flow_capacity)
             .map_max_entries("RETRANSMIT_OVERFLOW", OVERFLOW_MAP_CAPACITY)
+            .map_max_entries("DROPS", DROP_MAP_CAPACITY)
+            .map_max_entries("DROP_OVERFLOW", DROP_OVERFLOW_CAPACITY)
             .load(PROGRAMS)?;
 
         let skb_detail = match &skb {
-            Ok(f) if f.err == galmanhae_common::offsets::ABSENT => {
+            Ok(f) if f.err == ABSENT => {
                 "no `err` field (kernel < 6.17): only sent retransmits fire".to_owned()
             }
             Ok(_) => "`err` field present: failed attempts are counted apart".to_owned(),
@@ -143,6 +163,18 @@ impl Probes {
                 &mut ebpf,
                 &RETRANSMIT_SYNACK,
                 synack.map(|_| "listener SYN-ACK retransmits".to_owned()),
+            ),
+            attach_tracepoint(
+                &mut ebpf,
+                &KFREE_SKB,
+                drops.map(|f| {
+                    if f.reason == ABSENT {
+                        "no `reason` field (kernel < 5.17): drops are counted without a reason"
+                            .to_owned()
+                    } else {
+                        format!("reason names from {}", drop_reasons.source)
+                    }
+                }),
             ),
         ];
 
@@ -157,7 +189,7 @@ impl Probes {
         } else {
             None
         };
-        if structs.sock_cgroup == galmanhae_common::offsets::ABSENT {
+        if structs.sock_cgroup == ABSENT {
             notes.push(
                 "no sk_cgrp_data (CONFIG_SOCK_CGROUP_DATA off): host-network sockets are \
                  attributed through /proc only"
@@ -170,6 +202,8 @@ impl Probes {
             hooks,
             notes,
             flow_capacity: options.flow_capacity,
+            drop_reasons,
+            symbols: Symbolizer::default(),
             _stats: stats,
         })
     }

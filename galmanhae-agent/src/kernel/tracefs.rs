@@ -8,7 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use galmanhae_common::offsets::{ABSENT, RetransmitSkbFields, RetransmitSynackFields};
+use galmanhae_common::offsets::{
+    ABSENT, KfreeSkbFields, RetransmitSkbFields, RetransmitSynackFields,
+};
 
 /// Where tracefs is normally mounted.
 pub const DEFAULT_TRACEFS: &str = "/sys/kernel/tracing";
@@ -40,6 +42,7 @@ pub struct Field {
 pub struct Format {
     pub tracepoint: String,
     fields: HashMap<String, Field>,
+    print_fmt: Option<String>,
 }
 
 impl Format {
@@ -86,9 +89,14 @@ impl Format {
                 ))
             })
             .collect();
+        let print_fmt = text
+            .lines()
+            .find_map(|l| l.strip_prefix("print fmt: "))
+            .map(str::to_owned);
         Self {
             tracepoint: tracepoint.to_owned(),
             fields,
+            print_fmt,
         }
     }
 
@@ -121,6 +129,38 @@ impl Format {
             daddr_v6: self.required("daddr_v6")?,
             err: self.optional("err"),
         })
+    }
+
+    pub fn kfree_skb(&self) -> Result<KfreeSkbFields, FormatError> {
+        Ok(KfreeSkbFields {
+            skbaddr: self.required("skbaddr")?,
+            location: self.required("location")?,
+            protocol: self.required("protocol")?,
+            reason: self.optional("reason"),
+            rx_sk: self.optional("rx_sk"),
+        })
+    }
+
+    /// The `{ value, "NAME" }` pairs of `__print_symbolic(REC->field, ...)` in the print format:
+    /// how the kernel itself names enum values in its trace output.
+    pub fn symbols(&self, field: &str) -> Vec<(u32, String)> {
+        let Some(print_fmt) = &self.print_fmt else {
+            return Vec::new();
+        };
+        let marker = format!("__print_symbolic(REC->{field},");
+        let Some(start) = print_fmt.find(&marker) else {
+            return Vec::new();
+        };
+        let body = &print_fmt[start + marker.len()..];
+        let body = body.split(')').next().unwrap_or_default();
+        body.split('}')
+            .filter_map(|pair| {
+                let pair = pair.trim_start_matches([',', ' ', '{']);
+                let (value, name) = pair.split_once(',')?;
+                let value = value.trim().parse().ok()?;
+                Some((value, name.trim().trim_matches('"').to_owned()))
+            })
+            .collect()
     }
 
     pub fn retransmit_synack(&self) -> Result<RetransmitSynackFields, FormatError> {
@@ -230,5 +270,44 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
         .retransmit_synack()
         .unwrap_err();
         assert!(err.to_string().contains("skaddr"), "{err}");
+    }
+
+    /// `skb:kfree_skb` on 6.18, its reason table shortened.
+    const KFREE_SKB_6_18: &str = "name: kfree_skb
+format:
+\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;
+
+print fmt: \"skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s\", REC->skbaddr, REC->rx_sk, \
+REC->protocol, REC->location, __print_symbolic(REC->reason, { 2, \"NOT_SPECIFIED\" }, \
+{ 12, \"NETFILTER_DROP\" }, { 93, \"PKT_TOO_BIG\" }, { 128, \"MAX\" })
+";
+
+    #[test]
+    fn kfree_skb_fields_and_reason_names() {
+        let format = Format::parse("skb:kfree_skb", KFREE_SKB_6_18);
+        let fields = format.kfree_skb().unwrap();
+        assert_eq!(
+            (
+                fields.skbaddr,
+                fields.location,
+                fields.protocol,
+                fields.reason
+            ),
+            (8, 16, 32, 36)
+        );
+        assert_eq!(
+            format.symbols("reason"),
+            vec![
+                (2, "NOT_SPECIFIED".to_owned()),
+                (12, "NETFILTER_DROP".to_owned()),
+                (93, "PKT_TOO_BIG".to_owned()),
+                (128, "MAX".to_owned()),
+            ]
+        );
+        assert!(format.symbols("protocol").is_empty());
     }
 }

@@ -3,16 +3,21 @@
 pub mod json;
 pub mod text;
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::collections::BTreeMap;
 
 use galmanhae_common::{
+    drop::{DropKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     health::HealthCounter,
-    retransmit::{AF_INET, FlowKey, RetransmitCounters, RetransmitKind},
+    retransmit::{AF_INET, RetransmitCounters, RetransmitKind},
 };
 use serde::Serialize;
 
+pub use crate::addr::endpoints;
 use crate::{
-    kernel::{prereq::Check, probes::Hook},
+    addr::packet_endpoints,
+    attribute::nat::{Binding, Direction},
+    collect::drops::DropReasons,
+    kernel::{kallsyms::Symbolizer, prereq::Check, probes::Hook},
     pipeline::Summary,
 };
 
@@ -27,6 +32,8 @@ pub struct DiagnoseReport {
     pub hooks: Vec<HookReport>,
     pub workloads: Vec<WorkloadReport>,
     pub flows: Vec<FlowReport>,
+    /// Dropped packets per workload, site, reason and location.
+    pub drops: Vec<DropReport>,
     pub findings: Vec<Finding>,
     pub health: HealthReport,
     pub notes: Vec<String>,
@@ -105,7 +112,44 @@ pub struct FlowReport {
     pub retransmitted_segments: u64,
     pub failed_attempts: u64,
     pub kinds: Kinds,
+    /// The flow as it leaves the host, when it is translated; `null` otherwise.
+    pub nat: Option<NatReport>,
+    /// Average payload of a retransmitted segment, bytes.
+    pub retransmitted_segment_bytes: Option<u64>,
     pub netns: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NatReport {
+    pub local: String,
+    pub remote: String,
+}
+
+impl From<&Binding> for NatReport {
+    fn from(b: &Binding) -> Self {
+        Self {
+            local: b.nat_local.to_string(),
+            remote: b.nat_remote.to_string(),
+        }
+    }
+}
+
+/// Packets of one workload dropped at one site for one reason.
+#[derive(Clone, Debug, Serialize)]
+pub struct DropReport {
+    pub workload: String,
+    pub workload_kind: &'static str,
+    /// Where: `host`, the workload's own name, or another namespace's.
+    pub dropped_in: String,
+    pub netns: u32,
+    pub reason: String,
+    pub location: String,
+    pub packets: u64,
+    /// Packets by direction (from the workload / to it), when known.
+    pub egress: u64,
+    pub ingress: u64,
+    /// Up to five example flows, `src -> dst` (with the protocol; ICMP shows type/code).
+    pub examples: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -156,18 +200,24 @@ pub struct HealthReport {
     /// Retransmits lost because both maps were full.
     pub lost: u64,
     pub read_errors: u64,
+    /// Drops counted per site only, because the drop map was full.
+    pub drop_map_full: u64,
+    /// Drops lost because both drop maps were full.
+    pub drops_lost: u64,
 }
 
 /// Everything the report needs besides the window.
-pub struct ReportContext {
+pub struct ReportContext<'a> {
     pub prerequisites: Vec<Check>,
     pub hooks: Vec<HookReport>,
     pub flow_capacity: u32,
     pub notes: Vec<String>,
     pub top: usize,
+    pub drop_reasons: &'a DropReasons,
+    pub symbols: &'a Symbolizer,
 }
 
-pub fn build(summary: &Summary, context: ReportContext) -> DiagnoseReport {
+pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
     let mut workloads: Vec<WorkloadReport> = summary
         .workloads
         .iter()
@@ -214,6 +264,9 @@ pub fn build(summary: &Summary, context: ReportContext) -> DiagnoseReport {
                 retransmitted_segments: f.counters.segments,
                 failed_attempts: f.counters.failed,
                 kinds: Kinds::from_counters(&f.counters),
+                nat: f.nat.as_ref().map(NatReport::from),
+                retransmitted_segment_bytes: (f.counters.segments > 0 && f.counters.bytes > 0)
+                    .then(|| f.counters.bytes / f.counters.segments),
                 netns: f.key.netns,
             }
         })
@@ -227,6 +280,7 @@ pub fn build(summary: &Summary, context: ReportContext) -> DiagnoseReport {
     });
     flows.truncate(context.top);
 
+    let drops = drop_reports(summary, &context);
     DiagnoseReport {
         schema: SCHEMA,
         host: HostInfo::current(),
@@ -235,6 +289,7 @@ pub fn build(summary: &Summary, context: ReportContext) -> DiagnoseReport {
         hooks: context.hooks,
         workloads,
         flows,
+        drops,
         findings: Vec::new(),
         health: HealthReport {
             flow_map_entries: summary.flow_entries,
@@ -242,9 +297,64 @@ pub fn build(summary: &Summary, context: ReportContext) -> DiagnoseReport {
             flow_map_full: summary.retransmits.health(HealthCounter::FlowMapFull),
             lost: summary.retransmits.health(HealthCounter::OverflowMapFull),
             read_errors: summary.retransmits.health(HealthCounter::ReadError),
+            drop_map_full: summary.retransmits.health(HealthCounter::DropMapFull),
+            drops_lost: summary.retransmits.health(HealthCounter::DropOverflowFull),
         },
         notes: context.notes,
     }
+}
+
+/// Drops grouped by workload, site, reason and location, most packets first.
+fn drop_reports(summary: &Summary, context: &ReportContext<'_>) -> Vec<DropReport> {
+    let mut groups: BTreeMap<(String, u32, u32, u64), DropReport> = BTreeMap::new();
+    for d in &summary.drops {
+        let report = groups
+            .entry((d.workload.name.clone(), d.netns, d.reason, d.location))
+            .or_insert_with(|| DropReport {
+                workload: d.workload.name.clone(),
+                workload_kind: d.workload.kind.as_str(),
+                dropped_in: d.dropped_in.clone(),
+                netns: d.netns,
+                reason: context.drop_reasons.name(d.reason),
+                location: context.symbols.name(d.location),
+                packets: 0,
+                egress: 0,
+                ingress: 0,
+                examples: Vec::new(),
+            });
+        report.packets += d.packets;
+        match d.direction {
+            Some(Direction::Egress) => report.egress += d.packets,
+            Some(Direction::Ingress) => report.ingress += d.packets,
+            None => {}
+        }
+        if let Some(example) = d.key.as_ref().and_then(describe_packet) {
+            if report.examples.len() < 5 && !report.examples.contains(&example) {
+                report.examples.push(example);
+            }
+        }
+    }
+    let mut drops: Vec<DropReport> = groups.into_values().collect();
+    drops.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.workload.cmp(&b.workload)));
+    drops.truncate(context.top.max(20));
+    drops
+}
+
+/// `tcp 198.18.100.2:41000 -> 198.19.0.2:5432`, `icmp 198.19.0.1 -> 198.18.100.2 type 3 code 4`.
+fn describe_packet(key: &DropKey) -> Option<String> {
+    let (src, dst) = packet_endpoints(key)?;
+    Some(match key.protocol {
+        IPPROTO_TCP => format!("tcp {src} -> {dst}"),
+        IPPROTO_UDP => format!("udp {src} -> {dst}"),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => format!(
+            "icmp {} -> {} type {} code {}",
+            src.ip(),
+            dst.ip(),
+            key.src_port,
+            key.dst_port
+        ),
+        other => format!("proto {other} {} -> {}", src.ip(), dst.ip()),
+    })
 }
 
 #[expect(
@@ -259,54 +369,9 @@ fn ratio(part: u64, whole: u64) -> f64 {
     }
 }
 
-/// Local and remote socket addresses; IPv4 flows come v4-mapped from the kernel.
-pub fn endpoints(key: &FlowKey) -> (SocketAddr, SocketAddr) {
-    let ip = |bytes: [u8; 16]| {
-        let v6 = Ipv6Addr::from(bytes);
-        match (key.family, v6.to_ipv4_mapped()) {
-            (AF_INET, Some(v4)) => IpAddr::V4(v4),
-            _ => IpAddr::V6(v6),
-        }
-    };
-    (
-        SocketAddr::new(ip(key.local_addr), key.local_port),
-        SocketAddr::new(ip(key.remote_addr), key.remote_port),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(family: u16, local: [u8; 16], remote: [u8; 16]) -> FlowKey {
-        FlowKey {
-            netns: 1,
-            family,
-            local_port: 41000,
-            remote_port: 5432,
-            padding: [0; 6],
-            cgroup_id: 0,
-            local_addr: local,
-            remote_addr: remote,
-        }
-    }
-
-    #[test]
-    fn formats_v4_mapped_and_v6_endpoints() {
-        let v4 = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets();
-        let (l, r) = endpoints(&key(AF_INET, v4([198, 18, 100, 2]), v4([198, 19, 0, 2])));
-        assert_eq!(
-            (l.to_string(), r.to_string()),
-            ("198.18.100.2:41000".into(), "198.19.0.2:5432".into())
-        );
-        let a: Ipv6Addr = "2001:2::1".parse().unwrap();
-        let b: Ipv6Addr = "2001:2::2".parse().unwrap();
-        let (l, r) = endpoints(&key(10, a.octets(), b.octets()));
-        assert_eq!(
-            (l.to_string(), r.to_string()),
-            ("[2001:2::1]:41000".into(), "[2001:2::2]:5432".into())
-        );
-    }
 
     #[test]
     fn ratio_of_nothing_is_zero() {

@@ -1,0 +1,62 @@
+//! Keys of the drop maps, filled by the `skb:kfree_skb` program.
+//!
+//! A drop is counted per network namespace, drop reason and kernel location, plus the packet's
+//! flow where its headers can be parsed cheaply (IPv4/IPv6 with TCP, UDP or ICMP).
+
+/// Default capacity of `DROPS`.
+pub const DROP_MAP_CAPACITY: u32 = 8_192;
+/// Capacity of `DROP_OVERFLOW` (one entry per namespace, reason and location).
+pub const DROP_OVERFLOW_CAPACITY: u32 = 2_048;
+
+/// One dropped packet's namespace, reason, location and flow.
+///
+/// Addresses are IPv6 or v4-mapped IPv6, ports in host byte order; for ICMP the "ports" are
+/// the type and the code. A packet that could not be parsed has `family == 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropKey {
+    /// Inode of the namespace of the packet's device (else its socket).
+    pub netns: u32,
+    /// `enum skb_drop_reason` value (its name comes from the running kernel's BTF).
+    pub reason: u32,
+    /// Address of the function that dropped the packet (symbolised from `/proc/kallsyms`).
+    pub location: u64,
+    pub family: u16,
+    /// `IPPROTO_*` of the transport header.
+    pub protocol: u8,
+    pub padding: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+}
+
+const _: () = assert!(size_of::<DropKey>() == 56);
+
+/// Where drops go when `DROPS` is full: without the flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropSiteKey {
+    pub netns: u32,
+    pub reason: u32,
+    pub location: u64,
+}
+
+const _: () = assert!(size_of::<DropSiteKey>() == 16);
+
+impl DropKey {
+    pub const fn site(&self) -> DropSiteKey {
+        DropSiteKey {
+            netns: self.netns,
+            reason: self.reason,
+            location: self.location,
+        }
+    }
+}
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+crate::impl_pod!(DropKey, DropSiteKey);

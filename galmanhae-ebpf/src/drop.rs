@@ -1,0 +1,157 @@
+//! `skb:kfree_skb`: count dropped packets per namespace, reason, location and flow.
+//!
+//! The namespace comes from the packet's device (else its socket), never from the current
+//! task: drops happen in softirq context on behalf of whoever. The flow is parsed from the
+//! IP header at `head + network_header`; a packet without one is counted with `family == 0`.
+
+use aya_ebpf::{macros::map, maps::PerCpuHashMap, programs::TracePointContext};
+use galmanhae_common::{
+    drop::{
+        DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY, DropKey, DropSiteKey, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    },
+    health::HealthCounter,
+    retransmit::{AF_INET, AF_INET6},
+};
+
+use crate::{
+    health,
+    kernel::{at, offset, tp_field},
+    maps,
+};
+
+/// Drops per namespace, reason, location and flow. A plain hash: an LRU would evict silently.
+#[map]
+static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(DROP_MAP_CAPACITY, 0);
+
+/// Drops per namespace, reason and location, when `DROPS` is full.
+#[map]
+static DROP_OVERFLOW: PerCpuHashMap<DropSiteKey, u64> =
+    PerCpuHashMap::with_max_entries(DROP_OVERFLOW_CAPACITY, 0);
+
+/// `network_header` when no header was set (`skb_reset_network_header` never ran).
+const UNSET_HEADER: u16 = 0xffff;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+pub fn on_kfree_skb(ctx: &TracePointContext) {
+    let Some(skb) = tp_field::<u64>(ctx, offset!(kfree_skb.skbaddr)) else {
+        health::bump(HealthCounter::ReadError);
+        return;
+    };
+    let mut key = DropKey {
+        netns: netns(ctx, skb),
+        // Before 5.17 there is no reason: 0 reads as "unknown".
+        reason: tp_field::<u32>(ctx, offset!(kfree_skb.reason)).unwrap_or(0),
+        location: tp_field::<u64>(ctx, offset!(kfree_skb.location)).unwrap_or(0),
+        family: 0,
+        protocol: 0,
+        padding: 0,
+        src_port: 0,
+        dst_port: 0,
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+    };
+    parse_flow(skb, &mut key);
+    count(&key);
+}
+
+/// The namespace of the packet's device, else of its socket, else of the socket receiving it
+/// (TCP clears `skb->dev` once a segment reaches the socket); 0 when none is set.
+#[inline(always)]
+fn netns(ctx: &TracePointContext, skb: u64) -> u32 {
+    let dev = at::<u64>(skb, offset!(structs.skb_dev)).unwrap_or(0);
+    let net = if dev == 0 {
+        let mut sk = at::<u64>(skb, offset!(structs.skb_sk)).unwrap_or(0);
+        if sk == 0 {
+            sk = tp_field::<u64>(ctx, offset!(kfree_skb.rx_sk)).unwrap_or(0);
+        }
+        at::<u64>(sk, offset!(structs.sock_net)).unwrap_or(0)
+    } else {
+        at::<u64>(dev, offset!(structs.net_device_net)).unwrap_or(0)
+    };
+    at::<u32>(net, offset!(structs.net_inum)).unwrap_or(0)
+}
+
+/// Fills the flow fields from the IP and transport headers, where they are set.
+#[inline(always)]
+fn parse_flow(skb: u64, key: &mut DropKey) {
+    let Some(head) = at::<u64>(skb, offset!(structs.skb_head)) else {
+        return;
+    };
+    let network = match at::<u16>(skb, offset!(structs.skb_network_header)) {
+        Some(n) if n != UNSET_HEADER => head + u64::from(n),
+        _ => return,
+    };
+    let Some(first) = at::<u8>(network, 0) else {
+        return;
+    };
+    let transport = match first >> 4 {
+        4 => {
+            // struct iphdr: ihl/version, tos, tot_len, id, frag_off, ttl, protocol, check, saddr, daddr
+            let Some(ip) = at::<[u8; 20]>(network, 0) else {
+                return;
+            };
+            key.family = AF_INET;
+            key.protocol = ip[9];
+            key.src_addr = v4_mapped([ip[12], ip[13], ip[14], ip[15]]);
+            key.dst_addr = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
+            // A non-first fragment has no transport header.
+            if u16::from_be_bytes([ip[6], ip[7]]) & IP_OFFSET_MASK != 0 {
+                return;
+            }
+            network + u64::from(ip[0] & 0x0f) * 4
+        }
+        6 => {
+            // struct ipv6hdr: ver/tc/flow (4), payload_len (2), nexthdr, hop_limit, saddr, daddr
+            let Some(ip) = at::<[u8; 40]>(network, 0) else {
+                return;
+            };
+            key.family = AF_INET6;
+            key.protocol = ip[6];
+            let mut src = [0; 16];
+            let mut dst = [0; 16];
+            src.copy_from_slice(&ip[8..24]);
+            dst.copy_from_slice(&ip[24..40]);
+            key.src_addr = src;
+            key.dst_addr = dst;
+            // Extension headers are not walked: such packets keep ports 0.
+            network + 40
+        }
+        _ => return,
+    };
+    match key.protocol {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            if let Some(ports) = at::<[u8; 4]>(transport, 0) {
+                key.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+                key.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+            }
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            if let Some(type_code) = at::<[u8; 2]>(transport, 0) {
+                key.src_port = u16::from(type_code[0]);
+                key.dst_port = u16::from(type_code[1]);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// One more drop for `key`; per site when the flow map is full; counted as lost otherwise.
+#[inline(always)]
+fn count(key: &DropKey) {
+    let one_more = |n: &mut u64| *n += 1;
+    if maps::update(&DROPS, key, &one_more) {
+        return;
+    }
+    health::bump(HealthCounter::DropMapFull);
+    if !maps::update(&DROP_OVERFLOW, &key.site(), &one_more) {
+        health::bump(HealthCounter::DropOverflowFull);
+    }
+}
