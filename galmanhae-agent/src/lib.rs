@@ -8,6 +8,7 @@ pub mod attribute;
 pub mod cli;
 pub mod collect;
 pub mod commands;
+pub mod findings;
 pub mod kernel;
 pub mod pipeline;
 pub mod report;

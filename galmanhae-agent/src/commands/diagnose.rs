@@ -116,6 +116,9 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
             top: args.top as usize,
             drop_reasons: &pipeline.probes.drop_reasons,
             symbols: &pipeline.probes.symbols,
+            conntrack: Vec::new(),
+            nat_audit: report::NatAudit::default(),
+            paths: Vec::new(),
         },
     );
 

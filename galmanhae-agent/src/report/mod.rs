@@ -34,6 +34,10 @@ pub struct DiagnoseReport {
     pub flows: Vec<FlowReport>,
     /// Dropped packets per workload, site, reason and location.
     pub drops: Vec<DropReport>,
+    pub conntrack: Vec<ConntrackReport>,
+    pub nat_audit: NatAudit,
+    pub paths: Vec<PathReport>,
+    pub leaks: Vec<LeakReport>,
     pub findings: Vec<Finding>,
     pub health: HealthReport,
     pub notes: Vec<String>,
@@ -148,7 +152,79 @@ pub struct DropReport {
     /// Packets by direction (from the workload / to it), when known.
     pub egress: u64,
     pub ingress: u64,
+    /// Of which TCP segments.
+    pub tcp: u64,
+    /// Of which ICMP "fragmentation needed" / ICMPv6 "packet too big": path MTU discovery
+    /// messages that never arrived.
+    pub icmp_too_big: u64,
     /// Up to five example flows, `src -> dst` (with the protocol; ICMP shows type/code).
+    pub examples: Vec<String>,
+}
+
+/// Conntrack of one namespace over the window: table fill at the end, event counter deltas.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConntrackReport {
+    pub namespace: String,
+    pub netns: u32,
+    /// `ctnetlink` or `procfs`.
+    pub source: String,
+    pub entries: Option<u64>,
+    pub max: Option<u64>,
+    pub insert: u64,
+    pub insert_failed: u64,
+    pub drop: u64,
+    pub early_drop: u64,
+    pub invalid: u64,
+    pub clash_resolve: u64,
+    pub search_restart: u64,
+    pub error: u64,
+}
+
+/// The host's NAT set-up, checked for known traps.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NatAudit {
+    /// MASQUERADE rules as `iptables-save` prints them, and whether they randomise ports fully.
+    pub masquerade: Vec<MasqueradeReport>,
+    pub tcp_be_liberal: Option<bool>,
+    pub tcp_loose: Option<bool>,
+    pub tcp_timeout_established_s: Option<u64>,
+    /// Why part of the audit could not be done.
+    pub unavailable: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MasqueradeReport {
+    pub family: &'static str,
+    pub rule: String,
+    pub random_fully: bool,
+}
+
+/// The MTUs on a workload's path to a remote.
+#[derive(Clone, Debug, Serialize)]
+pub struct PathReport {
+    pub workload: String,
+    pub remote: String,
+    /// Each hop: its role (`workload`, `host_veth`, `bridge`, `egress`), interface and MTU.
+    pub hops: Vec<Hop>,
+    pub smallest_mtu: Option<u32>,
+    /// (inner, egress) when the workload side allows larger packets than the egress.
+    pub mismatch: Option<(u32, u32)>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Hop {
+    pub role: &'static str,
+    pub interface: String,
+    pub mtu: u32,
+}
+
+/// Packets of a workload that left the host untranslated, with its bridge address.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeakReport {
+    pub workload: String,
+    pub interface: String,
+    pub packets: u64,
     pub examples: Vec<String>,
 }
 
@@ -178,17 +254,7 @@ impl Kinds {
     }
 }
 
-/// Filled by later capabilities (NAT, drops, MTU); the list is part of the v1 contract.
-#[derive(Clone, Debug, Serialize)]
-pub struct Finding {
-    pub id: &'static str,
-    pub severity: &'static str,
-    pub workload: String,
-    pub flows: Vec<String>,
-    pub summary: String,
-    pub evidence: Vec<String>,
-    pub advice: String,
-}
+pub use crate::findings::Finding;
 
 /// What the kernel side could not do. Nothing is dropped without being counted here.
 #[derive(Clone, Debug, Serialize)]
@@ -215,6 +281,9 @@ pub struct ReportContext<'a> {
     pub top: usize,
     pub drop_reasons: &'a DropReasons,
     pub symbols: &'a Symbolizer,
+    pub conntrack: Vec<ConntrackReport>,
+    pub nat_audit: NatAudit,
+    pub paths: Vec<PathReport>,
 }
 
 pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
@@ -281,7 +350,7 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
     flows.truncate(context.top);
 
     let drops = drop_reports(summary, &context);
-    DiagnoseReport {
+    let mut report = DiagnoseReport {
         schema: SCHEMA,
         host: HostInfo::current(),
         duration_s: (summary.duration.as_secs_f64() * 10.0).round() / 10.0,
@@ -290,6 +359,10 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
         workloads,
         flows,
         drops,
+        conntrack: context.conntrack,
+        nat_audit: context.nat_audit,
+        paths: context.paths,
+        leaks: Vec::new(),
         findings: Vec::new(),
         health: HealthReport {
             flow_map_entries: summary.flow_entries,
@@ -301,7 +374,9 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
             drops_lost: summary.retransmits.health(HealthCounter::DropOverflowFull),
         },
         notes: context.notes,
-    }
+    };
+    report.findings = crate::findings::evaluate(&report);
+    report
 }
 
 /// Drops grouped by workload, site, reason and location, most packets first.
@@ -320,6 +395,8 @@ fn drop_reports(summary: &Summary, context: &ReportContext<'_>) -> Vec<DropRepor
                 packets: 0,
                 egress: 0,
                 ingress: 0,
+                tcp: 0,
+                icmp_too_big: 0,
                 examples: Vec::new(),
             });
         report.packets += d.packets;
@@ -327,6 +404,14 @@ fn drop_reports(summary: &Summary, context: &ReportContext<'_>) -> Vec<DropRepor
             Some(Direction::Egress) => report.egress += d.packets,
             Some(Direction::Ingress) => report.ingress += d.packets,
             None => {}
+        }
+        if let Some(key) = &d.key {
+            if key.protocol == IPPROTO_TCP {
+                report.tcp += d.packets;
+            }
+            if is_icmp_too_big(key) {
+                report.icmp_too_big += d.packets;
+            }
         }
         if let Some(example) = d.key.as_ref().and_then(describe_packet) {
             if report.examples.len() < 5 && !report.examples.contains(&example) {
@@ -338,6 +423,16 @@ fn drop_reports(summary: &Summary, context: &ReportContext<'_>) -> Vec<DropRepor
     drops.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.workload.cmp(&b.workload)));
     drops.truncate(context.top.max(20));
     drops
+}
+
+/// ICMP type 3 code 4 (RFC 1191) or ICMPv6 type 2 (RFC 8201); the kernel map keeps the
+/// type and code in the port fields.
+fn is_icmp_too_big(key: &DropKey) -> bool {
+    match key.protocol {
+        IPPROTO_ICMP => key.src_port == 3 && key.dst_port == 4,
+        IPPROTO_ICMPV6 => key.src_port == 2,
+        _ => false,
+    }
 }
 
 /// `tcp 198.18.100.2:41000 -> 198.19.0.2:5432`, `icmp 198.19.0.1 -> 198.18.100.2 type 3 code 4`.

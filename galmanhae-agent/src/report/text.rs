@@ -88,12 +88,84 @@ fn write_report(out: &mut String, r: &DiagnoseReport) -> std::fmt::Result {
         }
     }
 
+    if !r.drops.is_empty() {
+        writeln!(out, "\nDrops on this machine (skb:kfree_skb)")?;
+        writeln!(
+            out,
+            "  {:<20} {:<20} {:<18} {:<26} {:>8}  EXAMPLE",
+            "WORKLOAD", "DROPPED IN", "REASON", "LOCATION", "PACKETS"
+        )?;
+        for d in r.drops.iter().take(10) {
+            writeln!(
+                out,
+                "  {:<20} {:<20} {:<18} {:<26} {:>8}  {}",
+                truncate(&d.workload, 20),
+                truncate(&d.dropped_in, 20),
+                truncate(&d.reason, 18),
+                truncate(&d.location, 26),
+                d.packets,
+                d.examples.first().map_or("", String::as_str)
+            )?;
+        }
+    }
+
+    for c in r
+        .conntrack
+        .iter()
+        .filter(|c| c.entries.unwrap_or(0) > 0 || c.insert > 0)
+    {
+        writeln!(
+            out,
+            "\nConntrack {} ({}): {} of {} entries; window: insert +{}, insert_failed +{}, \
+             drop +{}, early_drop +{}, invalid +{}, clash_resolve +{}",
+            c.namespace,
+            c.source,
+            c.entries.unwrap_or(0),
+            c.max.unwrap_or(0),
+            c.insert,
+            c.insert_failed,
+            c.drop,
+            c.early_drop,
+            c.invalid,
+            c.clash_resolve
+        )?;
+    }
+
+    writeln!(out, "\nFindings")?;
+    if r.findings.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for (i, f) in r.findings.iter().enumerate() {
+        writeln!(
+            out,
+            "  {}. [{}] {} ({}): {}",
+            i + 1,
+            f.severity.as_str(),
+            f.id,
+            f.workload,
+            f.summary
+        )?;
+        for e in &f.evidence {
+            writeln!(out, "       - {e}")?;
+        }
+        for flow in f.flows.iter().take(3) {
+            writeln!(out, "       flow {flow}")?;
+        }
+        writeln!(out, "     Advice: {}", f.advice)?;
+    }
+
     let h = &r.health;
     writeln!(
         out,
         "\nHealth: flow map {}/{} entries; {} retransmits counted per workload only (map full); \
-         {} lost; {} read errors",
-        h.flow_map_entries, h.flow_map_capacity, h.flow_map_full, h.lost, h.read_errors
+         {} lost; {} read errors; {} drops counted per site only, {} drops lost",
+        h.flow_map_entries,
+        h.flow_map_capacity,
+        h.flow_map_full,
+        h.lost,
+        h.read_errors,
+        h.drop_map_full,
+        h.drops_lost
     )?;
     for note in &r.notes {
         writeln!(out, "Note: {note}")?;
@@ -101,8 +173,20 @@ fn write_report(out: &mut String, r: &DiagnoseReport) -> std::fmt::Result {
     Ok(())
 }
 
-/// One line that says what matters most.
+/// One line that says what matters most: the top finding, else the worst workload.
 fn verdict(r: &DiagnoseReport) -> String {
+    if let Some(f) = r.findings.first() {
+        let more = match r.findings.len() {
+            1 => String::new(),
+            n => format!(" (+{} more findings)", n - 1),
+        };
+        return format!(
+            "Verdict: [{}] {}: {}.{more}",
+            f.severity.as_str(),
+            f.id,
+            f.summary
+        );
+    }
     let worst = r
         .workloads
         .iter()

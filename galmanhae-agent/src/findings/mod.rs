@@ -1,0 +1,130 @@
+//! From evidence to findings: each rule reads the report's measurements (workloads, flows,
+//! drops, conntrack, NAT audit, paths) and says what is wrong, for whom, why it thinks so and
+//! what to change. One file per family of causes (see `../shared/research` R1-R7).
+
+mod conntrack;
+mod drops;
+mod mtu;
+mod syn;
+
+use serde::Serialize;
+
+use crate::report::{DiagnoseReport, DropReport, WorkloadReport};
+
+/// One diagnosed problem. `id` values are a contract (see README).
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub id: &'static str,
+    pub severity: Severity,
+    pub workload: String,
+    pub flows: Vec<String>,
+    pub summary: String,
+    pub evidence: Vec<String>,
+    pub advice: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+}
+
+impl Severity {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+        }
+    }
+}
+
+/// Causes before symptoms: at equal severity a finding that names a mechanism (a full table,
+/// a black hole) ranks above one that only locates the loss.
+const SPECIFICITY: [&str; 7] = [
+    "conntrack_full",
+    "snat_collision",
+    "nat_leak",
+    "path_mtu",
+    "local_drops",
+    "syn_retransmits",
+    "loss_beyond_host",
+];
+
+/// Every finding the evidence supports, most important first.
+pub fn evaluate(report: &DiagnoseReport) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    findings.extend(conntrack::table_full(report));
+    findings.extend(conntrack::snat_collision(report));
+    findings.extend(conntrack::nat_leak(report));
+    findings.extend(mtu::path_mtu(report));
+    findings.extend(drops::local_drops(report));
+    findings.extend(syn::syn_retransmits(report));
+    findings.extend(drops::loss_beyond_host(report));
+    findings.sort_by_key(|f| {
+        (
+            std::cmp::Reverse(f.severity),
+            SPECIFICITY.iter().position(|id| *id == f.id),
+        )
+    });
+    findings
+}
+
+/// Workloads the rules look at: everything that owns sockets, not bare namespaces with no name.
+fn workloads(report: &DiagnoseReport) -> impl Iterator<Item = &WorkloadReport> {
+    report.workloads.iter()
+}
+
+/// Drops of `workload` where it matters: in its own namespace or on the host, not at the far
+/// end of its flows (a peer's namespace on this machine stands for a remote host).
+fn own_drops<'a>(
+    report: &'a DiagnoseReport,
+    workload: &'a str,
+) -> impl Iterator<Item = &'a DropReport> {
+    report.drops.iter().filter(move |d| {
+        d.workload == workload && (d.dropped_in == "host" || d.dropped_in == workload)
+    })
+}
+
+/// Drop reasons that are TCP's own receive-side bookkeeping (duplicates, closed sockets), not
+/// lost packets.
+const BOOKKEEPING: [&str; 11] = [
+    "TCP_OLD_DATA",
+    "TCP_OLD_SEQUENCE",
+    "TCP_OFOMERGE",
+    "TCP_OLD_ACK",
+    "TCP_TOO_OLD_ACK",
+    "TCP_CLOSE",
+    "TCP_RESET",
+    "SOCKET_CLOSE",
+    "QUEUE_PURGE",
+    "NO_SOCKET",
+    "TCP_ZEROWINDOW",
+];
+
+fn is_loss(drop: &DropReport) -> bool {
+    !BOOKKEEPING.contains(&drop.reason.as_str()) && !drop.reason.starts_with("IPV6_NDISC")
+}
+
+/// Flows of a workload as `local -> remote` (with the NAT side when there is one).
+fn flow_names(report: &DiagnoseReport, workload: &str, limit: usize) -> Vec<String> {
+    report
+        .flows
+        .iter()
+        .filter(|f| f.workload == workload)
+        .take(limit)
+        .map(|f| match &f.nat {
+            Some(nat) => format!(
+                "{} -> {} (as {} -> {})",
+                f.local, f.remote, nat.local, nat.remote
+            ),
+            None => format!("{} -> {}", f.local, f.remote),
+        })
+        .collect()
+}
+
+fn percent(ratio: f64) -> String {
+    format!("{:.2}%", ratio * 100.0)
+}
