@@ -250,6 +250,188 @@ fn lossy_container_is_named_and_counts_are_exact() {
     // Listed first: workloads come ordered by ratio.
     assert_eq!(report["workloads"][0]["name"], "t-lossy");
     assert_eq!(report["health"]["lost"], 0);
+
+    // Why: the host drops its packets, and the drop program counts exactly what the iptables
+    // rule dropped in the same window (the rule was created empty, traffic ran only inside).
+    let finding = finding(&report, "local_drops", "t-lossy");
+    assert_eq!(finding["severity"], "high", "{finding:#}");
+    let netfilter_drops: u64 = drops(&report, "t-lossy")
+        .iter()
+        .filter(|d| d["reason"] == "NETFILTER_DROP")
+        .map(|d| u64_of(&d["packets"]))
+        .sum();
+    assert_eq!(
+        netfilter_drops,
+        fault::dropped_packets("iptables").unwrap(),
+        "{:#}",
+        report["drops"]
+    );
+    assert_no_findings(&report, "t-healthy");
+}
+
+/// The report's findings about `workload` with this id; panics if there is none.
+fn finding<'a>(report: &'a Value, id: &str, workload: &str) -> &'a Value {
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["id"] == id && f["workload"] == workload)
+        .unwrap_or_else(|| panic!("no {id} finding for {workload}: {:#}", report["findings"]))
+}
+
+fn assert_no_findings(report: &Value, workload: &str) {
+    let about: Vec<&Value> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["workload"] == workload)
+        .collect();
+    assert!(
+        about.is_empty(),
+        "{workload} should have no findings: {about:#?}"
+    );
+}
+
+fn drops<'a>(report: &'a Value, workload: &str) -> Vec<&'a Value> {
+    report["drops"]
+        .as_array()
+        .expect("drops")
+        .iter()
+        .filter(|d| d["workload"] == workload)
+        .collect()
+}
+
+/// Runs a shell script in a container, giving up after `seconds`.
+fn exec_for(container: &str, seconds: u32, script: &str) {
+    let script = format!("timeout {seconds} sh -c '{script}' || true");
+    docker::exec(container, &["sh", "-c", &script]).expect("docker exec");
+}
+
+#[test]
+fn loss_at_the_remote_end_is_beyond_the_host() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-remote", &[]);
+    lab.container("t-healthy", &[]);
+    // The db drops 5 % of what reaches port 5432; the control talks to 5433.
+    fault::loss(5.0, &Target::Port(DB_PORT)).expect("injecting loss at the db");
+    let run = Diagnose::start(&["--duration", "10s", "--top", "1000"]);
+    let remote = thread::spawn(|| stream_from("t-remote", DB_V4, 20_000_000));
+    exec_for(
+        "t-healthy",
+        8,
+        &format!("head -c 2000000 /dev/zero | nc -w 5 {DB_V4} {DB_HOST_PORT}"),
+    );
+    remote.join().expect("stream");
+    let report = run.report();
+    let f = finding(&report, "loss_beyond_host", "t-remote");
+    assert!(
+        f["evidence"]
+            .to_string()
+            .contains("0 of its packets dropped on this host"),
+        "{f:#}"
+    );
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| !(f["id"] == "local_drops" && f["workload"] == "t-remote")),
+        "{:#}",
+        report["findings"]
+    );
+    assert_no_findings(&report, "t-healthy");
+}
+
+#[test]
+fn syn_black_hole_gives_syn_retransmits() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-syn", &[]);
+    lab.container("t-healthy", &[]);
+    fault::syn_blackhole(&Target::Port(DB_PORT)).expect("SYN black hole at the db");
+    let run = Diagnose::start(&["--duration", "8s", "--top", "1000"]);
+    let syn = thread::spawn(|| {
+        exec_for(
+            "t-syn",
+            5,
+            &format!(
+                "echo a | nc -w 4 {DB_V4} {DB_PORT} & echo b | nc -w 4 {DB_V4} {DB_PORT}; wait"
+            ),
+        );
+    });
+    exec_for(
+        "t-healthy",
+        5,
+        &format!("echo hello | nc -w 2 {DB_V4} {DB_HOST_PORT}"),
+    );
+    syn.join().expect("connect attempts");
+    let report = run.report();
+    let f = finding(&report, "syn_retransmits", "t-syn");
+    assert!(
+        f["flows"]
+            .to_string()
+            .contains(&format!("{DB_V4}:{DB_PORT}")),
+        "{f:#}"
+    );
+    let syns: u64 = flows(&report, "t-syn")
+        .iter()
+        .map(|f| u64_of(&f["kinds"]["syn"]))
+        .sum();
+    assert!(
+        syns >= 4,
+        "two connections, each at least 2 SYN retransmits in 4 s: {syns}"
+    );
+    assert_no_findings(&report, "t-healthy");
+}
+
+#[test]
+fn mtu_black_hole_is_path_mtu() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-big", &[]);
+    lab.container("t-small", &[]);
+    // Egress 1400 while the containers keep 1500, and the ICMP that would say so is dropped.
+    fault::mtu(1400, true).expect("MTU black hole");
+    let run = Diagnose::start(&["--duration", "10s", "--top", "1000"]);
+    let big = thread::spawn(|| {
+        exec_for(
+            "t-big",
+            8,
+            &format!("head -c 2000000 /dev/zero | nc -w 7 {DB_V4} {DB_PORT}"),
+        );
+    });
+    exec_for(
+        "t-small",
+        5,
+        &format!("echo small | nc -w 2 {DB_V4} {DB_HOST_PORT}"),
+    );
+    big.join().expect("bulk transfer");
+    let report = run.report();
+    let f = finding(&report, "path_mtu", "t-big");
+    assert_eq!(f["severity"], "high", "{f:#}");
+    let too_big: u64 = drops(&report, "t-big")
+        .iter()
+        .filter(|d| d["reason"] == "PKT_TOO_BIG")
+        .map(|d| u64_of(&d["packets"]))
+        .sum();
+    assert!(too_big > 0, "{:#}", report["drops"]);
+    let icmp: u64 = drops(&report, "t-big")
+        .iter()
+        .map(|d| u64_of(&d["icmp_too_big"]))
+        .sum();
+    assert!(
+        icmp > 0,
+        "the host's ICMP frag-needed were dropped: {:#}",
+        report["drops"]
+    );
+    assert_no_findings(&report, "t-small");
 }
 
 #[test]

@@ -1,15 +1,145 @@
-//! Faults injected on the path to the db: random loss with iptables' statistic match
-//! (`sch_netem` is not built into these kernels).
+//! Faults injected on the path to the db, one per cause galmanhae diagnoses: random loss with
+//! iptables' statistic match (`sch_netem` is not built into these kernels), SYN black holes,
+//! a smaller MTU on the host's egress with ICMP filtered, a tiny conntrack table.
 //!
-//! Container loss is dropped in the host's FORWARD path (DOCKER-USER, before MASQUERADE, so
-//! the container's own address still matches); host and all-traffic loss in the db namespace.
+//! Container faults act in the host's FORWARD path (DOCKER-USER, before MASQUERADE, so the
+//! container's own address still matches): drops on this host. Port and all-traffic faults act
+//! in the db namespace: the far end, standing for the network beyond the host.
 
-use anyhow::bail;
+use std::path::Path;
 
-use crate::{DB_NETNS, DB_V4, DB_V6, docker, run};
+use anyhow::{Context as _, bail};
+
+use crate::{DB_NETNS, DB_V4, DB_V6, HOST_VETH, STATE_DIR, docker, run};
 
 /// The lab's own chain, in the host's filter table and in the db namespace's.
 pub const CHAIN: &str = "GALMANHAE-LAB";
+/// The lab's chain on the host's OUTPUT path (ICMP the host itself sends).
+pub const OUTPUT_CHAIN: &str = "GALMANHAE-LAB-OUT";
+/// The host egress MTU when no MTU fault is set.
+const NORMAL_MTU: &str = "1500";
+const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// Packet counter of the lab chain's rules (host side), for checking counts against.
+pub fn dropped_packets(tool: &str) -> anyhow::Result<u64> {
+    let out = run(tool, &["-L", CHAIN, "-v", "-n", "-x"])?;
+    Ok(out
+        .lines()
+        .skip(2)
+        .filter(|l| l.contains("DROP"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum())
+}
+
+/// Drops every SYN of the target: a container's in the host (a local drop), a port's or all
+/// in the db namespace (the remote end).
+pub fn syn_blackhole(target: &Target) -> anyhow::Result<()> {
+    match target {
+        Target::Container(name) => {
+            ensure_host_chains()?;
+            let v4 = docker::ip(name)?;
+            run(
+                "iptables",
+                &[
+                    "-A",
+                    CHAIN,
+                    "-s",
+                    v4.as_str(),
+                    "-p",
+                    "tcp",
+                    "--syn",
+                    "-j",
+                    "DROP",
+                ],
+            )?;
+        }
+        Target::Port(port) => {
+            let port = port.to_string();
+            for tool in ["iptables", "ip6tables"] {
+                ensure_db_chain(tool)?;
+                in_db(
+                    tool,
+                    &[
+                        "-A",
+                        CHAIN,
+                        "-p",
+                        "tcp",
+                        "--syn",
+                        "--dport",
+                        port.as_str(),
+                        "-j",
+                        "DROP",
+                    ],
+                )?;
+            }
+        }
+        Target::All => {
+            for tool in ["iptables", "ip6tables"] {
+                ensure_db_chain(tool)?;
+                in_db(tool, &["-A", CHAIN, "-p", "tcp", "--syn", "-j", "DROP"])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lowers the host's egress MTU towards the db (containers keep 1500) and, with
+/// `block_icmp`, drops the "fragmentation needed" messages the host sends back: a path MTU
+/// black hole.
+pub fn mtu(mtu: u32, block_icmp: bool) -> anyhow::Result<()> {
+    if !(576..=9000).contains(&mtu) {
+        bail!("--mtu must be between 576 and 9000, got {mtu}");
+    }
+    let mtu = mtu.to_string();
+    run("ip", &["link", "set", HOST_VETH, "mtu", mtu.as_str()])?;
+    if block_icmp {
+        for (tool, icmp) in [
+            (
+                "iptables",
+                ["-p", "icmp", "--icmp-type", "fragmentation-needed"],
+            ),
+            (
+                "ip6tables",
+                ["-p", "icmpv6", "--icmpv6-type", "packet-too-big"],
+            ),
+        ] {
+            if run(tool, &["-S", OUTPUT_CHAIN]).is_err() {
+                run(tool, &["-N", OUTPUT_CHAIN])?;
+            }
+            if run(tool, &["-C", "OUTPUT", "-j", OUTPUT_CHAIN]).is_err() {
+                run(tool, &["-I", "OUTPUT", "1", "-j", OUTPUT_CHAIN])?;
+            }
+            let mut rule = vec!["-A", OUTPUT_CHAIN];
+            rule.extend_from_slice(&icmp);
+            rule.extend_from_slice(&["-j", "DROP"]);
+            run(tool, &rule)?;
+        }
+    }
+    Ok(())
+}
+
+/// Shrinks the conntrack table to `entries` (the original size is restored by `clear_all`).
+pub fn conntrack_max(entries: u64) -> anyhow::Result<()> {
+    let saved = Path::new(STATE_DIR).join("nf_conntrack_max.orig");
+    if !saved.exists() {
+        std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+        let original = std::fs::read_to_string(CONNTRACK_MAX)
+            .with_context(|| format!("reading {CONNTRACK_MAX}"))?;
+        std::fs::write(&saved, original.trim()).context("saving nf_conntrack_max")?;
+    }
+    std::fs::write(CONNTRACK_MAX, entries.to_string())
+        .with_context(|| format!("writing {CONNTRACK_MAX}"))
+}
+
+fn restore_conntrack_max() -> anyhow::Result<()> {
+    let saved = Path::new(STATE_DIR).join("nf_conntrack_max.orig");
+    if let Ok(original) = std::fs::read_to_string(&saved) {
+        std::fs::write(CONNTRACK_MAX, original.trim())
+            .with_context(|| format!("restoring {CONNTRACK_MAX}"))?;
+        std::fs::remove_file(&saved).context("removing the saved nf_conntrack_max")?;
+    }
+    Ok(())
+}
 
 /// What loses packets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,7 +204,16 @@ pub fn loss(percent: f64, target: &Target) -> anyhow::Result<()> {
 
 /// Removes every fault. With `remove`, also the chains and the jumps to them.
 pub fn clear_all(remove: bool) -> anyhow::Result<()> {
+    restore_conntrack_max()?;
+    if run("ip", &["link", "show", HOST_VETH]).is_ok() {
+        run("ip", &["link", "set", HOST_VETH, "mtu", NORMAL_MTU])?;
+    }
     for tool in ["iptables", "ip6tables"] {
+        if run(tool, &["-S", OUTPUT_CHAIN]).is_ok() {
+            run(tool, &["-F", OUTPUT_CHAIN])?;
+            while run(tool, &["-D", "OUTPUT", "-j", OUTPUT_CHAIN]).is_ok() {}
+            run(tool, &["-X", OUTPUT_CHAIN])?;
+        }
         let parent = if tool == "iptables" {
             "DOCKER-USER"
         } else {

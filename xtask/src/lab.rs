@@ -36,6 +36,26 @@ enum Fault {
         #[arg(long)]
         port: Option<u16>,
     },
+    /// Drop every SYN: a container's on this host, or a db port's at the db (a remote black hole).
+    SynBlackhole {
+        #[arg(long, conflicts_with = "port")]
+        container: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Lower the host's egress MTU towards the db (containers keep 1500).
+    Mtu {
+        #[arg(long, default_value_t = 1400)]
+        mtu: u32,
+        /// Also drop the ICMP "fragmentation needed" the host sends: a PMTU black hole.
+        #[arg(long)]
+        block_icmp: bool,
+    },
+    /// Shrink the conntrack table (net.netfilter.nf_conntrack_max); `clear` restores it.
+    ConntrackMax {
+        #[arg(long)]
+        entries: u64,
+    },
     /// Remove every fault.
     Clear,
 }
@@ -63,13 +83,23 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                     container,
                     port,
                 },
-        } => {
-            let target = match (container, port) {
-                (Some(name), _) => Target::Container(name.clone()),
-                (None, Some(port)) => Target::Port(*port),
-                (None, None) => Target::All,
-            };
-            fault::loss(*percent, &target)
-        }
+        } => fault::loss(*percent, &target(container.as_ref(), *port)),
+        Action::Fault {
+            fault: Fault::SynBlackhole { container, port },
+        } => fault::syn_blackhole(&target(container.as_ref(), *port)),
+        Action::Fault {
+            fault: Fault::Mtu { mtu, block_icmp },
+        } => fault::mtu(*mtu, *block_icmp),
+        Action::Fault {
+            fault: Fault::ConntrackMax { entries },
+        } => fault::conntrack_max(*entries),
+    }
+}
+
+fn target(container: Option<&String>, port: Option<u16>) -> Target {
+    match (container, port) {
+        (Some(name), _) => Target::Container(name.clone()),
+        (None, Some(port)) => Target::Port(port),
+        (None, None) => Target::All,
     }
 }

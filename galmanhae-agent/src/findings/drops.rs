@@ -1,7 +1,7 @@
 //! `local_drops` (the host drops the workload's packets) and `loss_beyond_host` (it
 //! retransmits, but nothing on this host dropped its packets).
 
-use super::{Finding, Severity, flow_names, is_loss, own_drops, percent, workloads};
+use super::{Finding, Severity, flow_names, lost_packets, own_drops, percent, workloads};
 use crate::report::DiagnoseReport;
 
 /// Retransmit ratio and volume from which loss is worth a finding.
@@ -13,10 +13,11 @@ const MIN_DROPS: u64 = 5;
 pub fn local_drops(report: &DiagnoseReport) -> Vec<Finding> {
     let mut out = Vec::new();
     for w in workloads(report) {
-        let drops: Vec<_> = own_drops(report, &w.name)
-            .filter(|d| is_loss(d) && d.reason != "PKT_TOO_BIG")
+        let mut drops: Vec<_> = own_drops(report, &w.name)
+            .filter(|d| lost_packets(d) > 0 && d.reason != "PKT_TOO_BIG")
             .collect();
-        let total: u64 = drops.iter().map(|d| d.packets).sum();
+        drops.sort_by_key(|d| std::cmp::Reverse(lost_packets(d)));
+        let total: u64 = drops.iter().map(|d| lost_packets(d)).sum();
         if total == 0 || (total < MIN_DROPS && w.retransmitted_segments == 0) {
             continue;
         }
@@ -35,7 +36,7 @@ pub fn local_drops(report: &DiagnoseReport) -> Vec<Finding> {
             .map(|d| {
                 format!(
                     "{} packets dropped in {} (netns {}): reason {} at {}{}",
-                    d.packets,
+                    lost_packets(d),
                     d.dropped_in,
                     d.netns,
                     d.reason,
@@ -74,10 +75,7 @@ pub fn loss_beyond_host(report: &DiagnoseReport) -> Vec<Finding> {
         if w.retransmit_ratio < LOSSY_RATIO || w.retransmitted_segments < LOSSY_SEGMENTS {
             continue;
         }
-        let local: u64 = own_drops(report, &w.name)
-            .filter(|d| is_loss(d))
-            .map(|d| d.packets)
-            .sum();
+        let local: u64 = own_drops(report, &w.name).map(lost_packets).sum();
         // Local drops that account for a tenth of the retransmits or more: not beyond the host.
         if local * 10 >= w.retransmitted_segments {
             continue;
@@ -106,8 +104,8 @@ pub fn loss_beyond_host(report: &DiagnoseReport) -> Vec<Finding> {
             workload: w.name.clone(),
             flows: flow_names(report, &w.name, 5),
             summary: format!(
-                "{} `{}` retransmits {} of its segments but this host dropped none of them: \
-                 the loss is on the network path",
+                "{} `{}` retransmits {} of its segments but this host dropped (almost) none \
+                 of them: the loss is on the network path",
                 w.kind,
                 w.name,
                 percent(w.retransmit_ratio)

@@ -104,8 +104,14 @@ const BOOKKEEPING: [&str; 11] = [
     "TCP_ZEROWINDOW",
 ];
 
-fn is_loss(drop: &DropReport) -> bool {
-    !BOOKKEEPING.contains(&drop.reason.as_str()) && !drop.reason.starts_with("IPV6_NDISC")
+/// Packets of the workload's own traffic (TCP and UDP) lost at this site; 0 for TCP's
+/// bookkeeping drops and for neighbour discovery, multicast and ICMP.
+fn lost_packets(drop: &DropReport) -> u64 {
+    if BOOKKEEPING.contains(&drop.reason.as_str()) {
+        0
+    } else {
+        drop.tcp + drop.udp
+    }
 }
 
 /// Flows of a workload as `local -> remote` (with the NAT side when there is one).

@@ -1,6 +1,6 @@
 //! `path_mtu`: packets larger than the path allows, dropped on this host (`PKT_TOO_BIG` in
-//! `ip_forward`), the ICMP that would tell the sender dropped too (a black hole), or an MTU
-//! mismatch between the workload's side and the egress.
+//! `ip_forward`), the ICMP that would tell the sender dropped too (a black hole), or
+//! retransmitted segments larger than the egress MTU of a mismatched path.
 
 use super::{Finding, Severity, flow_names, own_drops, workloads};
 use crate::report::DiagnoseReport;
@@ -33,7 +33,9 @@ pub fn path_mtu(report: &DiagnoseReport) -> Vec<Finding> {
                 _ => false,
             })
             .collect();
-        if too_big == 0 && icmp_dropped == 0 && mismatch.is_none() {
+        // A mismatch alone is configuration, shown under `paths`; a finding needs traffic
+        // that suffers from it.
+        if too_big == 0 && icmp_dropped == 0 && oversize.is_empty() {
             continue;
         }
         let rto: u64 = report

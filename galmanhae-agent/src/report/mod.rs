@@ -152,8 +152,10 @@ pub struct DropReport {
     /// Packets by direction (from the workload / to it), when known.
     pub egress: u64,
     pub ingress: u64,
-    /// Of which TCP segments.
+    /// Of which TCP segments and UDP datagrams: the workload's traffic (the rest is
+    /// neighbour discovery, multicast listener reports, ICMP).
     pub tcp: u64,
+    pub udp: u64,
     /// Of which ICMP "fragmentation needed" / ICMPv6 "packet too big": path MTU discovery
     /// messages that never arrived.
     pub icmp_too_big: u64,
@@ -396,6 +398,7 @@ fn drop_reports(summary: &Summary, context: &ReportContext<'_>) -> Vec<DropRepor
                 egress: 0,
                 ingress: 0,
                 tcp: 0,
+                udp: 0,
                 icmp_too_big: 0,
                 examples: Vec::new(),
             });
@@ -406,8 +409,10 @@ fn drop_reports(summary: &Summary, context: &ReportContext<'_>) -> Vec<DropRepor
             None => {}
         }
         if let Some(key) = &d.key {
-            if key.protocol == IPPROTO_TCP {
-                report.tcp += d.packets;
+            match key.protocol {
+                IPPROTO_TCP => report.tcp += d.packets,
+                IPPROTO_UDP => report.udp += d.packets,
+                _ => {}
             }
             if is_icmp_too_big(key) {
                 report.icmp_too_big += d.packets;
