@@ -2,11 +2,13 @@
 //!
 //! Data flows one way: kernel maps ([`kernel`]) -> collectors ([`collect`]) -> attribution
 //! ([`attribute`]) -> one snapshot per tick ([`pipeline`]) -> sinks ([`report`]).
+//! [`path`] reads the MTUs on a workload's path (its interface, veth, bridge, egress route).
 
 pub mod attribute;
 pub mod cli;
 pub mod collect;
 pub mod commands;
 pub mod kernel;
+pub mod path;
 pub mod pipeline;
 pub mod report;
