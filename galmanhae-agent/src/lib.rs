@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: kernel maps ([`kernel`]) -> collectors ([`collect`]) -> attribution
 //! ([`attribute`]) -> one snapshot per tick ([`pipeline`]) -> sinks ([`report`]).
+//! [`path`] reads the MTUs on a workload's path (its interface, veth, bridge, egress route).
 
 pub mod addr;
 pub mod attribute;
@@ -10,5 +11,6 @@ pub mod collect;
 pub mod commands;
 pub mod findings;
 pub mod kernel;
+pub mod path;
 pub mod pipeline;
 pub mod report;
