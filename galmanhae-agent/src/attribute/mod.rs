@@ -47,6 +47,8 @@ pub struct Attributor {
     netns_names: HashMap<u32, String>,
     containers: HashMap<String, ContainerInfo>,
     host_netns: Option<u32>,
+    /// One process per namespace, to read its /proc/PID/net files.
+    pids: HashMap<u32, i32>,
     /// Local addresses of the other namespaces: who a packet in the host namespace belongs to.
     addresses: HashMap<IpAddr, u32>,
     /// Why a source of names is unavailable (shown once in the report).
@@ -63,6 +65,7 @@ impl Attributor {
             containers: HashMap::new(),
             host_netns: None,
             addresses: HashMap::new(),
+            pids: HashMap::new(),
             notes: Vec::new(),
         }
     }
@@ -71,6 +74,11 @@ impl Attributor {
     /// container that exits mid-window is still named.
     pub fn observe(&mut self, table: &ProcessTable) {
         self.host_netns = table.host_netns.or(self.host_netns);
+        self.pids = table
+            .netns
+            .iter()
+            .filter_map(|(netns, info)| Some((*netns, *info.pids.first()?)))
+            .collect();
         for (netns, info) in &table.netns {
             if Some(*netns) == self.host_netns
                 || self.by_netns.get(netns).is_some_and(Option::is_some)
@@ -96,6 +104,15 @@ impl Attributor {
     /// The namespace whose interface has `address`, if it is not the host's.
     pub fn netns_of_address(&self, address: IpAddr) -> Option<u32> {
         self.addresses.get(&address).copied()
+    }
+
+    /// Every namespace seen in the last scan, with one of its processes.
+    pub fn namespaces(&self) -> Vec<(u32, i32)> {
+        self.pids.iter().map(|(n, p)| (*n, *p)).collect()
+    }
+
+    pub fn pid_of(&self, netns: u32) -> Option<i32> {
+        self.pids.get(&netns).copied()
     }
 
     pub fn host_netns(&self) -> Option<u32> {

@@ -2,5 +2,7 @@
 
 pub mod drops;
 pub mod maps;
+pub mod netfilter;
 pub mod netns_snmp;
+pub mod paths;
 pub mod retransmits;

@@ -12,6 +12,7 @@ use super::NoHooks;
 use crate::{
     attribute::{Attributor, nat::NatIndex},
     cli::DiagnoseArgs,
+    collect::{netfilter, paths},
     kernel::{
         prereq,
         probes::{HookStatus, LoadOptions, Probes},
@@ -51,6 +52,7 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(probes, attributor);
     let baseline_stats = hook_stats(&pipeline.probes);
     let mut window = Window::new(pipeline.snapshot().context("first snapshot")?);
+    let conntrack_start = netfilter::sample(&pipeline.attributor);
     eprintln!(
         "galmanhae: attached {attached}/{} hooks; watching for {} (Ctrl-C to stop early)",
         pipeline.probes.hooks.len(),
@@ -77,10 +79,21 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         }
     }
     window.update(pipeline.snapshot().context("last snapshot")?);
+    let conntrack_end = netfilter::sample(&pipeline.attributor);
     progress.finish();
 
     pipeline.attributor.refresh_names();
-    let summary = window.summarize(&mut pipeline.attributor, &NatIndex::default());
+    let mut notes = pipeline.probes.notes.clone();
+    let nat = netfilter::nat_index().unwrap_or_else(|e| {
+        notes.push(format!(
+            "NAT translations unavailable ({e}): flows show no NAT side"
+        ));
+        NatIndex::default()
+    });
+    let summary = window.summarize(&mut pipeline.attributor, &nat);
+    let conntrack = netfilter::reports(&conntrack_start, &conntrack_end, &mut pipeline.attributor);
+    notes.extend(conntrack_end.notes);
+    let paths = paths::reports(&summary, &pipeline.attributor);
     pipeline
         .probes
         .symbols
@@ -104,7 +117,6 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
             }
         })
         .collect();
-    let mut notes = pipeline.probes.notes.clone();
     notes.extend(pipeline.attributor.notes.iter().cloned());
     let report = report::build(
         &summary,
@@ -116,9 +128,9 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
             top: args.top as usize,
             drop_reasons: &pipeline.probes.drop_reasons,
             symbols: &pipeline.probes.symbols,
-            conntrack: Vec::new(),
-            nat_audit: report::NatAudit::default(),
-            paths: Vec::new(),
+            conntrack,
+            nat_audit: netfilter::audit(),
+            paths,
         },
     );
 

@@ -1,0 +1,62 @@
+//! The MTUs on each workload's path to the remote it retransmits to most (see [`crate::path`]).
+
+use std::collections::BTreeMap;
+
+use crate::{
+    attribute::Attributor,
+    path,
+    pipeline::Summary,
+    report::{Hop, PathReport},
+};
+
+/// One path per workload with its own namespace and retransmitting flows.
+pub fn reports(summary: &Summary, attributor: &Attributor) -> Vec<PathReport> {
+    // The remote with the most retransmitted segments, per workload.
+    let mut top: BTreeMap<&str, (u64, std::net::SocketAddr, u32)> = BTreeMap::new();
+    for f in &summary.flows {
+        if f.workload.netns_shared {
+            continue;
+        }
+        let (_, remote) = crate::addr::endpoints(&f.key);
+        let entry = top
+            .entry(f.workload.name.as_str())
+            .or_insert((0, remote, f.key.netns));
+        if f.counters.segments > entry.0 {
+            *entry = (f.counters.segments, remote, f.key.netns);
+        }
+    }
+    top.into_iter()
+        .filter_map(|(workload, (_, remote, netns))| {
+            let pid = u32::try_from(attributor.pid_of(netns)?).ok()?;
+            let found = path::workload_path(pid, remote.ip());
+            let mut hops = Vec::new();
+            let mut hop = |role, name: &str, mtu| {
+                hops.push(Hop {
+                    role,
+                    interface: name.to_owned(),
+                    mtu,
+                });
+            };
+            if let Some(i) = &found.workload_if {
+                hop("workload", &i.name, i.mtu);
+            }
+            if let Some(i) = &found.host_veth {
+                hop("host_veth", &i.name, i.mtu);
+            }
+            if let Some(i) = &found.bridge {
+                hop("bridge", &i.name, i.mtu);
+            }
+            if let Some(r) = &found.egress {
+                hop("egress", &r.dev, r.mtu());
+            }
+            Some(PathReport {
+                workload: workload.to_owned(),
+                remote: remote.ip().to_string(),
+                hops,
+                smallest_mtu: found.smallest(),
+                mismatch: found.mismatch(),
+                notes: found.notes,
+            })
+        })
+        .collect()
+}
