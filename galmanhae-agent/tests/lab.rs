@@ -593,3 +593,99 @@ fn bad_input_is_rejected_clearly() {
     );
     assert!(stderr.contains("setcap"), "{stderr}");
 }
+
+#[test]
+fn nat_side_of_a_flow_equals_conntrack() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-nat", &[]);
+    fault::loss(5.0, &Target::Container("t-nat".to_owned())).expect("injecting loss");
+    let run = Diagnose::start(&["--duration", "8s", "--top", "1000"]);
+    // Keep the connection open past the report so its conntrack entry is still there.
+    let stream = thread::spawn(|| {
+        exec_for(
+            "t-nat",
+            12,
+            &format!("head -c 20000000 /dev/zero | nc -w 10 {DB_V4} {DB_PORT}"),
+        );
+    });
+    let report = run.report();
+    let ip = docker::ip("t-nat").unwrap();
+    let listed = galmanhae_lab::run(
+        "conntrack",
+        &[
+            "-L",
+            "-p",
+            "tcp",
+            "--orig-src",
+            ip.as_str(),
+            "--orig-dst",
+            DB_V4,
+        ],
+    )
+    .expect("conntrack -L");
+    stream.join().expect("stream");
+    let lossy = flows(&report, "t-nat");
+    assert!(!lossy.is_empty(), "{:#}", report["flows"]);
+    for f in lossy {
+        let sport = f["local"].as_str().unwrap().rsplit(':').next().unwrap();
+        // tcp 6 431999 ESTABLISHED src=198.18.100.2 dst=198.19.0.2 sport=41000 dport=5432
+        //   src=198.19.0.2 dst=198.19.0.1 sport=5432 dport=41000 [ASSURED] ...
+        let line = listed
+            .lines()
+            .find(|l| l.contains(&format!(" sport={sport} dport={DB_PORT} ")))
+            .unwrap_or_else(|| panic!("no conntrack entry for port {sport}: {listed}"));
+        let field = |name: &str, nth: usize| {
+            line.split_whitespace()
+                .filter_map(|w| w.strip_prefix(&format!("{name}=")))
+                .nth(nth)
+                .unwrap()
+                .to_owned()
+        };
+        // The reply direction, reversed, is how the flow leaves the host.
+        let nat_local = format!("{}:{}", field("dst", 1), field("dport", 1));
+        let nat_remote = format!("{}:{}", field("src", 1), field("sport", 1));
+        assert_eq!(f["nat"]["local"], nat_local.as_str(), "{f:#}\n{line}");
+        assert_eq!(f["nat"]["remote"], nat_remote.as_str(), "{f:#}\n{line}");
+    }
+}
+
+#[test]
+fn without_net_admin_conntrack_is_unavailable_and_diagnose_runs() {
+    if !privileged() {
+        return;
+    }
+    let output = Command::new("setpriv")
+        .args([
+            "--inh-caps=-net_admin",
+            "--bounding-set=-net_admin",
+            GALMANHAE,
+            "diagnose",
+            "--json",
+            "--duration",
+            "2s",
+        ])
+        .output()
+        .expect("running galmanhae under setpriv");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("NAT translations unavailable"), "{notes}");
+    assert!(notes.contains("reading procfs instead"), "{notes}");
+    // Health counters still come, from procfs.
+    assert!(
+        report["conntrack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["source"] == "procfs"),
+        "{:#}",
+        report["conntrack"]
+    );
+}

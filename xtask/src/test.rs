@@ -45,6 +45,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         "galmanhae-agent",
         "--test",
         "lab",
+        "--test",
+        "path_mtu",
         "--",
         "--test-threads=1",
     ];
