@@ -51,7 +51,7 @@ enum Fault {
         #[arg(long)]
         block_icmp: bool,
     },
-    /// Shrink the conntrack table (net.netfilter.nf_conntrack_max); `clear` restores it.
+    /// Shrink the conntrack table (`net.netfilter.nf_conntrack_max`); `clear` restores it.
     ConntrackMax {
         #[arg(long)]
         entries: u64,

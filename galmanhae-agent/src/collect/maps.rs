@@ -72,6 +72,10 @@ pub fn read_health(ebpf: &Ebpf) -> Result<[u64; HealthCounter::COUNT as usize], 
     Ok(health)
 }
 
+#[expect(
+    clippy::implicit_hasher,
+    reason = "every map read from the kernel uses the default hasher"
+)]
 /// `now - then` per key, keeping only keys that changed (a key absent before starts at zero).
 pub fn delta<K: Copy + Eq + Hash, V: Copy>(
     now: &HashMap<K, V>,

@@ -1,6 +1,6 @@
 //! Conntrack per network namespace (health counters, NAT bindings) and the host's NAT audit.
 //!
-//! The host's namespace is read over ctnetlink (needs CAP_NET_ADMIN), with
+//! The host's namespace is read over ctnetlink (needs `CAP_NET_ADMIN`), with
 //! `/proc/net/stat/nf_conntrack` as the fallback; other namespaces through a process in them
 //! (`/proc/PID/net/stat/nf_conntrack`), which needs no `setns`.
 

@@ -23,6 +23,10 @@ use crate::{
 
 const TICK: Duration = Duration::from_secs(1);
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one linear story: attach, watch, collect, report; to be split with `run`"
+)]
 pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     let env = prereq::prepare(args.kernel.tracefs.as_deref())?;
     let probes = Probes::load(

@@ -9,6 +9,10 @@ use crate::report::DiagnoseReport;
 /// payload + 52.
 const HEADERS: u64 = 52;
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "gathering the evidence, then wording it; split when a second MTU rule comes"
+)]
 pub fn path_mtu(report: &DiagnoseReport) -> Vec<Finding> {
     let mut out = Vec::new();
     for w in workloads(report) {

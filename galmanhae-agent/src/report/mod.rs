@@ -156,7 +156,7 @@ pub struct DropReport {
     /// neighbour discovery, multicast listener reports, ICMP).
     pub tcp: u64,
     pub udp: u64,
-    /// Of which ICMP "fragmentation needed" / ICMPv6 "packet too big": path MTU discovery
+    /// Of which ICMP "fragmentation needed" / `ICMPv6` "packet too big": path MTU discovery
     /// messages that never arrived.
     pub icmp_too_big: u64,
     /// Up to five example flows, `src -> dst` (with the protocol; ICMP shows type/code).
@@ -430,7 +430,7 @@ fn drop_reports(summary: &Summary, context: &ReportContext<'_>) -> Vec<DropRepor
     drops
 }
 
-/// ICMP type 3 code 4 (RFC 1191) or ICMPv6 type 2 (RFC 8201); the kernel map keeps the
+/// ICMP type 3 code 4 (RFC 1191) or `ICMPv6` type 2 (RFC 8201); the kernel map keeps the
 /// type and code in the port fields.
 fn is_icmp_too_big(key: &DropKey) -> bool {
     match key.protocol {

@@ -12,6 +12,10 @@ pub fn render(report: &DiagnoseReport) -> String {
     out
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one section after the other, in reading order"
+)]
 fn write_report(out: &mut String, r: &DiagnoseReport) -> std::fmt::Result {
     writeln!(
         out,
