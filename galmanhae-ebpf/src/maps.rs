@@ -5,12 +5,9 @@ use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
 const EEXIST: i32 = 17;
 
 /// Applies `update` to this CPU's value of `key`, creating it (from `V::default()`) if needed.
-/// `true` if counted; `false` only when the map is full.
+/// `true` if counted; `false` only when the map is full. The value goes to `insert` by
+/// reference: one more copy would overflow the 512-byte BPF stack.
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "passing the value by value copies it once more and overflows the 512-byte BPF stack"
-)]
 pub fn update<K, V: Default>(map: &PerCpuHashMap<K, V>, key: &K, update: &impl Fn(&mut V)) -> bool {
     if let Some(value) = map.get_ptr_mut(key) {
         // SAFETY: this CPU's slot; nothing else writes it while the program runs.
