@@ -13,6 +13,7 @@ pub mod commands;
 pub mod conntrack;
 pub mod findings;
 pub mod kernel;
+pub mod netlink;
 pub mod path;
 pub mod pipeline;
 pub mod report;

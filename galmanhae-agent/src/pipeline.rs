@@ -8,7 +8,7 @@ use std::{
 };
 
 use galmanhae_common::{
-    drop::DropKey,
+    drop::{DropKey, IPPROTO_TCP},
     retransmit::{FlowKey, RetransmitCounters},
 };
 
@@ -97,8 +97,6 @@ pub struct DropTotals {
     pub key: Option<DropKey>,
     /// Which way the packet was going, when its owner was found by address.
     pub direction: Option<Direction>,
-    /// The NAT binding the packet matched in the host namespace.
-    pub nat: Option<Binding>,
     pub packets: u64,
 }
 
@@ -237,8 +235,6 @@ fn totals(map: &mut HashMap<Workload, WorkloadTotals>, workload: Workload) -> &m
         })
 }
 
-const IPPROTO_TCP: u8 = galmanhae_common::drop::IPPROTO_TCP;
-
 /// Who each dropped packet belonged to. In a workload's own namespace, that workload; in the
 /// host's, the workload whose address is on the packet (before NAT) or whose NAT binding the
 /// packet matches (after NAT); else the host.
@@ -250,48 +246,19 @@ fn attribute_drops(
     let host = attributor.host_netns();
     let mut out = Vec::with_capacity(delta.flows.len() + delta.overflow.len());
     for (key, packets) in &delta.flows {
-        let mut direction = None;
-        let mut binding = None;
-        let owner_netns = if Some(key.netns) == host {
-            let by_address = packet_endpoints(key).and_then(|(src, dst)| {
-                let found = |a: SocketAddr| attributor.netns_of_address(a.ip());
-                if let Some(netns) = found(src) {
-                    return Some((
-                        netns,
-                        Direction::Egress,
-                        nat.translate(key.protocol, src, dst),
-                    ));
-                }
-                if let Some(netns) = found(dst) {
-                    return Some((
-                        netns,
-                        Direction::Ingress,
-                        nat.translate(key.protocol, dst, src),
-                    ));
-                }
-                let (b, dir) = nat.packet(key.protocol, src, dst)?;
-                Some((attributor.netns_of_address(b.local.ip())?, dir, Some(b)))
-            });
-            match by_address {
-                Some((netns, dir, b)) => {
-                    direction = Some(dir);
-                    binding = b;
-                    netns
-                }
-                None => key.netns,
-            }
+        let owner = if Some(key.netns) == host {
+            packet_owner(key, attributor, nat)
         } else {
-            key.netns
+            None
         };
         out.push(DropTotals {
-            workload: attributor.workload(owner_netns, 0),
+            workload: attributor.workload(owner.map_or(key.netns, |(netns, _)| netns), 0),
             dropped_in: site_name(attributor, host, key.netns),
             netns: key.netns,
             reason: key.reason,
             location: key.location,
             key: Some(*key),
-            direction,
-            nat: binding,
+            direction: owner.map(|(_, direction)| direction),
             packets: *packets,
         });
     }
@@ -304,11 +271,29 @@ fn attribute_drops(
             location: site.location,
             key: None,
             direction: None,
-            nat: None,
             packets: *packets,
         });
     }
     out
+}
+
+/// The namespace a packet seen in the host's belongs to, and which way it went: by its source
+/// or destination address (before NAT), else by the NAT binding it matches (after NAT).
+fn packet_owner(
+    key: &DropKey,
+    attributor: &Attributor,
+    nat: &NatIndex,
+) -> Option<(u32, Direction)> {
+    let (src, dst) = packet_endpoints(key)?;
+    let owner_of = |a: SocketAddr| attributor.netns_of_address(a.ip());
+    if let Some(netns) = owner_of(src) {
+        return Some((netns, Direction::Egress));
+    }
+    if let Some(netns) = owner_of(dst) {
+        return Some((netns, Direction::Ingress));
+    }
+    let (binding, direction) = nat.packet(key.protocol, src, dst)?;
+    Some((owner_of(binding.local)?, direction))
 }
 
 fn site_name(attributor: &mut Attributor, host: Option<u32>, netns: u32) -> String {

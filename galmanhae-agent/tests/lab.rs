@@ -25,16 +25,7 @@ const GALMANHAE: &str = env!("CARGO_BIN_EXE_galmanhae");
 
 /// `true` if the test can run; panics under CI when it cannot.
 fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: root integration tests need root (CAP_BPF, CAP_PERFMON, Docker)"
-        );
-        eprintln!("skipped: needs root (set CI=true to make this a failure)");
-    }
-    root
+    galmanhae_lab::root_or_skip("CAP_BPF, CAP_PERFMON, Docker")
 }
 
 /// Test containers, removed (and faults cleared) when the test ends, whatever happens.
@@ -307,6 +298,18 @@ fn exec_for(container: &str, seconds: u32, script: &str) {
     docker::exec(container, &["sh", "-c", &script]).expect("docker exec");
 }
 
+/// A shell script run in a container, given up after some seconds.
+type Job = (&'static str, u32, String);
+
+/// A `diagnose` window of `duration` during which `culprit` and `control` run side by side.
+fn diagnose_during(duration: &str, culprit: Job, control: &Job) -> Value {
+    let run = Diagnose::start(&["--duration", duration, "--top", "1000"]);
+    let background = thread::spawn(move || exec_for(culprit.0, culprit.1, &culprit.2));
+    exec_for(control.0, control.1, &control.2);
+    background.join().expect("the culprit's job");
+    run.report()
+}
+
 #[test]
 fn loss_at_the_remote_end_is_beyond_the_host() {
     if !privileged() {
@@ -317,15 +320,19 @@ fn loss_at_the_remote_end_is_beyond_the_host() {
     lab.container("t-healthy", &[]);
     // The db drops 5 % of what reaches port 5432; the control talks to 5433.
     fault::loss(5.0, &Target::Port(DB_PORT)).expect("injecting loss at the db");
-    let run = Diagnose::start(&["--duration", "10s", "--top", "1000"]);
-    let remote = thread::spawn(|| stream_from("t-remote", DB_V4, 20_000_000));
-    exec_for(
-        "t-healthy",
-        8,
-        &format!("head -c 2000000 /dev/zero | nc -w 5 {DB_V4} {DB_HOST_PORT}"),
+    let report = diagnose_during(
+        "10s",
+        (
+            "t-remote",
+            20,
+            format!("head -c 20000000 /dev/zero | nc -w 10 {DB_V4} {DB_PORT}"),
+        ),
+        &(
+            "t-healthy",
+            8,
+            format!("head -c 2000000 /dev/zero | nc -w 5 {DB_V4} {DB_HOST_PORT}"),
+        ),
     );
-    remote.join().expect("stream");
-    let report = run.report();
     let f = finding(&report, "loss_beyond_host", "t-remote");
     assert!(
         f["evidence"]
@@ -354,23 +361,21 @@ fn syn_black_hole_gives_syn_retransmits() {
     lab.container("t-syn", &[]);
     lab.container("t-healthy", &[]);
     fault::syn_blackhole(&Target::Port(DB_PORT)).expect("SYN black hole at the db");
-    let run = Diagnose::start(&["--duration", "8s", "--top", "1000"]);
-    let syn = thread::spawn(|| {
-        exec_for(
+    let report = diagnose_during(
+        "8s",
+        (
             "t-syn",
             5,
-            &format!(
+            format!(
                 "echo a | nc -w 4 {DB_V4} {DB_PORT} & echo b | nc -w 4 {DB_V4} {DB_PORT}; wait"
             ),
-        );
-    });
-    exec_for(
-        "t-healthy",
-        5,
-        &format!("echo hello | nc -w 2 {DB_V4} {DB_HOST_PORT}"),
+        ),
+        &(
+            "t-healthy",
+            5,
+            format!("echo hello | nc -w 2 {DB_V4} {DB_HOST_PORT}"),
+        ),
     );
-    syn.join().expect("connect attempts");
-    let report = run.report();
     let f = finding(&report, "syn_retransmits", "t-syn");
     assert!(
         f["flows"]
@@ -399,21 +404,19 @@ fn mtu_black_hole_is_path_mtu() {
     lab.container("t-small", &[]);
     // Egress 1400 while the containers keep 1500, and the ICMP that would say so is dropped.
     fault::mtu(1400, true).expect("MTU black hole");
-    let run = Diagnose::start(&["--duration", "10s", "--top", "1000"]);
-    let big = thread::spawn(|| {
-        exec_for(
+    let report = diagnose_during(
+        "10s",
+        (
             "t-big",
             8,
-            &format!("head -c 2000000 /dev/zero | nc -w 7 {DB_V4} {DB_PORT}"),
-        );
-    });
-    exec_for(
-        "t-small",
-        5,
-        &format!("echo small | nc -w 2 {DB_V4} {DB_HOST_PORT}"),
+            format!("head -c 2000000 /dev/zero | nc -w 7 {DB_V4} {DB_PORT}"),
+        ),
+        &(
+            "t-small",
+            5,
+            format!("echo small | nc -w 2 {DB_V4} {DB_HOST_PORT}"),
+        ),
     );
-    big.join().expect("bulk transfer");
-    let report = run.report();
     let f = finding(&report, "path_mtu", "t-big");
     assert_eq!(f["severity"], "high", "{f:#}");
     let too_big: u64 = drops(&report, "t-big")

@@ -41,13 +41,7 @@ impl Topology {
     /// `2001:2:0:252::/64`, and to 198.18.254.0/24 with a route MTU of 1300.
     /// `None` (skipped) without root, unless `CI=true`.
     fn host() -> Option<Self> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true: the path MTU test needs root to create namespaces and interfaces"
-            );
-            eprintln!("skipped: needs root to create namespaces and interfaces");
+        if !galmanhae_lab::root_or_skip("creating namespaces and interfaces") {
             return None;
         }
         let mut topology = Self {

@@ -34,53 +34,7 @@ pub fn dropped_packets(tool: &str) -> anyhow::Result<u64> {
 /// Drops every SYN of the target: a container's in the host (a local drop), a port's or all
 /// in the db namespace (the remote end).
 pub fn syn_blackhole(target: &Target) -> anyhow::Result<()> {
-    match target {
-        Target::Container(name) => {
-            ensure_host_chains()?;
-            let v4 = docker::ip(name)?;
-            run(
-                "iptables",
-                &[
-                    "-A",
-                    CHAIN,
-                    "-s",
-                    v4.as_str(),
-                    "-p",
-                    "tcp",
-                    "--syn",
-                    "-j",
-                    "DROP",
-                ],
-            )?;
-        }
-        Target::Port(port) => {
-            let port = port.to_string();
-            for tool in ["iptables", "ip6tables"] {
-                ensure_db_chain(tool)?;
-                in_db(
-                    tool,
-                    &[
-                        "-A",
-                        CHAIN,
-                        "-p",
-                        "tcp",
-                        "--syn",
-                        "--dport",
-                        port.as_str(),
-                        "-j",
-                        "DROP",
-                    ],
-                )?;
-            }
-        }
-        Target::All => {
-            for tool in ["iptables", "ip6tables"] {
-                ensure_db_chain(tool)?;
-                in_db(tool, &["-A", CHAIN, "-p", "tcp", "--syn", "-j", "DROP"])?;
-            }
-        }
-    }
-    Ok(())
+    drop_tcp(target, &["--syn"])
 }
 
 /// Lowers the host's egress MTU towards the db (containers keep 1500) and, with
@@ -120,6 +74,9 @@ pub fn mtu(mtu: u32, block_icmp: bool) -> anyhow::Result<()> {
 
 /// Shrinks the conntrack table to `entries` (the original size is restored by `clear_all`).
 pub fn conntrack_max(entries: u64) -> anyhow::Result<()> {
+    if entries == 0 {
+        bail!("--entries must be at least 1: the kernel reads nf_conntrack_max=0 as no limit");
+    }
     let saved = Path::new(STATE_DIR).join("nf_conntrack_max.orig");
     if !saved.exists() {
         std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
@@ -158,48 +115,66 @@ pub fn loss(percent: f64, target: &Target) -> anyhow::Result<()> {
         bail!("--percent must be between 0 and 100 (exclusive), got {percent}");
     }
     let probability = format!("{:.4}", percent / 100.0);
-    let random = [
-        "-m",
-        "statistic",
-        "--mode",
-        "random",
-        "--probability",
-        probability.as_str(),
-        "-j",
-        "DROP",
-    ];
+    drop_tcp(
+        target,
+        &[
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            probability.as_str(),
+        ],
+    )
+}
+
+/// Drops the target's TCP segments to the db that also match `matcher`.
+fn drop_tcp(target: &Target, matcher: &[&str]) -> anyhow::Result<()> {
     match target {
         Target::Container(name) => {
             ensure_host_chains()?;
             let v4 = docker::ip(name)?;
-            let mut rule = vec!["-A", CHAIN, "-s", v4.as_str(), "-d", DB_V4, "-p", "tcp"];
-            rule.extend_from_slice(&random);
-            run("iptables", &rule)?;
+            run(
+                "iptables",
+                &drop_rule(&["-s", &v4, "-d", DB_V4], None, matcher),
+            )?;
             if let Ok(v6) = docker::ipv6(name) {
-                let mut rule = vec!["-A", CHAIN, "-s", v6.as_str(), "-d", DB_V6, "-p", "tcp"];
-                rule.extend_from_slice(&random);
-                run("ip6tables", &rule)?;
+                run(
+                    "ip6tables",
+                    &drop_rule(&["-s", &v6, "-d", DB_V6], None, matcher),
+                )?;
             }
         }
-        Target::Port(port) => {
-            let port = port.to_string();
-            for tool in ["iptables", "ip6tables"] {
-                ensure_db_chain(tool)?;
-                let mut rule = vec!["-A", CHAIN, "-p", "tcp", "--dport", port.as_str()];
-                rule.extend_from_slice(&random);
-                in_db(tool, &rule)?;
-            }
-        }
-        Target::All => {
-            for tool in ["iptables", "ip6tables"] {
-                ensure_db_chain(tool)?;
-                let mut rule = vec!["-A", CHAIN, "-p", "tcp"];
-                rule.extend_from_slice(&random);
-                in_db(tool, &rule)?;
-            }
-        }
+        Target::Port(port) => at_db(Some(&port.to_string()), matcher)?,
+        Target::All => at_db(None, matcher)?,
     }
     Ok(())
+}
+
+/// The same rule for IPv4 and IPv6, in the db namespace (the far end).
+fn at_db(port: Option<&str>, matcher: &[&str]) -> anyhow::Result<()> {
+    for tool in ["iptables", "ip6tables"] {
+        ensure_db_chain(tool)?;
+        in_db(tool, &drop_rule(&[], port, matcher))?;
+    }
+    Ok(())
+}
+
+/// `-A GALMANHAE-LAB [addresses] -p tcp [--dport port] [matcher] -j DROP`
+fn drop_rule<'a>(
+    addresses: &[&'a str],
+    port: Option<&'a str>,
+    matcher: &[&'a str],
+) -> Vec<&'a str> {
+    let mut rule = vec!["-A", CHAIN];
+    rule.extend_from_slice(addresses);
+    rule.extend_from_slice(&["-p", "tcp"]);
+    if let Some(port) = port {
+        rule.extend_from_slice(&["--dport", port]);
+    }
+    rule.extend_from_slice(matcher);
+    rule.extend_from_slice(&["-j", "DROP"]);
+    rule
 }
 
 /// Removes every fault. With `remove`, also the chains and the jumps to them.

@@ -180,6 +180,22 @@ fn remove_db() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `true` when running as root. Otherwise the calling test is skipped with a message, except
+/// with `CI=true`, where a root test that cannot run is a failure (it panics). `needs` says
+/// what the test needs root for.
+pub fn root_or_skip(needs: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: this test needs root ({needs})"
+        );
+        eprintln!("skipped: needs root ({needs}); set CI=true to make this a failure");
+    }
+    root
+}
+
 /// Polls `ready` every 100 ms until it holds or `timeout` passes.
 pub fn wait_for(
     timeout: Duration,

@@ -9,7 +9,7 @@ pub mod nat;
 pub mod procfs;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -51,6 +51,8 @@ pub struct Attributor {
     pids: HashMap<u32, i32>,
     /// Local addresses of the other namespaces: who a packet in the host namespace belongs to.
     addresses: HashMap<IpAddr, u32>,
+    /// Namespaces whose addresses are known.
+    addressed: HashSet<u32>,
     /// Why a source of names is unavailable (shown once in the report).
     pub notes: Vec<String>,
 }
@@ -65,6 +67,7 @@ impl Attributor {
             containers: HashMap::new(),
             host_netns: None,
             addresses: HashMap::new(),
+            addressed: HashSet::new(),
             pids: HashMap::new(),
             notes: Vec::new(),
         }
@@ -80,9 +83,11 @@ impl Attributor {
             .filter_map(|(netns, info)| Some((*netns, *info.pids.first()?)))
             .collect();
         for (netns, info) in &table.netns {
-            if Some(*netns) == self.host_netns
-                || self.by_netns.get(netns).is_some_and(Option::is_some)
-            {
+            if Some(*netns) == self.host_netns {
+                continue;
+            }
+            self.learn_addresses(*netns, info.pids.first().copied());
+            if self.by_netns.get(netns).is_some_and(Option::is_some) {
                 continue;
             }
             // A namespace's processes all belong to its container or pod; a few suffice.
@@ -93,11 +98,24 @@ impl Attributor {
                 .flat_map(|pid| procfs::cgroup_paths(*pid))
                 .find_map(|path| cgroup_path::classify(&path));
             self.by_netns.insert(*netns, identity);
-            if let Some(pid) = info.pids.first() {
-                for address in addresses::local_addresses(*pid) {
-                    self.addresses.entry(address).or_insert(*netns);
-                }
-            }
+        }
+    }
+
+    /// Reads a namespace's addresses until it has some (a container's are set up just after
+    /// its namespace is created), then never again: this runs every tick.
+    fn learn_addresses(&mut self, netns: u32, pid: Option<i32>) {
+        let Some(pid) = pid else {
+            return;
+        };
+        if self.addressed.contains(&netns) {
+            return;
+        }
+        let found = addresses::local_addresses(pid);
+        if !found.is_empty() {
+            self.addressed.insert(netns);
+        }
+        for address in found {
+            self.addresses.entry(address).or_insert(netns);
         }
     }
 

@@ -12,7 +12,7 @@ use crate::{
         nat::{Binding, NatIndex},
     },
     conntrack::{self, ConntrackError, Stats},
-    report::{ConntrackReport, MasqueradeReport, NatAudit},
+    report::{ConntrackReport, NatAudit},
 };
 
 /// Conntrack counters of every namespace that has a process, at one instant.
@@ -87,21 +87,7 @@ pub fn reports(
                 attributor.workload(*netns, 0).name
             },
             netns: *netns,
-            source: match now.source {
-                conntrack::StatsSource::Ctnetlink => "ctnetlink",
-                conntrack::StatsSource::Procfs => "procfs",
-            }
-            .to_owned(),
-            entries: now.entries,
-            max: now.max,
-            insert: delta.insert,
-            insert_failed: delta.insert_failed,
-            drop: delta.drop,
-            early_drop: delta.early_drop,
-            invalid: delta.invalid,
-            clash_resolve: delta.clash_resolve,
-            search_restart: delta.search_restart,
-            error: delta.error,
+            stats: delta,
         });
     }
     out
@@ -129,29 +115,13 @@ pub fn nat_index() -> Result<NatIndex, ConntrackError> {
 
 /// MASQUERADE rules and the conntrack sysctls that decide how NAT behaves under stress.
 pub fn audit() -> NatAudit {
-    let sysctls = conntrack::sysctls();
-    let mut audit = NatAudit {
-        masquerade: Vec::new(),
-        tcp_be_liberal: sysctls.tcp_be_liberal,
-        tcp_loose: sysctls.tcp_loose,
-        tcp_timeout_established_s: sysctls.tcp_timeout_established_s,
-        unavailable: Vec::new(),
+    let (masquerade, unavailable) = match conntrack::masquerade_rules() {
+        Ok(rules) => (rules, Vec::new()),
+        Err(e) => (Vec::new(), vec![format!("MASQUERADE rules: {e}")]),
     };
-    match conntrack::masquerade_rules() {
-        Ok(rules) => {
-            audit.masquerade = rules
-                .into_iter()
-                .map(|r| MasqueradeReport {
-                    family: match r.family {
-                        conntrack::Family::V4 => "ipv4",
-                        conntrack::Family::V6 => "ipv6",
-                    },
-                    rule: r.rule,
-                    random_fully: r.random_fully,
-                })
-                .collect();
-        }
-        Err(e) => audit.unavailable.push(format!("MASQUERADE rules: {e}")),
+    NatAudit {
+        masquerade,
+        sysctls: conntrack::sysctls(),
+        unavailable,
     }
-    audit
 }

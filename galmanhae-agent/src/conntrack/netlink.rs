@@ -1,21 +1,18 @@
-//! One ctnetlink request and its replies over a blocking `NETLINK_NETFILTER` socket (the
-//! caller is a synchronous pipeline). `netlink-packet-netfilter` encodes and decodes the
-//! messages; the message types are those of `enum cntl_msg_types` in
+//! One ctnetlink request and its replies, over the agent's shared netlink transport
+//! ([`crate::netlink`]); `netlink-packet-netfilter` encodes and decodes the messages. The
+//! message types are those of `enum cntl_msg_types` in
 //! <https://github.com/torvalds/linux/blob/master/include/uapi/linux/netfilter/nfnetlink_conntrack.h>.
 
-use std::{io, os::fd::AsRawFd as _, time::Duration};
+use std::io;
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
-};
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
     conntrack::ConntrackMessage,
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::ConntrackError;
+use crate::netlink::{self, Answer, Failure};
 
 pub(super) const IPCTNL_MSG_CT_GET: u8 = 1;
 pub(super) const IPCTNL_MSG_CT_GET_STATS_CPU: u8 = 4;
@@ -23,14 +20,10 @@ pub(super) const IPCTNL_MSG_CT_GET_STATS: u8 = 5;
 
 /// `NFNETLINK_V0`, the only nfnetlink version.
 const NFNETLINK_V0: u8 = 0;
-/// Larger than any datagram: the kernel fills dump datagrams up to 32 KiB.
-const RECV_BUFFER: usize = 64 * 1024;
 /// Tries of a request that overflowed the socket (ENOBUFS), the later ones with a larger buffer.
 const ATTEMPTS: u32 = 3;
 /// Receive buffer of the retries (the kernel caps it at `net.core.rmem_max`).
 const RETRY_RCVBUF: usize = 8 * 1024 * 1024;
-/// A kernel that stops answering must not hang the pipeline.
-const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What to ask the kernel for.
 #[derive(Clone, Copy, Debug)]
@@ -42,7 +35,7 @@ pub(super) struct Request {
     pub what: &'static str,
 }
 
-/// The replies to one request.
+/// The ctnetlink replies to one request.
 #[derive(Debug, Default)]
 pub(super) struct Replies {
     pub messages: Vec<ConntrackMessage>,
@@ -50,157 +43,88 @@ pub(super) struct Replies {
     pub undecodable: usize,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Progress {
-    More,
-    Done,
+impl Replies {
+    /// Keeps the ctnetlink messages of an answer; another subsystem's count as undecodable.
+    fn take(&mut self, answer: netlink::Replies<NetfilterMessage>) {
+        self.undecodable += answer.undecodable;
+        for message in answer.messages {
+            match message.inner {
+                NetfilterMessageInner::Conntrack(ct) => self.messages.push(ct),
+                other => {
+                    log::debug!("skipping a message of another subsystem: {other:?}");
+                    self.undecodable += 1;
+                }
+            }
+        }
+    }
 }
 
 /// Sends `request` (IPv4 and IPv6: `AF_UNSPEC`) in the calling thread's network namespace and
-/// collects the replies, starting over when the socket overflowed.
+/// collects the replies, starting over with a larger buffer when the socket overflowed.
 pub(super) fn request(request: Request) -> Result<Replies, ConntrackError> {
+    let fail = |e: io::Error| from_io(request.what, e);
     let mut attempt = 1;
     loop {
-        match exchange(request, attempt) {
-            Err(ConntrackError::Overrun { .. }) if attempt < ATTEMPTS => {
+        let mut socket = netlink::Socket::open(NETLINK_NETFILTER).map_err(fail)?;
+        if attempt > 1 {
+            socket.set_receive_buffer(RETRY_RCVBUF).map_err(fail)?;
+        }
+        let answer = if request.dump {
+            Answer::Dump
+        } else {
+            Answer::Acked
+        };
+        match socket.request(message(request), answer) {
+            Ok(answer) => {
+                let mut replies = Replies::default();
+                replies.take(answer);
+                return Ok(replies);
+            }
+            Err(Failure::Overrun) if attempt < ATTEMPTS => {
                 log::debug!(
                     "{}: netlink socket overflowed (ENOBUFS), retrying with a larger buffer",
                     request.what
                 );
                 attempt += 1;
             }
-            Err(ConntrackError::Overrun { what, .. }) => {
-                return Err(ConntrackError::Overrun {
-                    what,
-                    attempts: attempt,
+            Err(failure) => {
+                return Err(match from_failure(request.what, failure) {
+                    ConntrackError::Overrun { what, .. } => ConntrackError::Overrun {
+                        what,
+                        attempts: attempt,
+                    },
+                    error => error,
                 });
             }
-            result => return result,
         }
     }
 }
 
-fn exchange(request: Request, attempt: u32) -> Result<Replies, ConntrackError> {
-    let fail = |e: io::Error| from_io(request.what, e);
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(fail)?;
-    if attempt > 1 {
-        socket.set_rx_buf_sz(RETRY_RCVBUF).map_err(fail)?;
-    }
-    set_recv_timeout(&socket).map_err(fail)?;
-    socket.bind_auto().map_err(fail)?;
-    socket.connect(&SocketAddr::new(0, 0)).map_err(fail)?;
-    socket.send(&encode(request), 0).map_err(fail)?;
-
-    let mut replies = Replies::default();
-    let mut datagram = Vec::with_capacity(RECV_BUFFER);
-    loop {
-        datagram.clear();
-        // MSG_TRUNC: the datagram's real size, to notice one that did not fit.
-        let size = match socket.recv(&mut datagram, libc::MSG_TRUNC) {
-            Ok(size) => size,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(ConntrackError::Io {
-                    what: format!("{}: no reply from the kernel", request.what),
-                    source: e,
-                });
-            }
-            Err(e) => return Err(fail(e)),
-        };
-        if size > datagram.len() {
-            return Err(ConntrackError::Parse {
-                what: request.what.to_owned(),
-                reason: format!(
-                    "a {size}-byte netlink datagram did not fit the {RECV_BUFFER}-byte buffer"
-                ),
-            });
-        }
-        if absorb(&datagram, request.what, &mut replies)? == Progress::Done {
-            return Ok(replies);
-        }
-    }
+fn message(request: Request) -> NetfilterMessage {
+    NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::Unspec, NFNETLINK_V0, 0),
+        ConntrackMessage::Other {
+            message_type: request.message_type,
+            attributes: Vec::new(),
+        },
+    )
 }
 
-fn encode(request: Request) -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | if request.dump { NLM_F_DUMP } else { NLM_F_ACK };
-    header.sequence_number = 1;
-    let mut message = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::Unspec, NFNETLINK_V0, 0),
-            ConntrackMessage::Other {
-                message_type: request.message_type,
-                attributes: Vec::new(),
-            },
-        )),
-    );
-    message.finalize();
-    let mut bytes = vec![0; message.buffer_len()];
-    message.serialize(&mut bytes);
-    bytes
-}
-
-/// Takes the messages of one datagram; says whether the reply is complete.
-fn absorb(
-    datagram: &[u8],
-    what: &'static str,
-    replies: &mut Replies,
-) -> Result<Progress, ConntrackError> {
-    let mut rest = datagram;
-    while !rest.is_empty() {
-        let (length, message_type) = NetlinkBuffer::new_checked(rest)
-            .map(|b| (b.length() as usize, b.message_type()))
-            .map_err(|e| ConntrackError::Parse {
-                what: what.to_owned(),
-                reason: format!("malformed netlink message: {e}"),
-            })?;
-        let (message, next) = rest.split_at(length);
-        // Messages are 4-byte aligned; the last one may come without its padding.
-        rest = next
-            .get(length.next_multiple_of(4) - length..)
-            .unwrap_or_default();
-
-        match NetlinkMessage::<NetfilterMessage>::deserialize(message) {
-            Ok(message) => match message.payload {
-                NetlinkPayload::InnerMessage(NetfilterMessage {
-                    inner: NetfilterMessageInner::Conntrack(ct),
-                    ..
-                }) => replies.messages.push(ct),
-                NetlinkPayload::InnerMessage(other) => {
-                    log::debug!("{what}: skipping a message of another subsystem: {other:?}");
-                    replies.undecodable += 1;
-                }
-                // A dump that failed half-way reports its errno here.
-                NetlinkPayload::Done(done) if done.code < 0 => {
-                    return Err(from_io(what, io::Error::from_raw_os_error(-done.code)));
-                }
-                NetlinkPayload::Done(_) => return Ok(Progress::Done),
-                NetlinkPayload::Error(error) => {
-                    return match error.code {
-                        // The ack that ends a non-dump request.
-                        None => Ok(Progress::Done),
-                        Some(code) => Err(from_io(what, io::Error::from_raw_os_error(-code.get()))),
-                    };
-                }
-                NetlinkPayload::Overrun(_) => {
-                    return Err(ConntrackError::Overrun { what, attempts: 1 });
-                }
-                _ => {}
-            },
-            Err(e) if matches!(message_type, NLMSG_DONE | NLMSG_ERROR) => {
-                return Err(ConntrackError::Parse {
-                    what: what.to_owned(),
-                    reason: format!("malformed end of reply: {e}"),
-                });
-            }
-            Err(e) => {
-                log::debug!("{what}: skipping a message the decoder rejected: {e}");
-                replies.undecodable += 1;
-            }
-        }
+/// What a transport failure means for conntrack.
+fn from_failure(what: &'static str, failure: Failure) -> ConntrackError {
+    match failure {
+        Failure::Io(e) if e.kind() == io::ErrorKind::WouldBlock => ConntrackError::Io {
+            what: format!("{what}: no reply from the kernel"),
+            source: e,
+        },
+        Failure::Io(e) => from_io(what, e),
+        Failure::Refused(errno) => from_io(what, io::Error::from_raw_os_error(errno)),
+        Failure::Malformed(e) => ConntrackError::Parse {
+            what: what.to_owned(),
+            reason: format!("malformed netlink message: {e}"),
+        },
+        Failure::Overrun => ConntrackError::Overrun { what, attempts: 1 },
     }
-    Ok(Progress::More)
 }
 
 /// Turns an errno (from a socket call or an `NLMSG_ERROR`) into what it means for conntrack.
@@ -224,31 +148,36 @@ fn from_io(what: &'static str, error: io::Error) -> ConntrackError {
     }
 }
 
-fn set_recv_timeout(socket: &Socket) -> io::Result<()> {
-    let timeout = libc::timeval {
-        tv_sec: libc::time_t::try_from(RECV_TIMEOUT.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: 0,
-    };
-    // SAFETY: a valid socket and a timeval of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(libc::socklen_t::MAX),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 #[cfg(test)]
 pub(super) mod tests {
+    use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer};
+
     use super::*;
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Progress {
+        More,
+        Done,
+    }
+
+    /// Takes one datagram of a reply to request 1 (what `request` sends on a fresh socket).
+    fn absorb(
+        datagram: &[u8],
+        what: &'static str,
+        replies: &mut Replies,
+    ) -> Result<Progress, ConntrackError> {
+        let mut answer = netlink::Replies::default();
+        answer
+            .read(datagram, 1)
+            .map_err(|failure| from_failure(what, failure))?;
+        let complete = answer.complete;
+        replies.take(answer);
+        Ok(if complete {
+            Progress::Done
+        } else {
+            Progress::More
+        })
+    }
 
     /// A netlink message header: length, type, flags, sequence, port.
     pub fn nlmsg(message_type: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
@@ -288,11 +217,12 @@ pub(super) mod tests {
 
     #[test]
     fn request_is_an_unspec_ctnetlink_dump() {
-        let bytes = encode(Request {
+        let request = Request {
             message_type: IPCTNL_MSG_CT_GET,
             dump: true,
             what: "test",
-        });
+        };
+        let bytes = netlink::encode(message(request), Answer::Dump, 1);
         // nlmsghdr (16) + nfgenmsg (4), no attributes.
         assert_eq!(bytes.len(), 20);
         let header = NetlinkBuffer::new_checked(&bytes[..]).unwrap();

@@ -32,18 +32,7 @@ const ENTRIES: u64 = 8 + UDP_FLOWS;
 
 /// `true` if the test can run; panics under CI when it cannot.
 fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: the conntrack root test needs root (netns, iptables, CAP_NET_ADMIN)"
-        );
-        eprintln!(
-            "skipped: the conntrack root test needs root (set CI=true to make this a failure)"
-        );
-    }
-    root
+    galmanhae_lab::root_or_skip("netns, iptables, CAP_NET_ADMIN")
 }
 
 /// The test's namespace, deleted on drop, also when the test panics.

@@ -24,6 +24,15 @@ pub enum StatsSource {
     Procfs,
 }
 
+impl StatsSource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ctnetlink => "ctnetlink",
+            Self::Procfs => "procfs",
+        }
+    }
+}
+
 /// Counters summed over CPUs. The kernel keeps them per namespace and per CPU as u32s.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {

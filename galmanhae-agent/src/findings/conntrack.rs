@@ -2,7 +2,7 @@
 //! and clashes when SNAT picks ports) and `nat_leak` (untranslated packets leaving the host).
 
 use super::{Finding, Severity};
-use crate::report::DiagnoseReport;
+use crate::report::{DiagnoseReport, FlowReport};
 
 /// Fill level from which the table counts as nearly full.
 const NEARLY_FULL: f64 = 0.9;
@@ -11,46 +11,39 @@ pub fn table_full(report: &DiagnoseReport) -> Vec<Finding> {
     let mut out = Vec::new();
     for ct in &report.conntrack {
         #[expect(clippy::cast_precision_loss, reason = "a fill ratio")]
-        let fill = match (ct.entries, ct.max) {
+        let fill = match (ct.stats.entries, ct.stats.max) {
             (Some(entries), Some(max)) if max > 0 => entries as f64 / max as f64,
             _ => 0.0,
         };
-        if fill < NEARLY_FULL && ct.drop == 0 && ct.early_drop == 0 {
+        if fill < NEARLY_FULL && ct.stats.drop == 0 && ct.stats.early_drop == 0 {
             continue;
         }
-        let victims: Vec<String> = report
-            .flows
-            .iter()
-            .filter(|f| f.kinds.syn > 0)
-            .map(|f| format!("{}: {} -> {}", f.workload, f.local, f.remote))
-            .take(5)
-            .collect();
         out.push(Finding {
             id: "conntrack_full",
-            severity: if ct.drop > 0 {
+            severity: if ct.stats.drop > 0 {
                 Severity::High
             } else {
                 Severity::Medium
             },
             workload: ct.namespace.clone(),
-            flows: victims,
+            flows: flows_where(report, |f| f.kinds.syn > 0),
             summary: format!(
                 "the conntrack table of {} is {} ({} of {} entries): new connections are dropped",
                 ct.namespace,
                 if fill >= 1.0 { "full" } else { "nearly full" },
-                ct.entries.unwrap_or(0),
-                ct.max.unwrap_or(0)
+                ct.stats.entries.unwrap_or(0),
+                ct.stats.max.unwrap_or(0)
             ),
             evidence: vec![
                 format!(
                     "conntrack ({}): {} entries, max {}",
-                    ct.source,
-                    ct.entries.unwrap_or(0),
-                    ct.max.unwrap_or(0)
+                    ct.stats.source.as_str(),
+                    ct.stats.entries.unwrap_or(0),
+                    ct.stats.max.unwrap_or(0)
                 ),
                 format!(
                     "in the window: drop +{}, early_drop +{}, insert_failed +{}",
-                    ct.drop, ct.early_drop, ct.insert_failed
+                    ct.stats.drop, ct.stats.early_drop, ct.stats.insert_failed
                 ),
             ],
             advice: format!(
@@ -58,7 +51,7 @@ pub fn table_full(report: &DiagnoseReport) -> Vec<Finding> {
                  (/sys/module/nf_conntrack/parameters/hashsize) to match; find what fills the \
                  table with `conntrack -L | awk '{{print $4}}' | sort | uniq -c`; shorten \
                  timeouts only for states that pile up (e.g. nf_conntrack_tcp_timeout_time_wait).",
-                ct.max.unwrap_or(0)
+                ct.stats.max.unwrap_or(0)
             ),
         });
     }
@@ -75,38 +68,36 @@ pub fn snat_collision(report: &DiagnoseReport) -> Vec<Finding> {
         .collect();
     let mut out = Vec::new();
     for ct in &report.conntrack {
-        if ct.insert_failed == 0 && ct.clash_resolve == 0 {
+        if ct.stats.insert_failed == 0 && ct.stats.clash_resolve == 0 {
             continue;
         }
         let mut evidence = vec![format!(
             "conntrack ({}) in the window: insert_failed +{}, clash_resolve +{}, drop +{}",
-            ct.source, ct.insert_failed, ct.clash_resolve, ct.drop
+            ct.stats.source.as_str(),
+            ct.stats.insert_failed,
+            ct.stats.clash_resolve,
+            ct.stats.drop
         )];
         evidence.extend(
             unrandom
                 .iter()
                 .map(|r| format!("MASQUERADE without --random-fully: {r}")),
         );
-        let natted: Vec<String> = report
-            .flows
-            .iter()
-            .filter(|f| f.nat.is_some() && (f.kinds.syn > 0 || f.failed_attempts > 0))
-            .map(|f| format!("{}: {} -> {}", f.workload, f.local, f.remote))
-            .take(5)
-            .collect();
         out.push(Finding {
             id: "snat_collision",
-            severity: if ct.insert_failed > 0 {
+            severity: if ct.stats.insert_failed > 0 {
                 Severity::High
             } else {
                 Severity::Medium
             },
             workload: ct.namespace.clone(),
-            flows: natted,
+            flows: flows_where(report, |f| {
+                f.nat.is_some() && (f.kinds.syn > 0 || f.failed_attempts > 0)
+            }),
             summary: format!(
                 "conntrack in {} failed to insert {} new connections and resolved {} clashes: \
                  concurrent connections raced for the same NAT tuple",
-                ct.namespace, ct.insert_failed, ct.clash_resolve
+                ct.namespace, ct.stats.insert_failed, ct.stats.clash_resolve
             ),
             evidence,
             advice: "Randomise SNAT source ports fully: add --random-fully to the MASQUERADE \
@@ -120,7 +111,7 @@ pub fn snat_collision(report: &DiagnoseReport) -> Vec<Finding> {
 }
 
 pub fn nat_leak(report: &DiagnoseReport) -> Vec<Finding> {
-    let invalid: u64 = report.conntrack.iter().map(|c| c.invalid).sum();
+    let invalid: u64 = report.conntrack.iter().map(|c| c.stats.invalid).sum();
     report
         .leaks
         .iter()
@@ -148,5 +139,16 @@ pub fn nat_leak(report: &DiagnoseReport) -> Vec<Finding> {
                      cloud network) otherwise drops them and the sender retransmits."
                 .to_owned(),
         })
+        .collect()
+}
+
+/// The first five flows of any workload that `suffers`, as `workload: local -> remote`.
+fn flows_where(report: &DiagnoseReport, suffers: impl Fn(&FlowReport) -> bool) -> Vec<String> {
+    report
+        .flows
+        .iter()
+        .filter(|f| suffers(f))
+        .map(|f| format!("{}: {} -> {}", f.workload, f.local, f.remote))
+        .take(5)
         .collect()
 }

@@ -1,7 +1,7 @@
 //! `local_drops` (the host drops the workload's packets) and `loss_beyond_host` (it
 //! retransmits, but nothing on this host dropped its packets).
 
-use super::{Finding, Severity, flow_names, lost_packets, own_drops, percent, workloads};
+use super::{Finding, Severity, flow_names, lost_packets, own_drops, percent};
 use crate::report::DiagnoseReport;
 
 /// Retransmit ratio and volume from which loss is worth a finding.
@@ -12,7 +12,7 @@ const MIN_DROPS: u64 = 5;
 
 pub fn local_drops(report: &DiagnoseReport) -> Vec<Finding> {
     let mut out = Vec::new();
-    for w in workloads(report) {
+    for w in &report.workloads {
         let mut drops: Vec<_> = own_drops(report, &w.name)
             .filter(|d| lost_packets(d) > 0 && d.reason != "PKT_TOO_BIG")
             .collect();
@@ -71,7 +71,7 @@ pub fn local_drops(report: &DiagnoseReport) -> Vec<Finding> {
 
 pub fn loss_beyond_host(report: &DiagnoseReport) -> Vec<Finding> {
     let mut out = Vec::new();
-    for w in workloads(report) {
+    for w in &report.workloads {
         if w.retransmit_ratio < LOSSY_RATIO || w.retransmitted_segments < LOSSY_SEGMENTS {
             continue;
         }

@@ -9,7 +9,7 @@ mod syn;
 
 use serde::Serialize;
 
-use crate::report::{DiagnoseReport, DropReport, WorkloadReport};
+use crate::report::{DiagnoseReport, DropReport};
 
 /// One diagnosed problem. `id` values are a contract (see README).
 #[derive(Clone, Debug, Serialize)]
@@ -70,11 +70,6 @@ pub fn evaluate(report: &DiagnoseReport) -> Vec<Finding> {
         )
     });
     findings
-}
-
-/// Workloads the rules look at: everything that owns sockets, not bare namespaces with no name.
-fn workloads(report: &DiagnoseReport) -> impl Iterator<Item = &WorkloadReport> {
-    report.workloads.iter()
 }
 
 /// Drops of `workload` where it matters: in its own namespace or on the host, not at the far

@@ -2,7 +2,7 @@
 //! `ip_forward`), the ICMP that would tell the sender dropped too (a black hole), or
 //! retransmitted segments larger than the egress MTU of a mismatched path.
 
-use super::{Finding, Severity, flow_names, own_drops, workloads};
+use super::{Finding, Severity, flow_names, own_drops};
 use crate::report::DiagnoseReport;
 
 /// IPv4 + TCP headers with timestamps: a segment of this much payload fills an MTU of
@@ -15,7 +15,7 @@ const HEADERS: u64 = 52;
 )]
 pub fn path_mtu(report: &DiagnoseReport) -> Vec<Finding> {
     let mut out = Vec::new();
-    for w in workloads(report) {
+    for w in &report.workloads {
         let too_big: u64 = own_drops(report, &w.name)
             .filter(|d| d.reason == "PKT_TOO_BIG")
             .map(|d| d.packets)

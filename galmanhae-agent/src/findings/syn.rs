@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use super::{Finding, Severity, workloads};
+use super::{Finding, Severity};
 use crate::report::DiagnoseReport;
 
 pub fn syn_retransmits(report: &DiagnoseReport) -> Vec<Finding> {
     let mut out = Vec::new();
-    for w in workloads(report) {
+    for w in &report.workloads {
         // Per remote: SYN retransmits and the connections that had them.
         let mut by_remote: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for f in report.flows.iter().filter(|f| f.workload == w.name) {

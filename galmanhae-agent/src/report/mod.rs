@@ -17,6 +17,7 @@ use crate::{
     addr::packet_endpoints,
     attribute::nat::{Binding, Direction},
     collect::drops::DropReasons,
+    conntrack::{MasqueradeRule, Stats, Sysctls},
     kernel::{kallsyms::Symbolizer, prereq::Check, probes::Hook},
     pipeline::Summary,
 };
@@ -163,42 +164,25 @@ pub struct DropReport {
     pub examples: Vec<String>,
 }
 
-/// Conntrack of one namespace over the window: table fill at the end, event counter deltas.
-#[derive(Clone, Debug, Default, Serialize)]
+/// Conntrack of one namespace over the window: table fill at the end, event counter growth.
+#[derive(Clone, Debug, Serialize)]
 pub struct ConntrackReport {
     pub namespace: String,
     pub netns: u32,
-    /// `ctnetlink` or `procfs`.
-    pub source: String,
-    pub entries: Option<u64>,
-    pub max: Option<u64>,
-    pub insert: u64,
-    pub insert_failed: u64,
-    pub drop: u64,
-    pub early_drop: u64,
-    pub invalid: u64,
-    pub clash_resolve: u64,
-    pub search_restart: u64,
-    pub error: u64,
+    #[serde(flatten)]
+    pub stats: Stats,
 }
 
 /// The host's NAT set-up, checked for known traps.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct NatAudit {
     /// MASQUERADE rules as `iptables-save` prints them, and whether they randomise ports fully.
-    pub masquerade: Vec<MasqueradeReport>,
-    pub tcp_be_liberal: Option<bool>,
-    pub tcp_loose: Option<bool>,
-    pub tcp_timeout_established_s: Option<u64>,
+    pub masquerade: Vec<MasqueradeRule>,
+    /// `tcp_be_liberal`, `tcp_loose`, the established timeout, the table size.
+    #[serde(flatten)]
+    pub sysctls: Sysctls,
     /// Why part of the audit could not be done.
     pub unavailable: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct MasqueradeReport {
-    pub family: &'static str,
-    pub rule: String,
-    pub random_fully: bool,
 }
 
 /// The MTUs on a workload's path to a remote.

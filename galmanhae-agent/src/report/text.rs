@@ -116,22 +116,22 @@ fn write_report(out: &mut String, r: &DiagnoseReport) -> std::fmt::Result {
     for c in r
         .conntrack
         .iter()
-        .filter(|c| c.entries.unwrap_or(0) > 0 || c.insert > 0)
+        .filter(|c| c.stats.entries.unwrap_or(0) > 0 || c.stats.insert > 0)
     {
         writeln!(
             out,
             "\nConntrack {} ({}): {} of {} entries; window: insert +{}, insert_failed +{}, \
              drop +{}, early_drop +{}, invalid +{}, clash_resolve +{}",
             c.namespace,
-            c.source,
-            c.entries.unwrap_or(0),
-            c.max.unwrap_or(0),
-            c.insert,
-            c.insert_failed,
-            c.drop,
-            c.early_drop,
-            c.invalid,
-            c.clash_resolve
+            c.stats.source.as_str(),
+            c.stats.entries.unwrap_or(0),
+            c.stats.max.unwrap_or(0),
+            c.stats.insert,
+            c.stats.insert_failed,
+            c.stats.drop,
+            c.stats.early_drop,
+            c.stats.invalid,
+            c.stats.clash_resolve
         )?;
     }
 

@@ -1,0 +1,229 @@
+//! One netlink request and its whole answer, over a blocking socket: the transport under both
+//! rtnetlink ([`crate::path`]: links, routes, namespace ids) and ctnetlink
+//! ([`crate::conntrack`]: the table and its statistics). The callers are a synchronous
+//! pipeline, so no tokio; each turns a [`Failure`] into its own error.
+//!
+//! An answer spans datagrams until `NLMSG_DONE` (a dump) or the acknowledgement `NLM_F_ACK`
+//! asks for; a failure comes back as `NLMSG_ERROR`, or inside `NLMSG_DONE` when a dump failed
+//! half-way. A message the decoder rejects is counted and skipped: one object a newer kernel
+//! describes with unknown attributes must not hide the rest.
+
+use std::{fmt::Debug, io, os::fd::AsRawFd as _, time::Duration};
+
+use netlink_packet_core::{
+    DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+    NetlinkBuffer, NetlinkDeserializable, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+};
+use netlink_sys::SocketAddr;
+
+/// A kernel that stops answering must not hang the pipeline.
+const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the kernel ends its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// `NLM_F_DUMP`: every object, then `NLMSG_DONE`.
+    Dump,
+    /// One object or none, then the acknowledgement `NLM_F_ACK` asks for.
+    Acked,
+}
+
+/// Why a request got no complete answer.
+#[derive(Debug)]
+pub enum Failure {
+    /// The socket call failed (a receive timeout reads as `WouldBlock`).
+    Io(io::Error),
+    /// The kernel answered with this errno (positive).
+    Refused(i32),
+    /// A message that is not even a netlink message, or an end of answer that does not decode.
+    Malformed(DecodeError),
+    /// The socket's receive buffer overflowed (`NLMSG_OVERRUN`): messages were lost.
+    Overrun,
+}
+
+impl Failure {
+    /// The errno the kernel or the socket call returned, if any.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Io(e) => e.raw_os_error(),
+            Self::Refused(errno) => Some(*errno),
+            Self::Malformed(_) | Self::Overrun => None,
+        }
+    }
+}
+
+/// The messages that answer one request, as far as they have been read.
+#[derive(Debug)]
+pub struct Replies<T> {
+    pub messages: Vec<T>,
+    /// Messages the decoder rejected.
+    pub undecodable: usize,
+    /// `NLMSG_DONE` or the acknowledgement arrived.
+    pub complete: bool,
+    /// The kernel flagged the dump inconsistent (`NLM_F_DUMP_INTR`: objects changed while it
+    /// was read); asking again gives a consistent one.
+    pub interrupted: bool,
+}
+
+impl<T> Default for Replies<T> {
+    fn default() -> Self {
+        Self {
+            messages: Vec::new(),
+            undecodable: 0,
+            complete: false,
+            interrupted: false,
+        }
+    }
+}
+
+impl<T: NetlinkDeserializable + Debug> Replies<T> {
+    /// Takes in the messages of one datagram that answer request `seq`; leftovers of an
+    /// earlier request on the same socket that failed half-way are skipped.
+    pub fn read(&mut self, datagram: &[u8], seq: u32) -> Result<(), Failure> {
+        let mut rest = datagram;
+        while !rest.is_empty() {
+            let header = NetlinkBuffer::new_checked(rest).map_err(Failure::Malformed)?;
+            let (length, message_type) = (header.length() as usize, header.message_type());
+            let (sequence, flags) = (header.sequence_number(), header.flags());
+            let message = &rest[..length];
+            // Messages are 4-byte aligned; the last one may come without its padding.
+            rest = &rest[length.next_multiple_of(4).min(rest.len())..];
+            if sequence != seq {
+                continue;
+            }
+            if flags & NLM_F_DUMP_INTR != 0 {
+                self.interrupted = true;
+            }
+            match NetlinkMessage::<T>::deserialize(message) {
+                Ok(message) => match message.payload {
+                    NetlinkPayload::InnerMessage(inner) => self.messages.push(inner),
+                    NetlinkPayload::Done(done) if done.code < 0 => {
+                        return Err(Failure::Refused(-done.code));
+                    }
+                    NetlinkPayload::Error(error) if error.code.is_some() => {
+                        return Err(Failure::Refused(-error.raw_code()));
+                    }
+                    NetlinkPayload::Done(_) | NetlinkPayload::Error(_) => self.complete = true,
+                    NetlinkPayload::Overrun(_) => return Err(Failure::Overrun),
+                    _ => {}
+                },
+                Err(e) if matches!(message_type, NLMSG_DONE | NLMSG_ERROR) => {
+                    return Err(Failure::Malformed(e));
+                }
+                Err(e) => {
+                    log::debug!("skipping a netlink message the decoder rejected: {e}");
+                    self.undecodable += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A netlink socket of one protocol. It belongs to the network namespace of the thread that
+/// opened it, whatever that thread does afterwards.
+pub struct Socket {
+    socket: netlink_sys::Socket,
+    seq: u32,
+}
+
+impl Socket {
+    /// A socket of `protocol` (`NETLINK_ROUTE`, ...) in the calling thread's namespace.
+    pub fn open(protocol: isize) -> io::Result<Self> {
+        let mut socket = netlink_sys::Socket::new(protocol)?;
+        set_recv_timeout(&socket)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self { socket, seq: 0 })
+    }
+
+    /// A larger receive buffer (the kernel caps it at `net.core.rmem_max`), for big dumps.
+    pub fn set_receive_buffer(&self, bytes: usize) -> io::Result<()> {
+        self.socket.set_rx_buf_sz(bytes)
+    }
+
+    /// Sends `inner` and reads the whole answer.
+    pub fn request<T>(&mut self, inner: T, answer: Answer) -> Result<Replies<T>, Failure>
+    where
+        T: NetlinkSerializable + NetlinkDeserializable + Debug + Into<NetlinkPayload<T>>,
+    {
+        self.seq = self.seq.wrapping_add(1);
+        let bytes = encode(inner, answer, self.seq);
+        self.socket.send(&bytes, 0).map_err(Failure::Io)?;
+
+        let mut replies = Replies::default();
+        let mut datagram = Vec::new();
+        while !replies.complete {
+            self.receive(&mut datagram)?;
+            replies.read(&datagram, self.seq)?;
+        }
+        Ok(replies)
+    }
+
+    /// Reads one whole datagram, however large: its size is peeked first, because a dump's
+    /// datagrams grow past any fixed buffer and a short read would truncate them silently.
+    fn receive(&self, datagram: &mut Vec<u8>) -> Result<(), Failure> {
+        loop {
+            datagram.clear();
+            let peeked = self
+                .socket
+                .recv_from(datagram, libc::MSG_PEEK | libc::MSG_TRUNC);
+            let size = match peeked {
+                Ok((size, _)) => size,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(Failure::Overrun),
+                Err(e) => return Err(Failure::Io(e)),
+            };
+            datagram.clear();
+            datagram.reserve(size);
+            let (read, _) = self.socket.recv_from(datagram, 0).map_err(Failure::Io)?;
+            if read > datagram.len() {
+                return Err(Failure::Io(io::Error::other(format!(
+                    "netlink datagram truncated: {read} bytes, {} read",
+                    datagram.len()
+                ))));
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// The request as it goes on the wire: `inner` with the header flags `answer` asks for.
+pub fn encode<T>(inner: T, answer: Answer, seq: u32) -> Vec<u8>
+where
+    T: NetlinkSerializable + Into<NetlinkPayload<T>>,
+{
+    let mut message = NetlinkMessage::from(inner);
+    message.header.flags = NLM_F_REQUEST
+        | match answer {
+            Answer::Dump => NLM_F_DUMP,
+            Answer::Acked => NLM_F_ACK,
+        };
+    message.header.sequence_number = seq;
+    message.finalize();
+    let mut bytes = vec![0; message.buffer_len()];
+    message.serialize(&mut bytes);
+    bytes
+}
+
+fn set_recv_timeout(socket: &netlink_sys::Socket) -> io::Result<()> {
+    let timeout = libc::timeval {
+        tv_sec: libc::time_t::try_from(RECV_TIMEOUT.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: 0,
+    };
+    // SAFETY: a valid socket and a timeval of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(libc::socklen_t::MAX),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
