@@ -692,3 +692,55 @@ fn without_net_admin_conntrack_is_unavailable_and_diagnose_runs() {
         report["conntrack"]
     );
 }
+
+#[test]
+fn attempts_refused_by_the_transmit_path_count_like_the_kernel() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-eperm", &[]);
+    // Loss on the host makes retransmits; of those, the ones dropped in the container's own
+    // OUTPUT fail in tcp_transmit_skb with -EPERM, after the kernel added their segments to
+    // RetransSegs. The OUTPUT rule goes with the container.
+    let pid = docker::pid("t-eperm").unwrap();
+    galmanhae_lab::run(
+        "nsenter",
+        &[
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "iptables",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            DB_V4,
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            "0.05",
+            "-j",
+            "DROP",
+        ],
+    )
+    .expect("loss in the container's OUTPUT");
+    fault::loss(5.0, &Target::Container("t-eperm".to_owned())).expect("injecting loss");
+    let before = retrans_segs(pid);
+    let run = Diagnose::start(&["--duration", "12s", "--top", "1000"]);
+    stream_from("t-eperm", DB_V4, 20_000_000);
+    let report = run.report();
+    let after = retrans_segs(pid);
+
+    let w = workload(&report, "t-eperm");
+    assert!(
+        u64_of(&w["failed_attempts"]) > 0,
+        "no failed attempts: {w:#}"
+    );
+    let netns_retrans = u64_of(&w["retransmitted_segments"]);
+    assert_eq!(flow_segments(&report, "t-eperm"), netns_retrans, "{w:#}");
+    assert_eq!(after - before, netns_retrans);
+}

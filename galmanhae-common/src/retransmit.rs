@@ -88,9 +88,13 @@ impl RetransmitKind {
 pub struct RetransmitCounters {
     /// Retransmit events that were sent (`err == 0`).
     pub retransmits: u64,
-    /// Segments those events carried (`tcp_skb_pcount`), what the kernel adds to `RetransSegs`.
+    /// Segments the kernel added to `RetransSegs` (`tcp_skb_pcount`): those of sent
+    /// retransmits and of attempts that failed in transmission (see `failed`).
     pub segments: u64,
-    /// Attempts that failed (`err != 0`, kernels >= 6.17): not retransmits.
+    /// Attempts that failed (`err != 0`, kernels >= 6.17): not retransmits. Those that failed
+    /// before the segment was handed to IP are not in `RetransSegs` either; those the transmit
+    /// path refused (a full qdisc: `-ENOBUFS`, a netfilter drop: `-EPERM`) are, and their
+    /// segments are in `segments` too.
     pub failed: u64,
     /// Segments of failed attempts.
     pub failed_segments: u64,

@@ -37,6 +37,12 @@ const TCP_CA_OPEN: u8 = 0;
 const TCP_CA_DISORDER: u8 = 1;
 const TCP_CA_RECOVERY: u8 = 3;
 const TCP_CA_LOSS: u8 = 4;
+/// `include/uapi/asm-generic/errno-base.h`, `errno.h`
+const EAGAIN: i32 = 11;
+const ENOMEM: i32 = 12;
+const EBUSY: i32 = 16;
+const EINVAL: i32 = 22;
+const EHOSTUNREACH: i32 = 113;
 
 pub fn on_retransmit_skb(ctx: &TracePointContext) {
     let Some(sk) = tp_field::<u64>(ctx, offset!(retransmit_skb.skaddr)) else {
@@ -69,10 +75,13 @@ pub fn on_retransmit_skb(ctx: &TracePointContext) {
             _ => RetransmitKind::Other,
         },
     };
+    let in_retrans_segs = err == 0 || !failed_before_transmit(err);
     count(&key, |c| {
+        if in_retrans_segs {
+            c.segments += segments;
+        }
         if err == 0 {
             c.retransmits += 1;
-            c.segments += segments;
             c.bytes += bytes;
             c.kinds[kind as usize] += 1;
         } else {
@@ -80,6 +89,17 @@ pub fn on_retransmit_skb(ctx: &TracePointContext) {
             c.failed_segments += segments;
         }
     });
+}
+
+/// The errors `__tcp_retransmit_skb` returns before it adds the segments to `RetransSegs`
+/// (its `goto out` exits: still queued, nothing left to send, no window, no memory to split,
+/// no route); any other error comes from `tcp_transmit_skb`, after the count.
+/// <https://elixir.bootlin.com/linux/v6.18/source/net/ipv4/tcp_output.c> (`__tcp_retransmit_skb`).
+/// `-EHOSTUNREACH` can also come from `ip_queue_xmit` losing its route, after the count: rare,
+/// and then one attempt is missing from `segments`.
+#[inline(always)]
+fn failed_before_transmit(err: i32) -> bool {
+    matches!(-err, EBUSY | EINVAL | EAGAIN | ENOMEM | EHOSTUNREACH)
 }
 
 pub fn on_retransmit_synack(ctx: &TracePointContext) {
