@@ -744,3 +744,63 @@ fn attempts_refused_by_the_transmit_path_count_like_the_kernel() {
     assert_eq!(flow_segments(&report, "t-eperm"), netns_retrans, "{w:#}");
     assert_eq!(after - before, netns_retrans);
 }
+
+/// Entries in the host's conntrack table now.
+fn conntrack_count() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .expect("nf_conntrack_count")
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn tiny_conntrack_table_is_conntrack_full() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-flood", &[]);
+    lab.container("t-healthy", &[]);
+    // The control's connection is set up (and assured) before the table shrinks, so it keeps
+    // its entry; the culprit's new connections find no room.
+    let control = thread::spawn(|| {
+        exec_for(
+            "t-healthy",
+            14,
+            &format!("while true; do echo x; sleep 1; done | nc {DB_V4} {DB_HOST_PORT}"),
+        );
+    });
+    thread::sleep(Duration::from_secs(2));
+    fault::conntrack_max(conntrack_count() + 3).expect("shrinking the conntrack table");
+    let report = diagnose_during(
+        "8s",
+        (
+            "t-flood",
+            7,
+            format!(
+                "for i in $(seq 30); do sleep 6 | nc -w 7 {DB_V4} {DB_PORT} & done; wait"
+            ),
+        ),
+        &("t-healthy", 1, "true".to_owned()),
+    );
+    control.join().expect("the control's stream");
+
+    let f = finding(&report, "conntrack_full", "host");
+    assert_eq!(f["severity"], "high", "{f:#}");
+    assert_eq!(
+        report["findings"][0]["id"], "conntrack_full",
+        "the cause leads: {:#}",
+        report["findings"]
+    );
+    assert!(f["flows"].to_string().contains("t-flood"), "{f:#}");
+    assert!(!f["flows"].to_string().contains("t-healthy"), "{f:#}");
+    let host = report["conntrack"]
+        .as_array()
+        .expect("conntrack")
+        .iter()
+        .find(|c| c["namespace"] == "host")
+        .expect("the host's conntrack");
+    assert!(u64_of(&host["drop"]) > 0, "{host:#}");
+    assert_no_findings(&report, "t-healthy");
+}
