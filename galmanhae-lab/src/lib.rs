@@ -8,6 +8,7 @@
 mod cmd;
 pub mod docker;
 pub mod fault;
+pub mod traffic;
 
 use std::{path::Path, time::Duration};
 

@@ -1,7 +1,10 @@
 //! `cargo xtask lab up|down|fault ...`
 
 use clap::{Args, Subcommand};
-use galmanhae_lab::fault::{self, Target};
+use galmanhae_lab::{
+    fault::{self, Target},
+    traffic,
+};
 
 #[derive(Args)]
 pub struct LabArgs {
@@ -56,6 +59,23 @@ enum Fault {
         #[arg(long)]
         entries: u64,
     },
+    /// Race two containers for one SNAT tuple: each round both connect from the same source
+    /// port to the db at the same instant, one per CPU (`snat_collision`).
+    SnatRace {
+        /// The two containers, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        containers: Vec<String>,
+        #[arg(long, default_value_t = 300)]
+        rounds: u16,
+    },
+    /// Send TCP segments with SYN and FIN set from a container: conntrack marks them INVALID,
+    /// NAT skips them and they leave with the bridge address (`nat_leak`).
+    InvalidSegments {
+        #[arg(long)]
+        container: String,
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+    },
     /// Remove every fault.
     Clear,
 }
@@ -93,7 +113,27 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
         Action::Fault {
             fault: Fault::ConntrackMax { entries },
         } => fault::conntrack_max(*entries),
+        Action::Fault {
+            fault: Fault::SnatRace { containers, rounds },
+        } => {
+            let [a, b] = containers.as_slice() else {
+                anyhow::bail!("--containers takes two names");
+            };
+            let outcome = traffic::snat_race([a, b], db_v4()?, *rounds)?;
+            eprintln!(
+                "{} rounds: {} connections had to resend their SYN",
+                outcome.rounds, outcome.syn_retransmitted
+            );
+            Ok(())
+        }
+        Action::Fault {
+            fault: Fault::InvalidSegments { container, count },
+        } => traffic::invalid_segments(container, db_v4()?, galmanhae_lab::DB_PORT, *count),
     }
+}
+
+fn db_v4() -> anyhow::Result<std::net::Ipv4Addr> {
+    Ok(galmanhae_lab::DB_V4.parse()?)
 }
 
 fn target(container: Option<&String>, port: Option<u16>) -> Target {
