@@ -30,6 +30,17 @@ pub fn packet_endpoints(key: &DropKey) -> Option<(SocketAddr, SocketAddr)> {
     })
 }
 
+/// The pre-NAT source of a dropped packet's connection, and whether the packet went in the
+/// reply direction; `None` when it had no conntrack entry.
+pub fn conntrack_source(key: &DropKey) -> Option<(SocketAddr, bool)> {
+    (key.ct_family != 0).then(|| {
+        (
+            SocketAddr::new(ip(key.ct_src_addr), key.ct_src_port),
+            key.ct_reply != 0,
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use galmanhae_common::retransmit::AF_INET;

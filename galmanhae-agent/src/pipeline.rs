@@ -13,7 +13,7 @@ use galmanhae_common::{
 };
 
 use crate::{
-    addr::{endpoints, packet_endpoints},
+    addr::{conntrack_source, endpoints, packet_endpoints},
     attribute::{
         Attributor, Workload,
         nat::{Binding, Direction, NatIndex},
@@ -277,15 +277,27 @@ fn attribute_drops(
     out
 }
 
-/// The namespace a packet seen in the host's belongs to, and which way it went: by its source
-/// or destination address (before NAT), else by the NAT binding it matches (after NAT).
+/// The namespace a packet seen in the host's belongs to, and which way it went: by the
+/// pre-NAT source of its conntrack entry (exact, also for a tuple that lost an SNAT race),
+/// else by its source or destination address (before NAT), else by the NAT binding it
+/// matches (after NAT).
 fn packet_owner(
     key: &DropKey,
     attributor: &Attributor,
     nat: &NatIndex,
 ) -> Option<(u32, Direction)> {
-    let (src, dst) = packet_endpoints(key)?;
     let owner_of = |a: SocketAddr| attributor.netns_of_address(a.ip());
+    if let Some((origin, reply)) = conntrack_source(key)
+        && let Some(netns) = owner_of(origin)
+    {
+        let direction = if reply {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        return Some((netns, direction));
+    }
+    let (src, dst) = packet_endpoints(key)?;
     if let Some(netns) = owner_of(src) {
         return Some((netns, Direction::Egress));
     }

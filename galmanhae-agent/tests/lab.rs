@@ -18,6 +18,7 @@ use std::{
 use galmanhae_lab::{
     DB_HOST_PORT, DB_PORT, DB_V4, DB_V6, docker,
     fault::{self, Target},
+    traffic,
 };
 use serde_json::Value;
 
@@ -802,5 +803,74 @@ fn tiny_conntrack_table_is_conntrack_full() {
         .find(|c| c["namespace"] == "host")
         .expect("the host's conntrack");
     assert!(u64_of(&host["drop"]) > 0, "{host:#}");
+    assert_no_findings(&report, "t-healthy");
+}
+
+/// The host conntrack's `insert_failed`, summed over CPUs (`conntrack -S`).
+fn insert_failed() -> u64 {
+    galmanhae_lab::run("conntrack", &["-S"])
+        .expect("conntrack -S")
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("insert_failed="))
+        .map(|n| n.parse::<u64>().expect("a number"))
+        .sum()
+}
+
+#[test]
+fn snat_port_race_is_snat_collision() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-race-a", &[]);
+    lab.container("t-race-b", &[]);
+    lab.container("t-healthy", &[]);
+    let before = insert_failed();
+    let run = Diagnose::start(&["--duration", "6s", "--top", "1000"]);
+    let outcome = traffic::snat_race(
+        ["t-race-a", "t-race-b"],
+        DB_V4.parse().unwrap(),
+        200,
+    )
+    .expect("the SNAT race");
+    exec_for(
+        "t-healthy",
+        3,
+        &format!("echo hello | nc -w 2 {DB_V4} {DB_HOST_PORT}"),
+    );
+    let report = run.report();
+    let after = insert_failed();
+    assert!(outcome.syn_retransmitted > 0, "no clash in 200 rounds: {outcome:?}");
+
+    let host = report["conntrack"]
+        .as_array()
+        .expect("conntrack")
+        .iter()
+        .find(|c| c["namespace"] == "host")
+        .expect("the host's conntrack");
+    assert_eq!(u64_of(&host["insert_failed"]), after - before, "{host:#}");
+    let f = finding(&report, "snat_collision", "host");
+    assert_eq!(f["severity"], "high", "{f:#}");
+    assert_eq!(
+        report["findings"][0]["id"], "snat_collision",
+        "the cause leads: {:#}",
+        report["findings"]
+    );
+    assert!(
+        f["evidence"].to_string().contains("without --random-fully"),
+        "{f:#}"
+    );
+    assert!(f["flows"].to_string().contains("t-race-"), "{f:#}");
+    // The lost SYNs carried the host's address; conntrack's original tuple names their owner.
+    let lost: Vec<&Value> = ["t-race-a", "t-race-b"]
+        .iter()
+        .flat_map(|w| drops(&report, w))
+        .filter(|d| d["dropped_in"] == "host")
+        .collect();
+    assert!(
+        lost.iter().any(|d| d["examples"].to_string().contains("SNAT of")),
+        "{:#}",
+        report["drops"]
+    );
     assert_no_findings(&report, "t-healthy");
 }

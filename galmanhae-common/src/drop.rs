@@ -29,9 +29,19 @@ pub struct DropKey {
     pub dst_port: u16,
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
+    /// Family of the packet's conntrack entry; 0 when it has none.
+    pub ct_family: u16,
+    /// The connection's source port before NAT (host order).
+    pub ct_src_port: u16,
+    /// 1 when the packet goes in the connection's reply direction.
+    pub ct_reply: u8,
+    pub ct_padding: [u8; 3],
+    /// The connection's source address before NAT (IPv6 or v4-mapped): after SNAT the packet
+    /// carries the host's address, this still names the container.
+    pub ct_src_addr: [u8; 16],
 }
 
-const _: () = assert!(size_of::<DropKey>() == 56);
+const _: () = assert!(size_of::<DropKey>() == 80);
 
 /// Where drops go when `DROPS` is full: without the flow.
 #[repr(C)]

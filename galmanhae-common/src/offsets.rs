@@ -102,6 +102,15 @@ pub struct StructOffsets {
     pub skb_network_header: u32,
     /// `struct net_device` -> `nd_net.net` (a `struct net *`).
     pub net_device_net: u32,
+    /// `struct sk_buff` -> `_nfct`: the packet's conntrack entry, `ctinfo` in the low 3 bits.
+    pub skb_nfct: u32,
+    /// `struct nf_conn` -> `tuplehash[IP_CT_DIR_ORIGINAL].tuple.src.u3`: the connection's
+    /// source address before NAT (`union nf_inet_addr`, 16 bytes).
+    pub ct_orig_src_addr: u32,
+    /// ... `.tuple.src.u.all`: its source port (big-endian).
+    pub ct_orig_src_port: u32,
+    /// ... `.tuple.src.l3num`: its address family.
+    pub ct_orig_l3num: u32,
 }
 
 /// Everything the programs need to know about the running kernel.
@@ -157,10 +166,14 @@ impl KernelOffsets {
             skb_head: ABSENT,
             skb_network_header: ABSENT,
             net_device_net: ABSENT,
+            skb_nfct: ABSENT,
+            ct_orig_src_addr: ABSENT,
+            ct_orig_src_port: ABSENT,
+            ct_orig_l3num: ABSENT,
         },
     };
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 56);
+const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 72);
 
 crate::impl_pod!(KernelOffsets);

@@ -50,8 +50,14 @@ pub fn on_kfree_skb(ctx: &TracePointContext) {
         dst_port: 0,
         src_addr: [0; 16],
         dst_addr: [0; 16],
+        ct_family: 0,
+        ct_src_port: 0,
+        ct_reply: 0,
+        ct_padding: [0; 3],
+        ct_src_addr: [0; 16],
     };
     parse_flow(skb, &mut key);
+    conntrack_origin(skb, &mut key);
     count(&key);
 }
 
@@ -134,6 +140,39 @@ fn parse_flow(skb: u64, key: &mut DropKey) {
         }
         _ => {}
     }
+}
+
+/// `ctinfo` bits of `skb->_nfct` (`enum ip_conntrack_info`).
+const NFCT_INFO_MASK: u64 = 7;
+const IP_CT_IS_REPLY: u64 = 3;
+const IP_CT_UNTRACKED: u64 = 7;
+
+/// The original (pre-NAT) source of the packet's connection, when conntrack has one: after
+/// SNAT the packet's own source is the host's address, this one names the workload.
+#[inline(always)]
+fn conntrack_origin(skb: u64, key: &mut DropKey) {
+    let Some(nfct) = at::<u64>(skb, offset!(structs.skb_nfct)) else {
+        return;
+    };
+    let info = nfct & NFCT_INFO_MASK;
+    let ct = nfct & !NFCT_INFO_MASK;
+    if ct == 0 || info == IP_CT_UNTRACKED {
+        return;
+    }
+    let Some(family) = at::<u16>(ct, offset!(structs.ct_orig_l3num)) else {
+        return;
+    };
+    let Some(addr) = at::<[u8; 16]>(ct, offset!(structs.ct_orig_src_addr)) else {
+        return;
+    };
+    key.ct_src_addr = match family {
+        AF_INET => v4_mapped([addr[0], addr[1], addr[2], addr[3]]),
+        AF_INET6 => addr,
+        _ => return,
+    };
+    key.ct_family = family;
+    key.ct_src_port = at::<u16>(ct, offset!(structs.ct_orig_src_port)).map_or(0, u16::from_be);
+    key.ct_reply = u8::from(info >= IP_CT_IS_REPLY);
 }
 
 #[inline(always)]

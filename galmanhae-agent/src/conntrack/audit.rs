@@ -37,6 +37,20 @@ pub struct MasqueradeRule {
     pub random_fully: bool,
 }
 
+impl MasqueradeRule {
+    /// The source prefix the rule translates, unless it is negated or absent.
+    pub fn source_net(&self) -> Option<ipnet::IpNet> {
+        let source = self.source.as_deref()?;
+        if source.starts_with('!') {
+            return None;
+        }
+        source
+            .parse()
+            .ok()
+            .or_else(|| source.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+    }
+}
+
 /// The tools of one family.
 struct Tools {
     family: Family,

@@ -15,12 +15,14 @@ pub fn table_full(report: &DiagnoseReport) -> Vec<Finding> {
             (Some(entries), Some(max)) if max > 0 => entries as f64 / max as f64,
             _ => 0.0,
         };
-        if fill < NEARLY_FULL && ct.stats.drop == 0 && ct.stats.early_drop == 0 {
+        // A failed insert (a clash) also counts in `drop`: only the rest is a full table.
+        let full_drops = ct.stats.drop.saturating_sub(ct.stats.insert_failed);
+        if fill < NEARLY_FULL && full_drops == 0 && ct.stats.early_drop == 0 {
             continue;
         }
         out.push(Finding {
             id: "conntrack_full",
-            severity: if ct.stats.drop > 0 {
+            severity: if full_drops > 0 {
                 Severity::High
             } else {
                 Severity::Medium
@@ -91,8 +93,14 @@ pub fn snat_collision(report: &DiagnoseReport) -> Vec<Finding> {
                 Severity::Medium
             },
             workload: ct.namespace.clone(),
+            // A SYN that lost the race leaves no conntrack entry to show its NAT side: the
+            // flow's bridge address says it was translated.
             flows: flows_where(report, |f| {
-                f.nat.is_some() && (f.kinds.syn > 0 || f.failed_attempts > 0)
+                (f.kinds.syn > 0 || f.failed_attempts > 0)
+                    && (f.nat.is_some()
+                        || f.local
+                            .parse::<std::net::SocketAddr>()
+                            .is_ok_and(|local| report.nat_audit.masqueraded(local.ip())))
             }),
             summary: format!(
                 "conntrack in {} failed to insert {} new connections and resolved {} clashes: \

@@ -188,6 +188,20 @@ pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), B
     let skb_head = skb_member("head");
     let skb_network_header = skb_member("network_header");
     let net_device_net = optional(btf.offset_of("net_device", "nd_net.net"));
+    // Drops after NAT carry the original (pre-NAT) source in their conntrack entry:
+    // https://elixir.bootlin.com/linux/v6.18/source/include/net/netfilter/nf_conntrack.h
+    let skb_nfct = optional(btf.offset_of("sk_buff", "_nfct"));
+    let mut orig_src = |member: &str| match (
+        btf.offset_of("nf_conn", "tuplehash"),
+        btf.offset_of("nf_conntrack_tuple_hash", &format!("tuple.src.{member}")),
+    ) {
+        // tuplehash[0] is IP_CT_DIR_ORIGINAL.
+        (Ok(hash), Ok(field)) => hash + field,
+        (Err(e), _) | (_, Err(e)) => optional(Err(e)),
+    };
+    let ct_orig_src_addr = orig_src("u3");
+    let ct_orig_src_port = orig_src("u.all");
+    let ct_orig_l3num = orig_src("l3num");
     // tcp_skb_pcount(): TCP_SKB_CB(skb)->tcp_gso_segs, skb->cb holds struct tcp_skb_cb.
     let skb_tcp_gso_segs = match (
         btf.offset_of("sk_buff", "cb"),
@@ -222,6 +236,10 @@ pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), B
             skb_head,
             skb_network_header,
             net_device_net,
+            skb_nfct,
+            ct_orig_src_addr,
+            ct_orig_src_port,
+            ct_orig_l3num,
         },
         notes,
     ))

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use crate::addr::endpoints;
 use crate::{
-    addr::packet_endpoints,
+    addr::{conntrack_source, packet_endpoints},
     attribute::nat::{Binding, Direction},
     collect::drops::DropReasons,
     conntrack::{MasqueradeRule, Stats, Sysctls},
@@ -183,6 +183,16 @@ pub struct NatAudit {
     pub sysctls: Sysctls,
     /// Why part of the audit could not be done.
     pub unavailable: Vec<String>,
+}
+
+impl NatAudit {
+    /// Whether a MASQUERADE rule translates packets from `addr` (a bridge address).
+    pub fn masqueraded(&self, addr: std::net::IpAddr) -> bool {
+        self.masquerade
+            .iter()
+            .filter_map(MasqueradeRule::source_net)
+            .any(|net| net.contains(&addr))
+    }
 }
 
 /// The MTUs on a workload's path to a remote.
@@ -427,7 +437,7 @@ fn is_icmp_too_big(key: &DropKey) -> bool {
 /// `tcp 198.18.100.2:41000 -> 198.19.0.2:5432`, `icmp 198.19.0.1 -> 198.18.100.2 type 3 code 4`.
 fn describe_packet(key: &DropKey) -> Option<String> {
     let (src, dst) = packet_endpoints(key)?;
-    Some(match key.protocol {
+    let packet = match key.protocol {
         IPPROTO_TCP => format!("tcp {src} -> {dst}"),
         IPPROTO_UDP => format!("udp {src} -> {dst}"),
         IPPROTO_ICMP | IPPROTO_ICMPV6 => format!(
@@ -438,6 +448,11 @@ fn describe_packet(key: &DropKey) -> Option<String> {
             key.dst_port
         ),
         other => format!("proto {other} {} -> {}", src.ip(), dst.ip()),
+    };
+    // After SNAT the packet shows the host's address; say whose connection it was.
+    Some(match conntrack_source(key) {
+        Some((origin, false)) if origin != src => format!("{packet} (SNAT of {origin})"),
+        _ => packet,
     })
 }
 
