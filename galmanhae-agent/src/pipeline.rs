@@ -21,6 +21,7 @@ use crate::{
     },
     collect::{
         drops::{self, DropSample},
+        nat_leaks::{self, LeakSample},
         netns_snmp::{self, TcpSegments},
         retransmits::{self, ReadError, RetransmitSample},
     },
@@ -33,6 +34,7 @@ pub struct Snapshot {
     pub taken: Instant,
     pub retransmits: RetransmitSample,
     pub drops: DropSample,
+    pub leaks: LeakSample,
     pub netns_tcp: BTreeMap<u32, TcpSegments>,
 }
 
@@ -51,12 +53,14 @@ impl Pipeline {
     pub fn snapshot(&mut self) -> Result<Snapshot, ReadError> {
         let retransmits = retransmits::read(&self.probes.ebpf)?;
         let drops = drops::read(&self.probes.ebpf)?;
+        let leaks = nat_leaks::read(&self.probes.ebpf)?;
         let processes = procfs::scan();
         self.attributor.observe(&processes);
         Ok(Snapshot {
             taken: Instant::now(),
             retransmits,
             drops,
+            leaks,
             netns_tcp: netns_snmp::read_all(&processes),
         })
     }
@@ -107,6 +111,8 @@ pub struct Summary {
     pub workloads: Vec<WorkloadTotals>,
     pub flows: Vec<FlowTotals>,
     pub drops: Vec<DropTotals>,
+    /// Untranslated packets that left through the uplinks.
+    pub leaks: LeakSample,
     /// The kernel-side health counters over the window.
     pub retransmits: RetransmitSample,
     /// Entries in the flow map at the end (not a delta).
@@ -213,6 +219,7 @@ impl Window {
 
         Summary {
             drops,
+            leaks: self.latest.leaks.since(&self.start.leaks),
             duration: self
                 .latest
                 .taken

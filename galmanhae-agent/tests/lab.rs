@@ -874,3 +874,100 @@ fn snat_port_race_is_snat_collision() {
     );
     assert_no_findings(&report, "t-healthy");
 }
+
+#[test]
+fn invalid_segments_leave_untranslated_as_nat_leak() {
+    if !privileged() {
+        return;
+    }
+    const SENT: u32 = 50;
+    let mut lab = Scenario::new();
+    lab.container("t-leak", &[]);
+    lab.container("t-healthy", &[]);
+    let run = Diagnose::start(&["--duration", "5s", "--top", "1000"]);
+    traffic::invalid_segments("t-leak", DB_V4.parse().unwrap(), DB_PORT, SENT)
+        .expect("sending SYN|FIN segments");
+    exec_for(
+        "t-healthy",
+        3,
+        &format!("echo hello | nc -w 2 {DB_V4} {DB_HOST_PORT}"),
+    );
+    let report = run.report();
+
+    let leaks: Vec<&Value> = report["leaks"]
+        .as_array()
+        .expect("leaks")
+        .iter()
+        .filter(|l| l["workload"] == "t-leak")
+        .collect();
+    assert_eq!(
+        leaks.iter().map(|l| u64_of(&l["packets"])).sum::<u64>(),
+        u64::from(SENT),
+        "every segment sent left untranslated, through the db uplink: {:#}",
+        report["leaks"]
+    );
+    assert!(
+        leaks
+            .iter()
+            .all(|l| l["interface"] == galmanhae_lab::HOST_VETH),
+        "{leaks:#?}"
+    );
+    assert!(leaks[0]["examples"].to_string().contains("FIN|SYN"));
+    let f = finding(&report, "nat_leak", "t-leak");
+    assert_eq!(f["severity"], "high", "{f:#}");
+    assert!(
+        report["leaks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["workload"] != "t-healthy"),
+        "{:#}",
+        report["leaks"]
+    );
+    assert_no_findings(&report, "t-healthy");
+}
+
+/// A veth pair in the host namespace that the test deletes itself; removed on drop too.
+struct TemporaryLink(&'static str);
+
+impl Drop for TemporaryLink {
+    fn drop(&mut self) {
+        let _ = galmanhae_lab::run("ip", &["link", "del", self.0]);
+    }
+}
+
+#[test]
+fn an_uplink_that_vanishes_is_reported_and_diagnose_runs() {
+    if !privileged() {
+        return;
+    }
+    let _lab = Scenario::new();
+    let link = TemporaryLink("gmh-vanish");
+    galmanhae_lab::run(
+        "ip",
+        &[
+            "link", "add", link.0, "type", "veth", "peer", "name", "gmh-vanish-p",
+        ],
+    )
+    .expect("creating a veth pair");
+    galmanhae_lab::run("ip", &["link", "set", link.0, "up"]).expect("link up");
+    let run = Diagnose::start(&["--duration", "4s"]);
+    galmanhae_lab::run("ip", &["link", "del", link.0]).expect("deleting the uplink");
+    let report = run.report();
+
+    let tc = report["hooks"]
+        .as_array()
+        .expect("hooks")
+        .iter()
+        .find(|h| h["kind"] == "tc")
+        .expect("the tc hook");
+    assert_eq!(tc["status"], "attached", "{tc:#}");
+    assert!(tc["detail"].to_string().contains("gmh-vanish"), "{tc:#}");
+    assert!(
+        report["notes"]
+            .to_string()
+            .contains("uplink gmh-vanish vanished"),
+        "{:#}",
+        report["notes"]
+    );
+}

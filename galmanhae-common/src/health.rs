@@ -15,15 +15,18 @@ pub enum HealthCounter {
     DropMapFull = 3,
     /// A drop that fit in neither drop map: lost.
     DropOverflowFull = 4,
+    /// An untranslated packet whose flow did not fit in `LEAKS`: lost.
+    LeakMapFull = 5,
 }
 
 impl HealthCounter {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::FlowMapFull,
         Self::OverflowMapFull,
         Self::ReadError,
         Self::DropMapFull,
         Self::DropOverflowFull,
+        Self::LeakMapFull,
     ];
     #[expect(clippy::cast_possible_truncation, reason = "a handful of counters")]
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -35,6 +38,7 @@ impl HealthCounter {
             Self::ReadError => "read_error",
             Self::DropMapFull => "drop_map_full",
             Self::DropOverflowFull => "drop_overflow_full",
+            Self::LeakMapFull => "leak_map_full",
         }
     }
 }

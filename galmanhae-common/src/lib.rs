@@ -6,6 +6,7 @@
 
 pub mod drop;
 pub mod health;
+pub mod leak;
 pub mod offsets;
 pub mod retransmit;
 

@@ -11,10 +11,15 @@
 mod drop;
 mod health;
 mod kernel;
+mod leak;
 mod maps;
 mod retransmit;
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    macros::{classifier, tracepoint},
+    programs::{TcContext, TracePointContext},
+};
 
 /// `tcp:tcp_retransmit_skb`: every retransmit attempt of a data or SYN segment.
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
@@ -47,6 +52,18 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     drop::on_kfree_skb(&ctx);
     0
+}
+
+/// tc egress (TCX) on the host's uplinks: packets leaving with an untranslated NATed source.
+/// It only observes: `TC_ACT_UNSPEC` lets the next program, or the default, decide.
+#[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
+pub fn nat_leak_egress(ctx: TcContext) -> i32 {
+    leak::on_egress(&ctx);
+    TC_ACT_UNSPEC
 }
 
 #[cfg(not(test))]

@@ -2,6 +2,7 @@
 
 pub mod drops;
 pub mod maps;
+pub mod nat_leaks;
 pub mod netfilter;
 pub mod netns_snmp;
 pub mod paths;

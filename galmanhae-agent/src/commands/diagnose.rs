@@ -12,7 +12,7 @@ use super::NoHooks;
 use crate::{
     attribute::{Attributor, nat::NatIndex},
     cli::DiagnoseArgs,
-    collect::{netfilter, paths},
+    collect::{nat_leaks, netfilter, paths},
     kernel::{
         prereq,
         probes::{HookStatus, LoadOptions, Probes},
@@ -29,7 +29,7 @@ const TICK: Duration = Duration::from_secs(1);
 )]
 pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     let env = prereq::prepare(args.kernel.tracefs.as_deref())?;
-    let probes = Probes::load(
+    let mut probes = Probes::load(
         &env,
         &LoadOptions {
             flow_capacity: args.kernel.flow_map_capacity,
@@ -37,6 +37,10 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         },
     )
     .context("loading the eBPF programs")?;
+    let mut notes = Vec::new();
+    // The audit comes first: its MASQUERADE rules say which sources must not leave as is.
+    let nat_audit = netfilter::audit();
+    notes.extend(nat_leaks::watch(&mut probes, &nat_audit));
     let attached = probes
         .hooks
         .iter()
@@ -87,7 +91,17 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     progress.finish();
 
     pipeline.attributor.refresh_names();
-    let mut notes = pipeline.probes.notes.clone();
+    notes.extend(pipeline.probes.notes.iter().cloned());
+    notes.extend(
+        nat_leaks::vanished(&pipeline.probes.uplinks)
+            .into_iter()
+            .map(|name| {
+                format!(
+                    "uplink {name} vanished during the window: its untranslated packets are \
+                     counted until it went"
+                )
+            }),
+    );
     let nat = netfilter::nat_index().unwrap_or_else(|e| {
         notes.push(format!(
             "NAT translations unavailable ({e}): flows show no NAT side"
@@ -133,8 +147,13 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
             drop_reasons: &pipeline.probes.drop_reasons,
             symbols: &pipeline.probes.symbols,
             conntrack,
-            nat_audit: netfilter::audit(),
+            nat_audit,
             paths,
+            leaks: nat_leaks::reports(
+                &summary.leaks,
+                &mut pipeline.attributor,
+                &pipeline.probes.uplinks,
+            ),
         },
     );
 

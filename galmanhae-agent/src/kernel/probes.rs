@@ -1,14 +1,17 @@
 //! Loading and attaching the programs, with a status per hook: a hook the kernel lacks is
 //! reported as unavailable and the others still run.
 
-use std::{os::fd::OwnedFd, path::Path};
+use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, TracePoint},
+    maps::lpm_trie::{Key, LpmTrie},
+    programs::{ProgramError, SchedClassifier, TcAttachType, TracePoint},
 };
+use ipnet::IpNet;
 use galmanhae_common::{
     drop::{DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY},
+    leak::V4_MAPPED_PREFIX,
     offsets::{ABSENT, KernelOffsets},
     retransmit::{FLOW_MAP_CAPACITY, OVERFLOW_MAP_CAPACITY},
 };
@@ -83,6 +86,9 @@ pub struct Probes {
     pub drop_reasons: DropReasons,
     /// Names of the kernel functions that drop packets.
     pub symbols: Symbolizer,
+    /// The uplinks the NAT-leak program watches, by ifindex (names kept for the report,
+    /// also when an interface vanishes).
+    pub uplinks: BTreeMap<u32, String>,
     _stats: Option<OwnedFd>,
 }
 
@@ -108,6 +114,8 @@ const RETRANSMIT_SYNACK: TracepointSpec = TracepointSpec {
     category: "tcp",
     name: "tcp_retransmit_synack",
 };
+
+const NAT_LEAK_PROGRAM: &str = "nat_leak_egress";
 
 impl Probes {
     pub fn load(env: &Environment, options: &LoadOptions) -> Result<Self, LoadError> {
@@ -204,8 +212,99 @@ impl Probes {
             flow_capacity: options.flow_capacity,
             drop_reasons,
             symbols: Symbolizer::default(),
+            uplinks: BTreeMap::new(),
             _stats: stats,
         })
+    }
+
+    /// Attaches the NAT-leak program to the egress of each uplink (TCX: detached when the
+    /// agent exits, whatever happens) after loading the NATed subnets; adds one hook.
+    pub fn watch_uplinks(&mut self, subnets: &[IpNet], uplinks: &[(u32, String)]) {
+        let mut hook = Hook {
+            name: "tc egress (uplinks)".to_owned(),
+            kind: "tc",
+            status: HookStatus::Unavailable,
+            detail: String::new(),
+            program: NAT_LEAK_PROGRAM,
+        };
+        if subnets.is_empty() || uplinks.is_empty() {
+            hook.detail = if subnets.is_empty() {
+                "no MASQUERADE rule with a source subnet: nothing to leak".to_owned()
+            } else {
+                "no uplink (an interface that is up, not a bridge or a bridge port)".to_owned()
+            };
+            self.hooks.push(hook);
+            return;
+        }
+        let (attached, failures) = match self.attach_uplinks(subnets, uplinks) {
+            Ok(result) => result,
+            Err(e) => {
+                hook.status = HookStatus::Failed;
+                hook.detail = error_chain(e.as_ref());
+                self.hooks.push(hook);
+                return;
+            }
+        };
+        let nets: Vec<String> = subnets.iter().map(ToString::to_string).collect();
+        let names: Vec<&str> = attached.iter().map(|(_, n)| n.as_str()).collect();
+        hook.status = if attached.is_empty() {
+            HookStatus::Failed
+        } else {
+            HookStatus::Attached
+        };
+        hook.detail = format!(
+            "untranslated sources from {} leaving {}",
+            nets.join(", "),
+            if names.is_empty() {
+                "no uplink".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+        for (name, error) in &failures {
+            hook.detail.push_str(&format!("; {name}: {error}"));
+        }
+        self.uplinks = attached.into_iter().collect();
+        self.hooks.push(hook);
+    }
+
+    /// The uplinks attached to, and those that failed with why.
+    fn attach_uplinks(
+        &mut self,
+        subnets: &[IpNet],
+        uplinks: &[(u32, String)],
+    ) -> Result<(Vec<(u32, String)>, Vec<(String, String)>), Box<dyn std::error::Error>> {
+        let mut trie: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(
+            self.ebpf
+                .map_mut("NATED_SUBNETS")
+                .ok_or("map NATED_SUBNETS is missing from the eBPF object")?,
+        )?;
+        for net in subnets {
+            let (prefix, addr) = match net {
+                IpNet::V4(v4) => (
+                    u32::from(v4.prefix_len()) + V4_MAPPED_PREFIX,
+                    v4.network().to_ipv6_mapped().octets(),
+                ),
+                IpNet::V6(v6) => (u32::from(v6.prefix_len()), v6.network().octets()),
+            };
+            trie.insert(&Key::new(prefix, addr), 1, 0)?;
+        }
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(NAT_LEAK_PROGRAM)
+            .ok_or("program nat_leak_egress is missing from the eBPF object")?
+            .try_into()?;
+        program.load()?;
+        let mut attached = Vec::new();
+        let mut failures = Vec::new();
+        for (ifindex, name) in uplinks {
+            // An interface can vanish between the dump and here: say so, watch the rest.
+            match program.attach(name, TcAttachType::Egress) {
+                Ok(_) => attached.push((*ifindex, name.clone())),
+                Err(e) => failures.push((name.clone(), error_chain(&e))),
+            }
+        }
+        Ok((attached, failures))
     }
 
     /// Kernel-side run count and total run time of a hook's program (zero without stats).

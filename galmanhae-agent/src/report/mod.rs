@@ -266,6 +266,8 @@ pub struct HealthReport {
     pub drop_map_full: u64,
     /// Drops lost because both drop maps were full.
     pub drops_lost: u64,
+    /// Untranslated packets not counted because the leak map was full.
+    pub leaks_lost: u64,
 }
 
 /// Everything the report needs besides the window.
@@ -280,6 +282,7 @@ pub struct ReportContext<'a> {
     pub conntrack: Vec<ConntrackReport>,
     pub nat_audit: NatAudit,
     pub paths: Vec<PathReport>,
+    pub leaks: Vec<LeakReport>,
 }
 
 pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
@@ -358,7 +361,7 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
         conntrack: context.conntrack,
         nat_audit: context.nat_audit,
         paths: context.paths,
-        leaks: Vec::new(),
+        leaks: context.leaks,
         findings: Vec::new(),
         health: HealthReport {
             flow_map_entries: summary.flow_entries,
@@ -368,6 +371,7 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
             read_errors: summary.retransmits.health(HealthCounter::ReadError),
             drop_map_full: summary.retransmits.health(HealthCounter::DropMapFull),
             drops_lost: summary.retransmits.health(HealthCounter::DropOverflowFull),
+            leaks_lost: summary.retransmits.health(HealthCounter::LeakMapFull),
         },
         notes: context.notes,
     };
