@@ -34,7 +34,8 @@ pub const IPS_DST_NAT: u32 = 1 << 5;
 pub enum ConntrackError {
     #[error(
         "{what} was refused (EPERM): ctnetlink needs CAP_NET_ADMIN in the namespace's user \
-         namespace. Run galmanhae as root or grant it: setcap cap_net_admin+ep \
+         namespace. Run galmanhae as root or grant it with the others (setcap replaces the \
+         file's set): setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search,cap_net_admin+ep \
          $(command -v galmanhae); without it, use the procfs statistics"
     )]
     NotPermitted { what: &'static str },

@@ -18,8 +18,10 @@ pub enum PrereqError {
     #[error(
         "missing privileges: {missing}. galmanhae loads eBPF tracepoint programs, which needs \
          root or CAP_BPF + CAP_PERFMON (plus CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read other \
-         processes' namespaces). Run it with sudo, or grant them: \
-         setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep $(command -v galmanhae)"
+         processes' namespaces, CAP_NET_ADMIN for conntrack and the tc uplink watch). Run it \
+         with sudo, or grant them all at once (setcap replaces the file's set): \
+         setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search,cap_net_admin+ep \
+         $(command -v galmanhae)"
     )]
     Privileges { missing: String },
     #[error(

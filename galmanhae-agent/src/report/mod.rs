@@ -346,7 +346,6 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
             .then(a.workload.cmp(&b.workload))
             .then(a.local.cmp(&b.local))
     });
-    flows.truncate(context.top);
 
     let drops = drop_reports(summary, &context);
     let mut report = DiagnoseReport {
@@ -375,7 +374,10 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
         },
         notes: context.notes,
     };
+    // Findings see every flow (a SYN-only flow has few segments and would fall off the top);
+    // the report lists the top ones.
     report.findings = crate::findings::evaluate(&report);
+    report.flows.truncate(context.top);
     report
 }
 

@@ -1,4 +1,5 @@
-//! `diagnose` for people: a verdict line, hooks, workloads by retransmit ratio, top flows.
+//! `diagnose` for people: a verdict line, then hooks, workloads by retransmit ratio, top flows,
+//! drops, conntrack, NAT, path MTU, findings with advice, and health.
 
 use std::fmt::Write as _;
 
@@ -12,18 +13,29 @@ pub fn render(report: &DiagnoseReport) -> String {
     out
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "one section after the other, in reading order"
-)]
-fn write_report(out: &mut String, r: &DiagnoseReport) -> std::fmt::Result {
+/// Where the sections go (writing to a `String` cannot fail).
+type Out<'a> = &'a mut String;
+
+/// One section after the other, in reading order.
+fn write_report(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     writeln!(
         out,
         "galmanhae diagnose: {} (kernel {}), {:.0} s window",
         r.host.hostname, r.host.kernel, r.duration_s
     )?;
     writeln!(out, "{}", verdict(r))?;
+    hooks(out, r)?;
+    workloads(out, r)?;
+    flows(out, r)?;
+    drops(out, r)?;
+    conntrack(out, r)?;
+    nat(out, r)?;
+    paths(out, r)?;
+    findings(out, r)?;
+    health(out, r)
+}
 
+fn hooks(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     writeln!(out, "\nHooks")?;
     for h in &r.hooks {
         let status = match h.hook.status {
@@ -42,99 +54,181 @@ fn write_report(out: &mut String, r: &DiagnoseReport) -> std::fmt::Result {
             h.hook.kind, h.hook.name, status, h.hook.detail, cost
         )?;
     }
+    Ok(())
+}
 
+fn workloads(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     writeln!(
         out,
         "\nWorkloads by retransmit ratio (segments of each network namespace)"
     )?;
     if r.workloads.is_empty() {
-        writeln!(out, "  no TCP traffic seen")?;
-    } else {
+        return writeln!(out, "  no TCP traffic seen");
+    }
+    writeln!(
+        out,
+        "  {:<24} {:<10} {:<11} {:>12} {:>12} {:>8}",
+        "WORKLOAD", "KIND", "RUNTIME", "SENT SEGS", "RETRANS", "RATIO"
+    )?;
+    for w in &r.workloads {
         writeln!(
             out,
-            "  {:<24} {:<10} {:<11} {:>12} {:>12} {:>8}",
-            "WORKLOAD", "KIND", "RUNTIME", "SENT SEGS", "RETRANS", "RATIO"
+            "  {:<24} {:<10} {:<11} {:>12} {:>12} {:>7.2}%{}",
+            truncate(&w.name, 24),
+            w.kind,
+            w.runtime,
+            w.sent_segments,
+            w.retransmitted_segments,
+            w.retransmit_ratio * 100.0,
+            workload_marks(w)
         )?;
-        for w in &r.workloads {
-            writeln!(
-                out,
-                "  {:<24} {:<10} {:<11} {:>12} {:>12} {:>7.2}%{}",
-                truncate(&w.name, 24),
-                w.kind,
-                w.runtime,
-                w.sent_segments,
-                w.retransmitted_segments,
-                w.retransmit_ratio * 100.0,
-                workload_marks(w)
-            )?;
-        }
     }
+    Ok(())
+}
 
+fn flows(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     writeln!(out, "\nTop flows by retransmitted segments (kernel hook)")?;
     if r.flows.is_empty() {
-        writeln!(out, "  no retransmits")?;
-    } else {
-        writeln!(
-            out,
-            "  {:<20} {:<48} {:>8} {:>8}  KINDS",
-            "WORKLOAD", "LOCAL -> REMOTE", "RETRANS", "SEGS"
-        )?;
-        for f in &r.flows {
-            writeln!(
-                out,
-                "  {:<20} {:<48} {:>8} {:>8}  {}",
-                truncate(&f.workload, 20),
-                format!("{} -> {}", f.local, f.remote),
-                f.retransmits,
-                f.retransmitted_segments,
-                kinds(f)
-            )?;
-        }
+        return writeln!(out, "  no retransmits");
     }
-
-    if !r.drops.is_empty() {
-        writeln!(out, "\nDrops on this machine (skb:kfree_skb)")?;
+    writeln!(
+        out,
+        "  {:<20} {:<48} {:>8} {:>8}  KINDS",
+        "WORKLOAD", "LOCAL -> REMOTE", "RETRANS", "SEGS"
+    )?;
+    for f in &r.flows {
         writeln!(
             out,
-            "  {:<20} {:<20} {:<18} {:<26} {:>8}  EXAMPLE",
-            "WORKLOAD", "DROPPED IN", "REASON", "LOCATION", "PACKETS"
+            "  {:<20} {:<48} {:>8} {:>8}  {}",
+            truncate(&f.workload, 20),
+            format!("{} -> {}", f.local, f.remote),
+            f.retransmits,
+            f.retransmitted_segments,
+            kinds(f)
         )?;
-        for d in r.drops.iter().take(10) {
-            writeln!(
-                out,
-                "  {:<20} {:<20} {:<18} {:<26} {:>8}  {}",
-                truncate(&d.workload, 20),
-                truncate(&d.dropped_in, 20),
-                truncate(&d.reason, 18),
-                truncate(&d.location, 26),
-                d.packets,
-                d.examples.first().map_or("", String::as_str)
-            )?;
-        }
     }
+    Ok(())
+}
 
-    for c in r
-        .conntrack
-        .iter()
-        .filter(|c| c.stats.entries.unwrap_or(0) > 0 || c.stats.insert > 0)
-    {
+fn drops(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
+    if r.drops.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nDrops on this machine (skb:kfree_skb)")?;
+    writeln!(
+        out,
+        "  {:<20} {:<20} {:<18} {:<26} {:>8}  EXAMPLE",
+        "WORKLOAD", "DROPPED IN", "REASON", "LOCATION", "PACKETS"
+    )?;
+    for d in r.drops.iter().take(10) {
         writeln!(
             out,
-            "\nConntrack {} ({}): {} of {} entries; window: insert +{}, insert_failed +{}, \
-             drop +{}, early_drop +{}, invalid +{}, clash_resolve +{}",
+            "  {:<20} {:<20} {:<18} {:<26} {:>8}  {}",
+            truncate(&d.workload, 20),
+            truncate(&d.dropped_in, 20),
+            truncate(&d.reason, 18),
+            truncate(&d.location, 26),
+            d.packets,
+            d.examples.first().map_or("", String::as_str)
+        )?;
+    }
+    Ok(())
+}
+
+/// Namespaces whose table holds entries or whose counters moved in the window.
+fn conntrack(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
+    for c in &r.conntrack {
+        let s = &c.stats;
+        let moved = s.insert_failed + s.drop + s.early_drop + s.invalid + s.clash_resolve;
+        if s.entries.unwrap_or(0) == 0 && moved == 0 {
+            continue;
+        }
+        writeln!(
+            out,
+            "\nConntrack {} ({}): {} of {} entries; window: insert_failed +{}, drop +{}, \
+             early_drop +{}, invalid +{}, clash_resolve +{}, search_restart +{}",
             c.namespace,
-            c.stats.source.as_str(),
-            c.stats.entries.unwrap_or(0),
-            c.stats.max.unwrap_or(0),
-            c.stats.insert,
-            c.stats.insert_failed,
-            c.stats.drop,
-            c.stats.early_drop,
-            c.stats.invalid,
-            c.stats.clash_resolve
+            s.source.as_str(),
+            s.entries.unwrap_or(0),
+            s.max.unwrap_or(0),
+            s.insert_failed,
+            s.drop,
+            s.early_drop,
+            s.invalid,
+            s.clash_resolve,
+            s.search_restart
         )?;
     }
+    Ok(())
+}
 
+/// The NAT audit and the packets that left untranslated.
+fn nat(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
+    let a = &r.nat_audit;
+    if a.masquerade.is_empty() && r.leaks.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nNAT")?;
+    for m in &a.masquerade {
+        writeln!(
+            out,
+            "  {}{}",
+            m.rule,
+            if m.random_fully {
+                ""
+            } else {
+                "   <- no --random-fully"
+            }
+        )?;
+    }
+    let flag = |v: Option<bool>| v.map_or("?", |on| if on { "1" } else { "0" });
+    writeln!(
+        out,
+        "  nf_conntrack_tcp_be_liberal={} tcp_loose={} tcp_timeout_established={}",
+        flag(a.sysctls.tcp_be_liberal),
+        flag(a.sysctls.tcp_loose),
+        a.sysctls
+            .tcp_timeout_established_s
+            .map_or_else(|| "?".to_owned(), |s| format!("{s}s"))
+    )?;
+    for l in &r.leaks {
+        writeln!(
+            out,
+            "  untranslated: {} packets of {} left through {}, e.g. {}",
+            l.packets,
+            l.workload,
+            l.interface,
+            l.examples.first().map_or("", String::as_str)
+        )?;
+    }
+    Ok(())
+}
+
+/// MTUs on each workload's path, shown where they differ or a finding may need them.
+fn paths(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
+    let mismatched: Vec<_> = r.paths.iter().filter(|p| p.mismatch.is_some()).collect();
+    if mismatched.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nPath MTU (where the workload side is larger than the egress)")?;
+    for p in mismatched {
+        let hops: Vec<String> = p
+            .hops
+            .iter()
+            .map(|h| format!("{} {} {}", h.role, h.interface, h.mtu))
+            .collect();
+        writeln!(
+            out,
+            "  {} -> {}: {}",
+            truncate(&p.workload, 20),
+            p.remote,
+            hops.join(" | ")
+        )?;
+    }
+    Ok(())
+}
+
+fn findings(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     writeln!(out, "\nFindings")?;
     if r.findings.is_empty() {
         writeln!(out, "  none")?;
@@ -157,19 +251,24 @@ fn write_report(out: &mut String, r: &DiagnoseReport) -> std::fmt::Result {
         }
         writeln!(out, "     Advice: {}", f.advice)?;
     }
+    Ok(())
+}
 
+fn health(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     let h = &r.health;
     writeln!(
         out,
         "\nHealth: flow map {}/{} entries; {} retransmits counted per workload only (map full); \
-         {} lost; {} read errors; {} drops counted per site only, {} drops lost",
+         {} lost; {} read errors; {} drops counted per site only, {} drops lost; {} untranslated \
+         packets lost",
         h.flow_map_entries,
         h.flow_map_capacity,
         h.flow_map_full,
         h.lost,
         h.read_errors,
         h.drop_map_full,
-        h.drops_lost
+        h.drops_lost,
+        h.leaks_lost
     )?;
     for note in &r.notes {
         writeln!(out, "Note: {note}")?;
