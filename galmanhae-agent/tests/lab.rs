@@ -779,9 +779,7 @@ fn tiny_conntrack_table_is_conntrack_full() {
         (
             "t-flood",
             7,
-            format!(
-                "for i in $(seq 30); do sleep 6 | nc -w 7 {DB_V4} {DB_PORT} & done; wait"
-            ),
+            format!("for i in $(seq 30); do sleep 6 | nc -w 7 {DB_V4} {DB_PORT} & done; wait"),
         ),
         &("t-healthy", 1, "true".to_owned()),
     );
@@ -827,12 +825,8 @@ fn snat_port_race_is_snat_collision() {
     lab.container("t-healthy", &[]);
     let before = insert_failed();
     let run = Diagnose::start(&["--duration", "6s", "--top", "1000"]);
-    let outcome = traffic::snat_race(
-        ["t-race-a", "t-race-b"],
-        DB_V4.parse().unwrap(),
-        200,
-    )
-    .expect("the SNAT race");
+    let outcome = traffic::snat_race(["t-race-a", "t-race-b"], DB_V4.parse().unwrap(), 200)
+        .expect("the SNAT race");
     exec_for(
         "t-healthy",
         3,
@@ -840,7 +834,10 @@ fn snat_port_race_is_snat_collision() {
     );
     let report = run.report();
     let after = insert_failed();
-    assert!(outcome.syn_retransmitted > 0, "no clash in 200 rounds: {outcome:?}");
+    assert!(
+        outcome.syn_retransmitted > 0,
+        "no clash in 200 rounds: {outcome:?}"
+    );
 
     let host = report["conntrack"]
         .as_array()
@@ -868,7 +865,8 @@ fn snat_port_race_is_snat_collision() {
         .filter(|d| d["dropped_in"] == "host")
         .collect();
     assert!(
-        lost.iter().any(|d| d["examples"].to_string().contains("SNAT of")),
+        lost.iter()
+            .any(|d| d["examples"].to_string().contains("SNAT of")),
         "{:#}",
         report["drops"]
     );
@@ -946,7 +944,14 @@ fn an_uplink_that_vanishes_is_reported_and_diagnose_runs() {
     galmanhae_lab::run(
         "ip",
         &[
-            "link", "add", link.0, "type", "veth", "peer", "name", "gmh-vanish-p",
+            "link",
+            "add",
+            link.0,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "gmh-vanish-p",
         ],
     )
     .expect("creating a veth pair");
@@ -963,6 +968,20 @@ fn an_uplink_that_vanishes_is_reported_and_diagnose_runs() {
         .expect("the tc hook");
     assert_eq!(tc["status"], "attached", "{tc:#}");
     assert!(tc["detail"].to_string().contains("gmh-vanish"), "{tc:#}");
+    // The optional conntrack hook is probed and reported, never required.
+    let confirm = report["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "__nf_conntrack_confirm")
+        .expect("the optional conntrack hook is reported");
+    assert!(
+        confirm["status"] == "attached"
+            || (confirm["status"] == "unavailable"
+                && confirm["detail"].to_string().contains("kprobe: ")
+                && confirm["detail"].to_string().contains("fentry: ")),
+        "{confirm:#}"
+    );
     assert!(
         report["notes"]
             .to_string()

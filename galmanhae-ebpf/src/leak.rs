@@ -10,10 +10,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, bpf_hdr_start_off::BPF_HDR_START_NET},
     helpers::generated::bpf_skb_load_bytes_relative,
     macros::map,
-    maps::{
-        LpmTrie, PerCpuHashMap,
-        lpm_trie::Key,
-    },
+    maps::{LpmTrie, PerCpuHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 use galmanhae_common::{
@@ -58,7 +55,10 @@ pub fn on_egress(ctx: &TcContext) {
                 return;
             };
             key.src_addr = v4_mapped([ip[12], ip[13], ip[14], ip[15]]);
-            if NATED_SUBNETS.get(Key::new(FULL_PREFIX, key.src_addr)).is_none() {
+            if NATED_SUBNETS
+                .get(Key::new(FULL_PREFIX, key.src_addr))
+                .is_none()
+            {
                 return;
             }
             key.family = AF_INET;
@@ -71,7 +71,10 @@ pub fn on_egress(ctx: &TcContext) {
                 return;
             };
             key.src_addr.copy_from_slice(&ip[8..24]);
-            if NATED_SUBNETS.get(Key::new(FULL_PREFIX, key.src_addr)).is_none() {
+            if NATED_SUBNETS
+                .get(Key::new(FULL_PREFIX, key.src_addr))
+                .is_none()
+            {
                 return;
             }
             key.family = AF_INET6;

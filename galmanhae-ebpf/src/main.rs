@@ -8,6 +8,7 @@
     reason = "BPF: helpers are inlined into each program so no BPF-to-BPF calls are made"
 )]
 
+mod conntrack;
 mod drop;
 mod health;
 mod kernel;
@@ -17,8 +18,8 @@ mod retransmit;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    macros::{classifier, tracepoint},
-    programs::{TcContext, TracePointContext},
+    macros::{classifier, fentry, kprobe, tracepoint},
+    programs::{FEntryContext, ProbeContext, TcContext, TracePointContext},
 };
 
 /// `tcp:tcp_retransmit_skb`: every retransmit attempt of a data or SYN segment.
@@ -64,6 +65,28 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
 pub fn nat_leak_egress(ctx: TcContext) -> i32 {
     leak::on_egress(&ctx);
     TC_ACT_UNSPEC
+}
+
+/// Optional kprobe on `__nf_conntrack_confirm` (kernels with `CONFIG_KPROBES`).
+#[kprobe]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
+pub fn conntrack_confirm_kprobe(_ctx: ProbeContext) -> u32 {
+    conntrack::on_confirm();
+    0
+}
+
+/// The same as an fentry program, where the kernel allows BPF trampolines.
+#[fentry(function = "__nf_conntrack_confirm")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
+pub fn conntrack_confirm_fentry(_ctx: FEntryContext) -> u32 {
+    conntrack::on_confirm();
+    0
 }
 
 #[cfg(not(test))]

@@ -98,7 +98,10 @@ pub fn vanished(watched: &BTreeMap<u32, String>) -> Vec<String> {
     };
     watched
         .iter()
-        .filter(|(ifindex, name)| !now.iter().any(|l| l.ifindex == **ifindex && l.name == **name))
+        .filter(|(ifindex, name)| {
+            !now.iter()
+                .any(|l| l.ifindex == **ifindex && l.name == **name)
+        })
         .map(|(_, name)| name.clone())
         .collect()
 }

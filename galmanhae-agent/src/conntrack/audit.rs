@@ -44,10 +44,12 @@ impl MasqueradeRule {
         if source.starts_with('!') {
             return None;
         }
-        source
-            .parse()
-            .ok()
-            .or_else(|| source.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+        source.parse().ok().or_else(|| {
+            source
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(ipnet::IpNet::from)
+        })
     }
 }
 

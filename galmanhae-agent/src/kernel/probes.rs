@@ -6,15 +6,15 @@ use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::lpm_trie::{Key, LpmTrie},
-    programs::{ProgramError, SchedClassifier, TcAttachType, TracePoint},
+    programs::{FEntry, KProbe, ProgramError, SchedClassifier, TcAttachType, TracePoint},
 };
-use ipnet::IpNet;
 use galmanhae_common::{
     drop::{DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY},
     leak::V4_MAPPED_PREFIX,
     offsets::{ABSENT, KernelOffsets},
     retransmit::{FLOW_MAP_CAPACITY, OVERFLOW_MAP_CAPACITY},
 };
+use ipnet::IpNet;
 
 use super::{
     btf::{self, KernelBtf},
@@ -165,7 +165,7 @@ impl Probes {
             Ok(_) => "`err` field present: failed attempts are counted apart".to_owned(),
             Err(_) => String::new(),
         };
-        let hooks = vec![
+        let mut hooks = vec![
             attach_tracepoint(&mut ebpf, &RETRANSMIT_SKB, skb.map(|_| skb_detail)),
             attach_tracepoint(
                 &mut ebpf,
@@ -185,6 +185,8 @@ impl Probes {
                 }),
             ),
         ];
+
+        hooks.push(attach_conntrack_confirm(&mut ebpf));
 
         let stats = if options.bpf_stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -339,6 +341,61 @@ fn attach_tracepoint(
                 hook.detail = error_chain(&e);
             }
         },
+    }
+    hook
+}
+
+/// The function the optional conntrack hook watches.
+const CONNTRACK_CONFIRM: &str = "__nf_conntrack_confirm";
+
+/// The optional conntrack hook: a kprobe, else an fentry program, else unavailable with both
+/// reasons. fentry needs the kernel's BTF parsed by aya (tens of MB, freed after), so it is
+/// only tried when kprobes are missing.
+fn attach_conntrack_confirm(ebpf: &mut Ebpf) -> Hook {
+    let mut hook = Hook {
+        name: CONNTRACK_CONFIRM.to_owned(),
+        kind: "kprobe",
+        status: HookStatus::Attached,
+        detail: "optional: counts new conntrack entries".to_owned(),
+        program: "conntrack_confirm_kprobe",
+    };
+    let kprobe = (|| -> Result<(), Box<dyn std::error::Error>> {
+        let program: &mut KProbe = ebpf
+            .program_mut("conntrack_confirm_kprobe")
+            .ok_or("no kprobe program in the object")?
+            .try_into()?;
+        program.load()?;
+        program.attach(CONNTRACK_CONFIRM, 0)?;
+        Ok(())
+    })();
+    let Err(kprobe_error) = kprobe else {
+        return hook;
+    };
+    let fentry = (|| -> Result<(), Box<dyn std::error::Error>> {
+        let btf = aya::Btf::from_sys_fs()?;
+        let program: &mut FEntry = ebpf
+            .program_mut("conntrack_confirm_fentry")
+            .ok_or("no fentry program in the object")?
+            .try_into()?;
+        program.load(CONNTRACK_CONFIRM, &btf)?;
+        program.attach()?;
+        Ok(())
+    })();
+    match fentry {
+        Ok(()) => {
+            hook.kind = "fentry";
+            hook.program = "conntrack_confirm_fentry";
+        }
+        Err(fentry_error) => {
+            hook.kind = "kprobe|fentry";
+            hook.status = HookStatus::Unavailable;
+            hook.detail = format!(
+                "optional, not needed (conntrack comes from ctnetlink/procfs): kprobe: {}; \
+                 fentry: {}",
+                error_chain(kprobe_error.as_ref()),
+                error_chain(fentry_error.as_ref())
+            );
+        }
     }
     hook
 }

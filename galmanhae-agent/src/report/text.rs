@@ -210,7 +210,10 @@ fn paths(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     if mismatched.is_empty() {
         return Ok(());
     }
-    writeln!(out, "\nPath MTU (where the workload side is larger than the egress)")?;
+    writeln!(
+        out,
+        "\nPath MTU (where the workload side is larger than the egress)"
+    )?;
     for p in mismatched {
         let hops: Vec<String> = p
             .hops
