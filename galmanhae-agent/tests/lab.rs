@@ -875,10 +875,10 @@ fn snat_port_race_is_snat_collision() {
 
 #[test]
 fn invalid_segments_leave_untranslated_as_nat_leak() {
+    const SENT: u32 = 50;
     if !privileged() {
         return;
     }
-    const SENT: u32 = 50;
     let mut lab = Scenario::new();
     lab.container("t-leak", &[]);
     lab.container("t-healthy", &[]);

@@ -3,7 +3,7 @@
 //! probes both at start-up and reports which one, if any, is attached. Nothing depends on it:
 //! it counts confirmations, which the `insert` statistic should show but on some kernels
 //! stays 0.
-//! https://elixir.bootlin.com/linux/v6.18/source/net/netfilter/nf_conntrack_core.c
+//! <https://elixir.bootlin.com/linux/v6.18/source/net/netfilter/nf_conntrack_core.c>
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 

@@ -1,10 +1,10 @@
-//! tc egress on the host's uplinks: count packets whose source is in a NATed subnet (a
+//! tc egress on the host's uplinks: count packets whose source is in a translated subnet (a
 //! MASQUERADE rule's `-s`). After POSTROUTING every packet from such a subnet should carry the
 //! host's address; one that does not was skipped by NAT because conntrack marked it INVALID.
 //!
 //! Only the source address is looked up per packet (one LPM trie lookup); the rest is parsed
 //! for the few that match. Headers are read relative to the network header, so L3 uplinks
-//! (WireGuard, tun) work as well as Ethernet ones.
+//! (`WireGuard`, tun) work as well as Ethernet ones.
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, bpf_hdr_start_off::BPF_HDR_START_NET},
@@ -37,7 +37,9 @@ const FULL_PREFIX: u32 = 128;
 
 pub fn on_egress(ctx: &TcContext) {
     // SAFETY: the context's `__sk_buff` is valid for the program's run.
-    let ethertype = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    let protocol = unsafe { (*ctx.skb.skb).protocol };
+    // `__sk_buff.protocol` holds the big-endian ethertype in its low 16 bits.
+    let ethertype = u16::from_be(u16::try_from(protocol & 0xffff).unwrap_or(0));
     let mut key = LeakKey {
         ifindex: 0,
         family: 0,
@@ -111,7 +113,7 @@ fn load<T: Copy>(ctx: &TcContext, offset: u32) -> Option<T> {
             ctx.skb.skb.cast(),
             offset,
             value.as_mut_ptr().cast(),
-            size_of::<T>() as u32,
+            u32::try_from(size_of::<T>()).unwrap_or(0),
             BPF_HDR_START_NET,
         )
     };

@@ -55,7 +55,7 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// tc egress (TCX) on the host's uplinks: packets leaving with an untranslated NATed source.
+/// tc egress (TCX) on the host's uplinks: packets leaving with an untranslated source from a MASQUERADE subnet.
 /// It only observes: `TC_ACT_UNSPEC` lets the next program, or the default, decide.
 #[classifier]
 #[expect(
@@ -69,10 +69,6 @@ pub fn nat_leak_egress(ctx: TcContext) -> i32 {
 
 /// Optional kprobe on `__nf_conntrack_confirm` (kernels with `CONFIG_KPROBES`).
 #[kprobe]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "aya's macro fixes the signature"
-)]
 pub fn conntrack_confirm_kprobe(_ctx: ProbeContext) -> u32 {
     conntrack::on_confirm();
     0
@@ -80,10 +76,6 @@ pub fn conntrack_confirm_kprobe(_ctx: ProbeContext) -> u32 {
 
 /// The same as an fentry program, where the kernel allows BPF trampolines.
 #[fentry(function = "__nf_conntrack_confirm")]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "aya's macro fixes the signature"
-)]
 pub fn conntrack_confirm_fentry(_ctx: FEntryContext) -> u32 {
     conntrack::on_confirm();
     0

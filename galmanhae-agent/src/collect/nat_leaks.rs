@@ -1,6 +1,6 @@
 //! Packets that left the host untranslated (`nat_leak`): the tc egress program on the uplinks
 //! (`galmanhae-ebpf/src/leak.rs`) counts those whose source lies in a MASQUERADE rule's
-//! subnet. Here: which interfaces are uplinks, which subnets are NATed, and whose packets
+//! subnet. Here: which interfaces are uplinks, which subnets are translated, and whose packets
 //! the counted ones were.
 
 use std::collections::{BTreeMap, HashMap};

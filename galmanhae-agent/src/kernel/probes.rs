@@ -1,7 +1,7 @@
 //! Loading and attaching the programs, with a status per hook: a hook the kernel lacks is
 //! reported as unavailable and the others still run.
 
-use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _, os::fd::OwnedFd, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -117,6 +117,9 @@ const RETRANSMIT_SYNACK: TracepointSpec = TracepointSpec {
 
 const NAT_LEAK_PROGRAM: &str = "nat_leak_egress";
 
+/// The uplinks attached to (ifindex, name), and those that failed (name, why).
+type UplinkAttachments = (Vec<(u32, String)>, Vec<(String, String)>);
+
 impl Probes {
     pub fn load(env: &Environment, options: &LoadOptions) -> Result<Self, LoadError> {
         raise_memlock_limit();
@@ -220,7 +223,7 @@ impl Probes {
     }
 
     /// Attaches the NAT-leak program to the egress of each uplink (TCX: detached when the
-    /// agent exits, whatever happens) after loading the NATed subnets; adds one hook.
+    /// agent exits, whatever happens) after loading the translated subnets; adds one hook.
     pub fn watch_uplinks(&mut self, subnets: &[IpNet], uplinks: &[(u32, String)]) {
         let mut hook = Hook {
             name: "tc egress (uplinks)".to_owned(),
@@ -264,7 +267,7 @@ impl Probes {
             }
         );
         for (name, error) in &failures {
-            hook.detail.push_str(&format!("; {name}: {error}"));
+            let _ = write!(hook.detail, "; {name}: {error}");
         }
         self.uplinks = attached.into_iter().collect();
         self.hooks.push(hook);
@@ -275,7 +278,7 @@ impl Probes {
         &mut self,
         subnets: &[IpNet],
         uplinks: &[(u32, String)],
-    ) -> Result<(Vec<(u32, String)>, Vec<(String, String)>), Box<dyn std::error::Error>> {
+    ) -> Result<UplinkAttachments, Box<dyn std::error::Error>> {
         let mut trie: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(
             self.ebpf
                 .map_mut("NATED_SUBNETS")
