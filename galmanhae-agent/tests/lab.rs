@@ -746,6 +746,16 @@ fn attempts_refused_by_the_transmit_path_count_like_the_kernel() {
     assert_eq!(after - before, netns_retrans);
 }
 
+/// The report's conntrack record of the host namespace.
+fn host_conntrack(report: &Value) -> &Value {
+    report["conntrack"]
+        .as_array()
+        .expect("conntrack")
+        .iter()
+        .find(|c| c["namespace"] == "host")
+        .expect("the host's conntrack")
+}
+
 /// Entries in the host's conntrack table now.
 fn conntrack_count() -> u64 {
     std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
@@ -794,12 +804,7 @@ fn tiny_conntrack_table_is_conntrack_full() {
     );
     assert!(f["flows"].to_string().contains("t-flood"), "{f:#}");
     assert!(!f["flows"].to_string().contains("t-healthy"), "{f:#}");
-    let host = report["conntrack"]
-        .as_array()
-        .expect("conntrack")
-        .iter()
-        .find(|c| c["namespace"] == "host")
-        .expect("the host's conntrack");
+    let host = host_conntrack(&report);
     assert!(u64_of(&host["drop"]) > 0, "{host:#}");
     assert_no_findings(&report, "t-healthy");
 }
@@ -839,12 +844,7 @@ fn snat_port_race_is_snat_collision() {
         "no clash in 200 rounds: {outcome:?}"
     );
 
-    let host = report["conntrack"]
-        .as_array()
-        .expect("conntrack")
-        .iter()
-        .find(|c| c["namespace"] == "host")
-        .expect("the host's conntrack");
+    let host = host_conntrack(&report);
     assert_eq!(u64_of(&host["insert_failed"]), after - before, "{host:#}");
     let f = finding(&report, "snat_collision", "host");
     assert_eq!(f["severity"], "high", "{f:#}");

@@ -10,6 +10,19 @@ pub mod leak;
 pub mod offsets;
 pub mod retransmit;
 
+/// An IPv4 address as the maps keep it: v4-mapped IPv6 (`::ffff:a.b.c.d`).
+#[expect(
+    clippy::inline_always,
+    reason = "BPF: inlined into each program so no BPF-to-BPF calls are made"
+)]
+#[inline(always)]
+#[must_use]
+pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
 /// Marks a type as plain old data for aya (user space only).
 macro_rules! impl_pod {
     ($($t:ty),* $(,)?) => {

@@ -12,6 +12,7 @@ use galmanhae_common::{
     },
     health::HealthCounter,
     retransmit::{AF_INET, AF_INET6},
+    v4_mapped,
 };
 
 use crate::{
@@ -173,13 +174,6 @@ fn conntrack_origin(skb: u64, key: &mut DropKey) {
     key.ct_family = family;
     key.ct_src_port = at::<u16>(ct, offset!(structs.ct_orig_src_port)).map_or(0, u16::from_be);
     key.ct_reply = u8::from(info >= IP_CT_IS_REPLY);
-}
-
-#[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
 }
 
 /// One more drop for `key`; per site when the flow map is full; counted as lost otherwise.

@@ -18,6 +18,7 @@ use galmanhae_common::{
     health::HealthCounter,
     leak::{LEAK_MAP_CAPACITY, LeakKey, NATED_SUBNETS_CAPACITY},
     retransmit::{AF_INET, AF_INET6},
+    v4_mapped,
 };
 
 use crate::{health, maps};
@@ -119,11 +120,4 @@ fn load<T: Copy>(ctx: &TcContext, offset: u32) -> Option<T> {
     };
     // SAFETY: fully written when the helper succeeds.
     (rc == 0).then(|| unsafe { value.assume_init() })
-}
-
-#[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
 }
