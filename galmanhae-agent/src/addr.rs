@@ -3,7 +3,10 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use galmanhae_common::{drop::DropKey, retransmit::FlowKey};
+use galmanhae_common::{
+    drop::{DropKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    retransmit::FlowKey,
+};
 
 /// An address as the kernel stores it: IPv4 ones come v4-mapped. A dual-stack IPv6 socket
 /// talking IPv4 has v4-mapped addresses too; it is shown as IPv4, as conntrack shows it.
@@ -28,6 +31,23 @@ pub fn packet_endpoints(key: &DropKey) -> Option<(SocketAddr, SocketAddr)> {
             SocketAddr::new(ip(key.dst_addr), key.dst_port),
         )
     })
+}
+
+/// A packet as one line: `tcp 198.18.100.2:41000 -> 198.19.0.2:5432`, or for ICMP (whose
+/// "ports" the maps fill with type and code) `icmp 198.19.0.1 -> 198.18.100.2 type 3 code 4`.
+pub fn describe(protocol: u8, src: SocketAddr, dst: SocketAddr) -> String {
+    match protocol {
+        IPPROTO_TCP => format!("tcp {src} -> {dst}"),
+        IPPROTO_UDP => format!("udp {src} -> {dst}"),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => format!(
+            "icmp {} -> {} type {} code {}",
+            src.ip(),
+            dst.ip(),
+            src.port(),
+            dst.port()
+        ),
+        other => format!("proto {other} {} -> {}", src.ip(), dst.ip()),
+    }
 }
 
 /// The pre-NAT source of a dropped packet's connection, and whether the packet went in the

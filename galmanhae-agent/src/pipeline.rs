@@ -21,6 +21,7 @@ use crate::{
     },
     collect::{
         drops::{self, DropSample},
+        maps::counts_since,
         nat_leaks::{self, LeakSample},
         netns_snmp::{self, TcpSegments},
         retransmits::{self, ReadError, RetransmitSample},
@@ -219,7 +220,7 @@ impl Window {
 
         Summary {
             drops,
-            leaks: self.latest.leaks.since(&self.start.leaks),
+            leaks: counts_since(&self.latest.leaks, &self.start.leaks),
             duration: self
                 .latest
                 .taken

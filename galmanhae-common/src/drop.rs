@@ -13,7 +13,7 @@ pub const DROP_OVERFLOW_CAPACITY: u32 = 2_048;
 /// Addresses are IPv6 or v4-mapped IPv6, ports in host byte order; for ICMP the "ports" are
 /// the type and the code. A packet that could not be parsed has `family == 0`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DropKey {
     /// Inode of the namespace of the packet's device (else its socket).
     pub netns: u32,

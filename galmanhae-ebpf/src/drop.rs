@@ -6,10 +6,7 @@
 
 use aya_ebpf::{macros::map, maps::PerCpuHashMap, programs::TracePointContext};
 use galmanhae_common::{
-    drop::{
-        DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY, DropKey, DropSiteKey, IPPROTO_ICMP,
-        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    },
+    drop::{DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY, DropKey, DropSiteKey},
     health::HealthCounter,
     retransmit::{AF_INET, AF_INET6},
     v4_mapped,
@@ -19,6 +16,7 @@ use crate::{
     health,
     kernel::{at, offset, tp_field},
     maps,
+    packet::{self, PacketBytes},
 };
 
 /// Drops per namespace, reason, location and flow. A plain hash: an LRU would evict silently.
@@ -32,7 +30,6 @@ static DROP_OVERFLOW: PerCpuHashMap<DropSiteKey, u64> =
 
 /// `network_header` when no header was set (`skb_reset_network_header` never ran).
 const UNSET_HEADER: u16 = 0xffff;
-const IP_OFFSET_MASK: u16 = 0x1fff;
 
 pub fn on_kfree_skb(ctx: &TracePointContext) {
     let Some(skb) = tp_field::<u64>(ctx, offset!(kfree_skb.skbaddr)) else {
@@ -44,18 +41,7 @@ pub fn on_kfree_skb(ctx: &TracePointContext) {
         // Before 5.17 there is no reason: 0 reads as "unknown".
         reason: tp_field::<u32>(ctx, offset!(kfree_skb.reason)).unwrap_or(0),
         location: tp_field::<u64>(ctx, offset!(kfree_skb.location)).unwrap_or(0),
-        family: 0,
-        protocol: 0,
-        padding: 0,
-        src_port: 0,
-        dst_port: 0,
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
-        ct_family: 0,
-        ct_src_port: 0,
-        ct_reply: 0,
-        ct_padding: [0; 3],
-        ct_src_addr: [0; 16],
+        ..DropKey::default()
     };
     parse_flow(skb, &mut key);
     conntrack_origin(skb, &mut key);
@@ -86,60 +72,29 @@ fn parse_flow(skb: u64, key: &mut DropKey) {
         return;
     };
     let network = match at::<u16>(skb, offset!(structs.skb_network_header)) {
-        Some(n) if n != UNSET_HEADER => head + u64::from(n),
+        Some(n) if n != UNSET_HEADER => NetworkHeader(head + u64::from(n)),
         _ => return,
     };
-    let Some(first) = at::<u8>(network, 0) else {
+    let Some(first) = network.read::<u8>(0) else {
         return;
     };
-    let transport = match first >> 4 {
-        4 => {
-            // struct iphdr: ihl/version, tos, tot_len, id, frag_off, ttl, protocol, check, saddr, daddr
-            let Some(ip) = at::<[u8; 20]>(network, 0) else {
-                return;
-            };
-            key.family = AF_INET;
-            key.protocol = ip[9];
-            key.src_addr = v4_mapped([ip[12], ip[13], ip[14], ip[15]]);
-            key.dst_addr = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
-            // A non-first fragment has no transport header.
-            if u16::from_be_bytes([ip[6], ip[7]]) & IP_OFFSET_MASK != 0 {
-                return;
-            }
-            network + u64::from(ip[0] & 0x0f) * 4
-        }
-        6 => {
-            // struct ipv6hdr: ver/tc/flow (4), payload_len (2), nexthdr, hop_limit, saddr, daddr
-            let Some(ip) = at::<[u8; 40]>(network, 0) else {
-                return;
-            };
-            key.family = AF_INET6;
-            key.protocol = ip[6];
-            let mut src = [0; 16];
-            let mut dst = [0; 16];
-            src.copy_from_slice(&ip[8..24]);
-            dst.copy_from_slice(&ip[24..40]);
-            key.src_addr = src;
-            key.dst_addr = dst;
-            // Extension headers are not walked: such packets keep ports 0.
-            network + 40
-        }
-        _ => return,
+    let Some(flow) = packet::ip_header(&network, first >> 4) else {
+        return;
     };
-    match key.protocol {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            if let Some(ports) = at::<[u8; 4]>(transport, 0) {
-                key.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-                key.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-            }
-        }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            if let Some(type_code) = at::<[u8; 2]>(transport, 0) {
-                key.src_port = u16::from(type_code[0]);
-                key.dst_port = u16::from(type_code[1]);
-            }
-        }
-        _ => {}
+    (key.src_port, key.dst_port) = packet::ports(&network, &flow);
+    key.family = flow.family;
+    key.protocol = flow.protocol;
+    key.src_addr = flow.src;
+    key.dst_addr = flow.dst;
+}
+
+/// The packet in kernel memory, from its network header on.
+struct NetworkHeader(u64);
+
+impl PacketBytes for NetworkHeader {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: u32) -> Option<T> {
+        at::<T>(self.0, offset)
     }
 }
 

@@ -14,14 +14,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use galmanhae_common::{
-    drop::{IPPROTO_TCP, IPPROTO_UDP},
     health::HealthCounter,
     leak::{LEAK_MAP_CAPACITY, LeakKey, NATED_SUBNETS_CAPACITY},
-    retransmit::{AF_INET, AF_INET6},
-    v4_mapped,
 };
 
-use crate::{health, maps};
+use crate::{
+    health, maps,
+    packet::{self, PacketBytes},
+};
 
 /// Source prefixes that MASQUERADE translates (IPv6 or v4-mapped, filled by the agent).
 #[map]
@@ -38,68 +38,44 @@ const FULL_PREFIX: u32 = 128;
 
 pub fn on_egress(ctx: &TcContext) {
     // SAFETY: the context's `__sk_buff` is valid for the program's run.
-    let protocol = unsafe { (*ctx.skb.skb).protocol };
+    let (protocol, ifindex) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).ifindex) };
     // `__sk_buff.protocol` holds the big-endian ethertype in its low 16 bits.
-    let ethertype = u16::from_be(u16::try_from(protocol & 0xffff).unwrap_or(0));
-    let mut key = LeakKey {
-        ifindex: 0,
-        family: 0,
-        protocol: 0,
-        tcp_flags: 0,
-        src_port: 0,
-        dst_port: 0,
-        padding: 0,
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
-    };
-    let transport = match ethertype {
-        ETH_P_IP => {
-            let Some(ip) = load::<[u8; 20]>(ctx, 0) else {
-                return;
-            };
-            key.src_addr = v4_mapped([ip[12], ip[13], ip[14], ip[15]]);
-            if NATED_SUBNETS
-                .get(Key::new(FULL_PREFIX, key.src_addr))
-                .is_none()
-            {
-                return;
-            }
-            key.family = AF_INET;
-            key.protocol = ip[9];
-            key.dst_addr = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
-            u32::from(ip[0] & 0x0f) * 4
-        }
-        ETH_P_IPV6 => {
-            let Some(ip) = load::<[u8; 40]>(ctx, 0) else {
-                return;
-            };
-            key.src_addr.copy_from_slice(&ip[8..24]);
-            if NATED_SUBNETS
-                .get(Key::new(FULL_PREFIX, key.src_addr))
-                .is_none()
-            {
-                return;
-            }
-            key.family = AF_INET6;
-            key.protocol = ip[6];
-            key.dst_addr.copy_from_slice(&ip[24..40]);
-            40
-        }
+    let version = match u16::from_be(u16::try_from(protocol & 0xffff).unwrap_or(0)) {
+        ETH_P_IP => 4,
+        ETH_P_IPV6 => 6,
         _ => return,
     };
-    // SAFETY: as above.
-    key.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if matches!(key.protocol, IPPROTO_TCP | IPPROTO_UDP)
-        && let Some(ports) = load::<[u8; 4]>(ctx, transport)
-    {
-        key.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-        key.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-        if key.protocol == IPPROTO_TCP {
-            key.tcp_flags = load::<u8>(ctx, transport + 13).unwrap_or(0);
-        }
+    let packet = Packet(ctx);
+    let Some(flow) = packet::ip_header(&packet, version) else {
+        return;
+    };
+    if NATED_SUBNETS.get(Key::new(FULL_PREFIX, flow.src)).is_none() {
+        return;
     }
+    let (src_port, dst_port) = packet::ports(&packet, &flow);
+    let key = LeakKey {
+        ifindex,
+        family: flow.family,
+        protocol: flow.protocol,
+        tcp_flags: packet::tcp_flags(&packet, &flow),
+        src_port,
+        dst_port,
+        padding: 0,
+        src_addr: flow.src,
+        dst_addr: flow.dst,
+    };
     if !maps::update(&LEAKS, &key, &|n: &mut u64| *n += 1) {
         health::bump(HealthCounter::LeakMapFull);
+    }
+}
+
+/// The packet in the tc context, read relative to its network header.
+struct Packet<'a>(&'a TcContext);
+
+impl PacketBytes for Packet<'_> {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: u32) -> Option<T> {
+        load(self.0, offset)
     }
 }
 

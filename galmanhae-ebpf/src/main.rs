@@ -14,6 +14,7 @@ mod health;
 mod kernel;
 mod leak;
 mod maps;
+mod packet;
 mod retransmit;
 
 use aya_ebpf::{

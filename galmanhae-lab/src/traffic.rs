@@ -9,6 +9,7 @@ use std::{
     mem::MaybeUninit,
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::AsRawFd as _,
+    path::Path,
     sync::atomic::{AtomicBool, AtomicU32, Ordering},
     thread,
     time::Duration,
@@ -102,7 +103,7 @@ fn race_side(
     barrier: &SpinBarrier<'_>,
 ) -> anyhow::Result<u32> {
     pin_to_cpu(cpu)?;
-    enter_netns(pid)?;
+    enter_netns(netns_of(pid))?;
     let remote = SocketAddrV4::new(db, CLOSED_DB_PORT).into();
     let mut sockets = Vec::with_capacity(usize::from(rounds));
     for round in 0..rounds {
@@ -150,7 +151,7 @@ pub fn invalid_segments(
     thread::scope(|scope| {
         scope
             .spawn(move || -> anyhow::Result<()> {
-                enter_netns(pid)?;
+                enter_netns(netns_of(pid))?;
                 // The kernel writes the IP header; the TCP header is ours.
                 let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))
                     .context("creating a raw socket")?;
@@ -221,15 +222,21 @@ impl SpinBarrier<'_> {
     }
 }
 
-/// Moves the calling thread into the network namespace of `pid`.
-fn enter_netns(pid: u32) -> anyhow::Result<()> {
-    let path = format!("/proc/{pid}/ns/net");
-    let namespace = File::open(&path).with_context(|| format!("opening {path}"))?;
+/// Moves the calling thread (only it) into the network namespace at `path`
+/// (`/proc/PID/ns/net`, `/run/netns/NAME`).
+pub fn enter_netns(path: impl AsRef<Path>) -> anyhow::Result<()> {
+    let path = path.as_ref();
+    let namespace = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: a valid namespace fd; setns changes only this thread's network namespace.
     if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("setns into {path}"));
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("setns into {}", path.display()));
     }
     Ok(())
+}
+
+fn netns_of(pid: u32) -> String {
+    format!("/proc/{pid}/ns/net")
 }
 
 fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {

@@ -6,25 +6,23 @@ use std::collections::HashMap;
 use aya::Ebpf;
 use galmanhae_common::drop::{DropKey, DropSiteKey};
 
-use super::maps::{ReadError, delta, read_per_cpu_hash};
+use super::maps::{Counts, ReadError, counts_since, read_counts};
 use crate::kernel::{btf::KernelBtf, tracefs::Format};
 
 /// Cumulative drop counts since the programs were loaded.
 #[derive(Clone, Debug, Default)]
 pub struct DropSample {
-    pub flows: HashMap<DropKey, u64>,
+    pub flows: Counts<DropKey>,
     /// Counted per site only, because `DROPS` was full.
-    pub overflow: HashMap<DropSiteKey, u64>,
+    pub overflow: Counts<DropSiteKey>,
 }
 
 impl DropSample {
     #[must_use]
     pub fn since(&self, earlier: &Self) -> Self {
-        let since = |now: &u64, then: &u64| now.saturating_sub(*then);
-        let is_zero = |n: &u64| *n == 0;
         Self {
-            flows: delta(&self.flows, &earlier.flows, since, is_zero),
-            overflow: delta(&self.overflow, &earlier.overflow, since, is_zero),
+            flows: counts_since(&self.flows, &earlier.flows),
+            overflow: counts_since(&self.overflow, &earlier.overflow),
         }
     }
 
@@ -34,10 +32,9 @@ impl DropSample {
 }
 
 pub fn read(ebpf: &Ebpf) -> Result<DropSample, ReadError> {
-    let add = |total: &mut u64, n: &u64| *total += n;
     Ok(DropSample {
-        flows: read_per_cpu_hash(ebpf, "DROPS", add)?,
-        overflow: read_per_cpu_hash(ebpf, "DROP_OVERFLOW", add)?,
+        flows: read_counts(ebpf, "DROPS")?,
+        overflow: read_counts(ebpf, "DROP_OVERFLOW")?,
     })
 }
 

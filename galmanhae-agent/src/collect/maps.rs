@@ -50,6 +50,27 @@ where
     Ok(out)
 }
 
+/// Packets per key of a per-CPU hash of `u64` counters, cumulative since the program loaded.
+pub type Counts<K> = HashMap<K, u64>;
+
+/// Every key of a per-CPU counting map, its CPUs' counts summed.
+pub fn read_counts<K: Pod + Eq + Hash>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<Counts<K>, ReadError> {
+    read_per_cpu_hash(ebpf, name, |total: &mut u64, n: &u64| *total += n)
+}
+
+/// What each key counted since `then`; keys that counted nothing are left out.
+pub fn counts_since<K: Copy + Eq + Hash>(now: &Counts<K>, then: &Counts<K>) -> Counts<K> {
+    delta(
+        now,
+        then,
+        |now, then| now.saturating_sub(*then),
+        |n| *n == 0,
+    )
+}
+
 /// The `HEALTH` counters, indexed by [`HealthCounter`].
 pub fn read_health(ebpf: &Ebpf) -> Result<[u64; HealthCounter::COUNT as usize], ReadError> {
     const HEALTH: &str = "HEALTH";

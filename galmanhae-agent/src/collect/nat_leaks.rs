@@ -3,57 +3,25 @@
 //! subnet. Here: which interfaces are uplinks, which subnets are translated, and whose packets
 //! the counted ones were.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use aya::Ebpf;
-use galmanhae_common::leak::LeakKey;
-use ipnet::IpNet;
+use galmanhae_common::{drop::IPPROTO_TCP, leak::LeakKey};
 
-use super::maps::{ReadError, delta, read_per_cpu_hash};
+use super::maps::{Counts, ReadError, read_counts};
 use crate::{
-    addr::ip,
+    addr::{self, ip},
     attribute::Attributor,
     kernel::probes::Probes,
     path::{self, Interface},
     report::{LeakReport, NatAudit},
 };
 
-/// Cumulative untranslated packets since the program was attached.
-#[derive(Clone, Debug, Default)]
-pub struct LeakSample {
-    pub flows: HashMap<LeakKey, u64>,
-}
-
-impl LeakSample {
-    #[must_use]
-    pub fn since(&self, earlier: &Self) -> Self {
-        Self {
-            flows: delta(
-                &self.flows,
-                &earlier.flows,
-                |now, then| now.saturating_sub(*then),
-                |n| *n == 0,
-            ),
-        }
-    }
-}
+/// Untranslated packets per uplink and flow, cumulative since the program was attached.
+pub type LeakSample = Counts<LeakKey>;
 
 pub fn read(ebpf: &Ebpf) -> Result<LeakSample, ReadError> {
-    Ok(LeakSample {
-        flows: read_per_cpu_hash(ebpf, "LEAKS", |total: &mut u64, n: &u64| *total += n)?,
-    })
-}
-
-/// The source prefixes MASQUERADE translates: a packet from one of them must not leave as is.
-pub fn nated_subnets(audit: &NatAudit) -> Vec<IpNet> {
-    let mut nets: Vec<IpNet> = audit
-        .masquerade
-        .iter()
-        .filter_map(crate::conntrack::MasqueradeRule::source_net)
-        .collect();
-    nets.sort_unstable();
-    nets.dedup();
-    nets
+    read_counts(ebpf, "LEAKS")
 }
 
 /// Where translated packets leave: the host's interfaces that are up, except loopback,
@@ -82,7 +50,7 @@ pub fn watch(probes: &mut Probes, audit: &NatAudit) -> Option<String> {
         Ok(links) => {
             let links: Vec<(u32, String)> =
                 links.into_iter().map(|l| (l.ifindex, l.name)).collect();
-            probes.watch_uplinks(&nated_subnets(audit), &links);
+            probes.watch_uplinks(&audit.translated_subnets(), &links);
             None
         }
         Err(e) => Some(format!(
@@ -113,7 +81,7 @@ pub fn reports(
     uplinks: &BTreeMap<u32, String>,
 ) -> Vec<LeakReport> {
     let mut by_owner: BTreeMap<(String, String), LeakReport> = BTreeMap::new();
-    let mut keys: Vec<(&LeakKey, &u64)> = delta.flows.iter().collect();
+    let mut keys: Vec<(&LeakKey, &u64)> = delta.iter().collect();
     keys.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (key, packets) in keys {
         let source = ip(key.src_addr);
@@ -144,20 +112,15 @@ pub fn reports(
 }
 
 fn describe(key: &LeakKey) -> String {
-    let (src, dst) = (ip(key.src_addr), ip(key.dst_addr));
-    match key.protocol {
-        galmanhae_common::drop::IPPROTO_TCP => format!(
-            "tcp {} -> {} flags {}",
-            std::net::SocketAddr::new(src, key.src_port),
-            std::net::SocketAddr::new(dst, key.dst_port),
-            tcp_flags(key.tcp_flags)
-        ),
-        galmanhae_common::drop::IPPROTO_UDP => format!(
-            "udp {} -> {}",
-            std::net::SocketAddr::new(src, key.src_port),
-            std::net::SocketAddr::new(dst, key.dst_port)
-        ),
-        other => format!("proto {other} {src} -> {dst}"),
+    let packet = addr::describe(
+        key.protocol,
+        SocketAddr::new(ip(key.src_addr), key.src_port),
+        SocketAddr::new(ip(key.dst_addr), key.dst_port),
+    );
+    if key.protocol == IPPROTO_TCP {
+        format!("{packet} flags {}", tcp_flags(key.tcp_flags))
+    } else {
+        packet
     }
 }
 

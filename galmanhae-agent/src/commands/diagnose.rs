@@ -122,12 +122,9 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         .iter()
         .zip(hook_stats(&pipeline.probes).iter().zip(&baseline_stats))
         .map(|(hook, (end, begin))| {
-            let runs_and_time = end
-                .zip(*begin)
-                .filter(|_| hook.status == HookStatus::Attached)
-                .map(|((runs1, t1), (runs0, t0))| {
-                    (runs1.saturating_sub(runs0), t1.saturating_sub(t0))
-                });
+            let runs_and_time = end.zip(*begin).map(|((runs1, t1), (runs0, t0))| {
+                (runs1.saturating_sub(runs0), t1.saturating_sub(t0))
+            });
             HookReport {
                 hook: hook.clone(),
                 runs: runs_and_time.map(|(runs, _)| runs),

@@ -7,10 +7,7 @@
 
 use std::{
     collections::BTreeSet,
-    fs::File,
-    io,
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd as _,
     process::{Command, Stdio},
     thread,
     time::Duration,
@@ -56,10 +53,7 @@ impl Netns {
 
     /// Moves the calling thread (only it) into the namespace.
     fn enter(&self) {
-        let file = File::open(format!("/run/netns/{}", self.name)).unwrap();
-        // SAFETY: a namespace file descriptor, open for the duration of the call.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+        galmanhae_lab::traffic::enter_netns(format!("/run/netns/{}", self.name)).unwrap();
     }
 }
 

@@ -312,8 +312,12 @@ impl Probes {
         Ok((attached, failures))
     }
 
-    /// Kernel-side run count and total run time of a hook's program (zero without stats).
+    /// Kernel-side run count and total run time of a hook's program (zero without stats);
+    /// `None` for a hook that is not attached.
     pub fn run_stats(&self, hook: &Hook) -> Option<(u64, std::time::Duration)> {
+        if hook.status != HookStatus::Attached {
+            return None;
+        }
         let program = self.ebpf.program(hook.program)?;
         let info = program.info().ok()?;
         Some((info.run_count(), info.run_time()))

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use crate::addr::endpoints;
 use crate::{
-    addr::{conntrack_source, packet_endpoints},
+    addr::{conntrack_source, describe, packet_endpoints},
     attribute::nat::{Binding, Direction},
     collect::drops::DropReasons,
     conntrack::{MasqueradeRule, Stats, Sysctls},
@@ -186,6 +186,18 @@ pub struct NatAudit {
 }
 
 impl NatAudit {
+    /// The source prefixes MASQUERADE translates: a packet from one must not leave as is.
+    pub fn translated_subnets(&self) -> Vec<ipnet::IpNet> {
+        let mut nets: Vec<ipnet::IpNet> = self
+            .masquerade
+            .iter()
+            .filter_map(MasqueradeRule::source_net)
+            .collect();
+        nets.sort_unstable();
+        nets.dedup();
+        nets
+    }
+
     /// Whether a MASQUERADE rule translates packets from `addr` (a bridge address).
     pub fn masqueraded(&self, addr: std::net::IpAddr) -> bool {
         self.masquerade
@@ -443,18 +455,7 @@ fn is_icmp_too_big(key: &DropKey) -> bool {
 /// `tcp 198.18.100.2:41000 -> 198.19.0.2:5432`, `icmp 198.19.0.1 -> 198.18.100.2 type 3 code 4`.
 fn describe_packet(key: &DropKey) -> Option<String> {
     let (src, dst) = packet_endpoints(key)?;
-    let packet = match key.protocol {
-        IPPROTO_TCP => format!("tcp {src} -> {dst}"),
-        IPPROTO_UDP => format!("udp {src} -> {dst}"),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => format!(
-            "icmp {} -> {} type {} code {}",
-            src.ip(),
-            dst.ip(),
-            key.src_port,
-            key.dst_port
-        ),
-        other => format!("proto {other} {} -> {}", src.ip(), dst.ip()),
-    };
+    let packet = describe(key.protocol, src, dst);
     // After SNAT the packet shows the host's address; say whose connection it was.
     Some(match conntrack_source(key) {
         Some((origin, false)) if origin != src => format!("{packet} (SNAT of {origin})"),
