@@ -15,7 +15,7 @@ use crate::{
     collect::{nat_leaks, netfilter, paths},
     kernel::{
         prereq,
-        probes::{HookStatus, LoadOptions, Probes},
+        probes::{HookStatus, LoadOptions, Probes, RunStats},
     },
     pipeline::{Pipeline, Window},
     report::{self, HookReport, ReportContext},
@@ -122,16 +122,15 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         .iter()
         .zip(hook_stats(&pipeline.probes).iter().zip(&baseline_stats))
         .map(|(hook, (end, begin))| {
-            let runs_and_time = end.zip(*begin).map(|((runs1, t1), (runs0, t0))| {
-                (runs1.saturating_sub(runs0), t1.saturating_sub(t0))
-            });
+            let window = end.zip(*begin).map(|(end, begin)| end.since(&begin));
             HookReport {
                 hook: hook.clone(),
-                runs: runs_and_time.map(|(runs, _)| runs),
-                ns_per_run: runs_and_time.and_then(|(runs, time)| {
+                runs: window.map(|w| w.runs),
+                ns_per_run: window.and_then(|w| {
                     #[expect(clippy::cast_precision_loss, reason = "an average for display")]
-                    (runs > 0).then(|| time.as_nanos() as f64 / runs as f64)
+                    (w.runs > 0).then(|| w.run_time.as_nanos() as f64 / w.runs as f64)
                 }),
+                missed: window.and_then(|w| w.missed),
             }
         })
         .collect();
@@ -167,7 +166,7 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn hook_stats(probes: &Probes) -> Vec<Option<(u64, Duration)>> {
+fn hook_stats(probes: &Probes) -> Vec<Option<RunStats>> {
     probes.hooks.iter().map(|h| probes.run_stats(h)).collect()
 }
 

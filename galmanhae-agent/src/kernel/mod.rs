@@ -6,4 +6,5 @@ pub mod kallsyms;
 pub mod mounts;
 pub mod prereq;
 pub mod probes;
+pub mod prog_info;
 pub mod tracefs;

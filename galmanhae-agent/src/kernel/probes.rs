@@ -1,7 +1,12 @@
 //! Loading and attaching the programs, with a status per hook: a hook the kernel lacks is
 //! reported as unavailable and the others still run.
 
-use std::{collections::BTreeMap, fmt::Write as _, os::fd::OwnedFd, path::Path};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -20,6 +25,7 @@ use super::{
     btf::{self, KernelBtf},
     kallsyms::Symbolizer,
     prereq::Environment,
+    prog_info,
     tracefs::{Format, FormatError},
 };
 use crate::collect::drops::DropReasons;
@@ -57,6 +63,30 @@ pub enum HookStatus {
     Failed,
 }
 
+/// What the kernel says of a program's runs, cumulative since it was loaded.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunStats {
+    pub runs: u64,
+    pub run_time: std::time::Duration,
+    /// Runs skipped because another tracing program was running on the CPU (`None` before
+    /// Linux 5.12): events lost to every map.
+    pub missed: Option<u64>,
+}
+
+impl RunStats {
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            runs: self.runs.saturating_sub(earlier.runs),
+            run_time: self.run_time.saturating_sub(earlier.run_time),
+            missed: self
+                .missed
+                .zip(earlier.missed)
+                .map(|(now, then)| now.saturating_sub(then)),
+        }
+    }
+}
+
 /// Options for [`Probes::load`].
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -89,6 +119,8 @@ pub struct Probes {
     /// The uplinks the NAT-leak program watches, by ifindex (names kept for the report,
     /// also when an interface vanishes).
     pub uplinks: BTreeMap<u32, String>,
+    /// Offset of `recursion_misses` in `struct bpf_prog_info`, when the kernel has it.
+    recursion_misses_offset: Option<u32>,
     _stats: Option<OwnedFd>,
 }
 
@@ -218,6 +250,7 @@ impl Probes {
             drop_reasons,
             symbols: Symbolizer::default(),
             uplinks: BTreeMap::new(),
+            recursion_misses_offset: btf.offset_of("bpf_prog_info", "recursion_misses").ok(),
             _stats: stats,
         })
     }
@@ -312,15 +345,23 @@ impl Probes {
         Ok((attached, failures))
     }
 
-    /// Kernel-side run count and total run time of a hook's program (zero without stats);
-    /// `None` for a hook that is not attached.
-    pub fn run_stats(&self, hook: &Hook) -> Option<(u64, std::time::Duration)> {
+    /// Kernel-side run count, total run time (zero without stats) and skipped runs of a hook's
+    /// program, cumulative; `None` for a hook that is not attached.
+    pub fn run_stats(&self, hook: &Hook) -> Option<RunStats> {
         if hook.status != HookStatus::Attached {
             return None;
         }
         let program = self.ebpf.program(hook.program)?;
         let info = program.info().ok()?;
-        Some((info.run_count(), info.run_time()))
+        let missed = self.recursion_misses_offset.and_then(|offset| {
+            let fd = program.fd().ok()?;
+            prog_info::recursion_misses(fd.as_fd(), offset).ok()
+        });
+        Some(RunStats {
+            runs: info.run_count(),
+            run_time: info.run_time(),
+            missed,
+        })
     }
 }
 

@@ -82,6 +82,8 @@ pub struct HookReport {
     pub runs: Option<u64>,
     /// Average kernel-side cost per run.
     pub ns_per_run: Option<f64>,
+    /// Runs the kernel skipped (another tracing program was running on the CPU): lost events.
+    pub missed: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]

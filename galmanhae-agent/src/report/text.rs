@@ -43,9 +43,15 @@ fn hooks(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
             HookStatus::Unavailable => "UNAVAILABLE",
             HookStatus::Failed => "FAILED",
         };
+        let missed = match h.missed {
+            Some(missed) if missed > 0 => format!(", {missed} MISSED"),
+            _ => String::new(),
+        };
         let cost = match (h.runs, h.ns_per_run) {
-            (Some(runs), Some(ns)) if runs > 0 => format!(" [{runs} runs, {ns:.0} ns/run]"),
-            (Some(runs), _) => format!(" [{runs} runs]"),
+            (Some(runs), Some(ns)) if runs > 0 => {
+                format!(" [{runs} runs, {ns:.0} ns/run{missed}]")
+            }
+            (Some(runs), _) => format!(" [{runs} runs{missed}]"),
             _ => String::new(),
         };
         writeln!(
