@@ -111,6 +111,9 @@ pub struct StructOffsets {
     pub ct_orig_src_port: u32,
     /// ... `.tuple.src.l3num`: its address family.
     pub ct_orig_l3num: u32,
+    /// `struct tcp_sock` -> `total_retrans`: the kernel adds to it exactly the segments it adds
+    /// to `RetransSegs`, in the same statement.
+    pub tcp_total_retrans: u32,
 }
 
 /// Everything the programs need to know about the running kernel.
@@ -170,10 +173,11 @@ impl KernelOffsets {
             ct_orig_src_addr: ABSENT,
             ct_orig_src_port: ABSENT,
             ct_orig_l3num: ABSENT,
+            tcp_total_retrans: ABSENT,
         },
     };
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 72);
+const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 76);
 
 crate::impl_pod!(KernelOffsets);

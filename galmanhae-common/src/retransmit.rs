@@ -5,6 +5,9 @@ pub const AF_INET: u16 = 2;
 /// `AF_INET6`.
 pub const AF_INET6: u16 = 10;
 
+/// Capacity of `LAST_TOTAL_RETRANS` (one entry per socket that retransmitted lately).
+pub const SOCKET_MAP_CAPACITY: u32 = 16_384;
+
 /// Default capacity of `RETRANSMIT_FLOWS`; the agent may change it before load.
 pub const FLOW_MAP_CAPACITY: u32 = 16_384;
 /// Capacity of `RETRANSMIT_OVERFLOW` (one entry per namespace and cgroup).
@@ -88,8 +91,9 @@ impl RetransmitKind {
 pub struct RetransmitCounters {
     /// Retransmit events that were sent (`err == 0`).
     pub retransmits: u64,
-    /// Segments the kernel added to `RetransSegs` (`tcp_skb_pcount`): those of sent
-    /// retransmits and of attempts that failed in transmission (see `failed`).
+    /// Segments the kernel added to `RetransSegs` (the growth of the socket's
+    /// `total_retrans`): those of sent retransmits and of attempts that failed in
+    /// transmission (see `failed`).
     pub segments: u64,
     /// Attempts that failed (`err != 0`, kernels >= 6.17): not retransmits. Those that failed
     /// before the segment was handed to IP are not in `RetransSegs` either; those the transmit

@@ -3,12 +3,16 @@
 //! Both run in softirq or timer context, where the current task is not the socket's owner, so
 //! everything is read from the socket: its network namespace and its cgroup.
 
-use aya_ebpf::{macros::map, maps::PerCpuHashMap, programs::TracePointContext};
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuHashMap},
+    programs::TracePointContext,
+};
 use galmanhae_common::{
     health::HealthCounter,
     retransmit::{
         AF_INET, AF_INET6, FLOW_MAP_CAPACITY, FlowKey, OVERFLOW_MAP_CAPACITY, OwnerKey,
-        RetransmitCounters, RetransmitKind,
+        RetransmitCounters, RetransmitKind, SOCKET_MAP_CAPACITY,
     },
 };
 
@@ -28,6 +32,13 @@ static RETRANSMIT_FLOWS: PerCpuHashMap<FlowKey, RetransmitCounters> =
 #[map]
 static RETRANSMIT_OVERFLOW: PerCpuHashMap<OwnerKey, RetransmitCounters> =
     PerCpuHashMap::with_max_entries(OVERFLOW_MAP_CAPACITY, 0);
+
+/// Each socket's `tcp_sock.total_retrans` at its last retransmit event, keyed by the socket
+/// and its ports (a freed socket's address can come back as another connection). LRU: an
+/// evicted entry only costs that socket's next event the fallback of [`segments_counted`].
+#[map]
+static LAST_TOTAL_RETRANS: LruHashMap<[u64; 2], u32> =
+    LruHashMap::with_max_entries(SOCKET_MAP_CAPACITY, 0);
 
 /// `include/net/tcp_states.h`
 const TCP_SYN_SENT: i32 = 2;
@@ -75,11 +86,9 @@ pub fn on_retransmit_skb(ctx: &TracePointContext) {
             _ => RetransmitKind::Other,
         },
     };
-    let in_retrans_segs = err == 0 || !failed_before_transmit(err);
+    let counted = segments_counted(sk, &key, segments, err);
     count(&key, |c| {
-        if in_retrans_segs {
-            c.segments += segments;
-        }
+        c.segments += counted;
         if err == 0 {
             c.retransmits += 1;
             c.bytes += bytes;
@@ -91,12 +100,41 @@ pub fn on_retransmit_skb(ctx: &TracePointContext) {
     });
 }
 
+/// The segments this event added to `RetransSegs`: the growth of the socket's
+/// `total_retrans` since its last event, which the kernel bumps by the same `segs` in the same
+/// statement. The skb's own segment count can differ: the skb may be re-segmented or partly
+/// acknowledged between the count and the tracepoint (seen here: 46 counted, 45 left). For a
+/// socket not seen before, the skb's count, unless the attempt failed before the count.
+#[inline(always)]
+fn segments_counted(sk: u64, key: &FlowKey, skb_segments: u64, err: i32) -> u64 {
+    let fallback = if err == 0 || !failed_before_transmit(err) {
+        skb_segments
+    } else {
+        0
+    };
+    let Some(total) = at::<u32>(sk, offset!(structs.tcp_total_retrans)) else {
+        return fallback;
+    };
+    let socket = [
+        sk,
+        (u64::from(key.local_port) << 16) | u64::from(key.remote_port),
+    ];
+    // SAFETY: the map returns a valid pointer to the value; it is copied out at once.
+    let last = LAST_TOTAL_RETRANS.get_ptr(socket).map(|p| unsafe { *p });
+    let counted = match last {
+        Some(last) if total >= last => u64::from(total - last),
+        _ => fallback,
+    };
+    let _ = LAST_TOTAL_RETRANS.insert(socket, total, 0);
+    counted
+}
+
 /// The errors `__tcp_retransmit_skb` returns before it adds the segments to `RetransSegs`
 /// (its `goto out` exits: still queued, nothing left to send, no window, no memory to split,
 /// no route); any other error comes from `tcp_transmit_skb`, after the count.
 /// <https://elixir.bootlin.com/linux/v6.18/source/net/ipv4/tcp_output.c> (`__tcp_retransmit_skb`).
-/// `-EHOSTUNREACH` can also come from `ip_queue_xmit` losing its route, after the count: rare,
-/// and then one attempt is missing from `segments`.
+/// Only the fallback of [`segments_counted`] needs this; there `-EHOSTUNREACH` from
+/// `ip_queue_xmit` losing its route, after the count, is taken for an early exit.
 #[inline(always)]
 fn failed_before_transmit(err: i32) -> bool {
     matches!(-err, EBUSY | EINVAL | EAGAIN | ENOMEM | EHOSTUNREACH)
