@@ -101,6 +101,19 @@ impl Diagnose {
         Self { child, stderr: rx }
     }
 
+    /// Ends the window now, as Ctrl-C does, and returns the report: a window that holds all of
+    /// a transfer, so counts can be compared with readings taken before and after it.
+    fn stop(self) -> Value {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: signals our own child, which is still running (its report is not read yet).
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGINT) },
+            0,
+            "SIGINT to galmanhae"
+        );
+        self.report()
+    }
+
     fn report(self) -> Value {
         let output = self
             .child
@@ -121,10 +134,43 @@ impl Diagnose {
     }
 }
 
-/// Streams `bytes` from a container to the db and waits until the transfer is done.
+/// Streams `bytes` from a container to the db and waits until the transfer is done: not only
+/// `nc` gone, but every byte acknowledged (an orphaned socket still sends and retransmits its
+/// queue and its FIN after `nc` exits).
 fn stream_from(container: &str, host: &str, bytes: u64) {
     let script = format!("head -c {bytes} /dev/zero | nc -w 10 {host} {DB_PORT}");
     docker::exec(container, &["sh", "-c", &script]).expect("streaming to the db");
+    let pid = docker::pid(container)
+        .expect("the container's pid")
+        .to_string();
+    galmanhae_lab::wait_for(
+        Duration::from_secs(20),
+        "the stream to be acknowledged",
+        || {
+            galmanhae_lab::run(
+                "nsenter",
+                &[
+                    "-t",
+                    &pid,
+                    "-n",
+                    "ss",
+                    "-Htn",
+                    "state",
+                    "syn-sent",
+                    "state",
+                    "established",
+                    "state",
+                    "fin-wait-1",
+                    "state",
+                    "closing",
+                    "state",
+                    "last-ack",
+                ],
+            )
+            .is_ok_and(|sockets| sockets.trim().is_empty())
+        },
+    )
+    .expect("the stream's sockets settle");
 }
 
 /// `Tcp: RetransSegs` of a process's network namespace, read independently of galmanhae.
@@ -191,11 +237,11 @@ fn lossy_container_is_named_and_counts_are_exact() {
     );
     let before = (retrans_segs(lossy_pid), retrans_segs(healthy_pid));
 
-    let run = Diagnose::start(&["--duration", "12s", "--top", "1000"]);
+    let run = Diagnose::start(&["--duration", "60s", "--top", "1000"]);
     let lossy = thread::spawn(|| stream_from("t-lossy", DB_V4, 20_000_000));
     stream_from("t-healthy", DB_V4, 20_000_000);
     lossy.join().expect("lossy stream");
-    let report = run.report();
+    let report = run.stop();
     let after = (retrans_segs(lossy_pid), retrans_segs(healthy_pid));
 
     let w = workload(&report, "t-lossy");
@@ -485,9 +531,9 @@ fn ipv6_flows_are_reported() {
     fault::loss(5.0, &Target::Container("t-v6".to_owned())).expect("injecting loss");
     let pid = docker::pid("t-v6").unwrap();
     let before = retrans_segs(pid);
-    let run = Diagnose::start(&["--duration", "8s", "--top", "1000"]);
+    let run = Diagnose::start(&["--duration", "60s", "--top", "1000"]);
     stream_from("t-v6", DB_V6, 20_000_000);
-    let report = run.report();
+    let report = run.stop();
     let after = retrans_segs(pid);
 
     let v6 = docker::ipv6("t-v6").unwrap();
@@ -731,9 +777,9 @@ fn attempts_refused_by_the_transmit_path_count_like_the_kernel() {
     .expect("loss in the container's OUTPUT");
     fault::loss(5.0, &Target::Container("t-eperm".to_owned())).expect("injecting loss");
     let before = retrans_segs(pid);
-    let run = Diagnose::start(&["--duration", "12s", "--top", "1000"]);
+    let run = Diagnose::start(&["--duration", "60s", "--top", "1000"]);
     stream_from("t-eperm", DB_V4, 20_000_000);
-    let report = run.report();
+    let report = run.stop();
     let after = retrans_segs(pid);
 
     let w = workload(&report, "t-eperm");
