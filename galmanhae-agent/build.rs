@@ -3,6 +3,15 @@
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
+    // For galmanhae_build_info{commit}.
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".to_owned(), |c| c.trim().to_owned());
+    println!("cargo:rustc-env=GALMANHAE_COMMIT={commit}");
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::attribute::docker::DEFAULT_SOCKET;
+use crate::config;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -13,14 +13,9 @@ use crate::attribute::docker::DEFAULT_SOCKET;
     about = "Which container retransmits, to where, how much, and why: eBPF, no packet capture"
 )]
 pub struct Cli {
-    /// Log level: error, warn, info, debug, trace.
-    #[arg(
-        long,
-        global = true,
-        default_value = "warn",
-        env = "GALMANHAE_LOG_LEVEL"
-    )]
-    pub log_level: log::LevelFilter,
+    /// Log level: error, warn, info, debug, trace [default: warn, or the config file's].
+    #[arg(long, global = true, env = "GALMANHAE_LOG_LEVEL")]
+    pub log_level: Option<log::LevelFilter>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -30,6 +25,43 @@ pub struct Cli {
 pub enum Command {
     /// Watch for a while, then report workloads and flows by retransmissions.
     Diagnose(DiagnoseArgs),
+    /// Run as a daemon: serve Prometheus metrics on /metrics, health on /healthz.
+    Run(RunArgs),
+}
+
+/// `galmanhae run`. Unset options come from `--config`, else the defaults (deploy/METRICS.md).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// TOML config file (example: deploy/galmanhae.toml). Flags and GALMANHAE_* override it.
+    #[arg(long, env = "GALMANHAE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address and port for /metrics and /healthz [default: 127.0.0.1:9436].
+    #[arg(long, env = "GALMANHAE_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Remotes with their own retransmit series per workload; the rest are `other` [default: 20].
+    #[arg(long, env = "GALMANHAE_MAX_REMOTES_PER_WORKLOAD", value_parser = range(config::REMOTES))]
+    pub max_remotes_per_workload: Option<u32>,
+
+    /// Workloads with series; more are counted in `galmanhae_series_dropped_total` [default: 500].
+    #[arg(long, env = "GALMANHAE_MAX_WORKLOADS", value_parser = range(config::WORKLOADS))]
+    pub max_workloads: Option<u32>,
+
+    /// Distinct drop locations (kernel functions); the rest are `other` [default: 50].
+    #[arg(long, env = "GALMANHAE_MAX_DROP_LOCATIONS", value_parser = range(config::LOCATIONS))]
+    pub max_drop_locations: Option<u32>,
+
+    /// How long series of vanished workloads, remotes and namespaces stay [default: 5m].
+    #[arg(long, env = "GALMANHAE_SERIES_GRACE_PERIOD", value_parser = config::parse_grace_period)]
+    pub series_grace_period: Option<Duration>,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+fn range(r: std::ops::RangeInclusive<u32>) -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(i64::from(*r.start())..=i64::from(*r.end()))
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,15 +90,14 @@ pub struct KernelArgs {
     #[arg(long, env = "GALMANHAE_TRACEFS")]
     pub tracefs: Option<PathBuf>,
 
-    /// Docker Engine API socket, for container names.
-    #[arg(long, default_value = DEFAULT_SOCKET, env = "GALMANHAE_DOCKER_SOCKET")]
-    pub docker_socket: PathBuf,
+    /// Docker Engine API socket, for container names [default: /var/run/docker.sock].
+    #[arg(long, env = "GALMANHAE_DOCKER_SOCKET")]
+    pub docker_socket: Option<PathBuf>,
 
-    /// Capacity of the kernel's per-flow map; flows beyond it are counted per workload.
-    #[arg(long, default_value_t = galmanhae_common::retransmit::FLOW_MAP_CAPACITY,
-          value_parser = clap::value_parser!(u32).range(16..=4_194_304),
-          env = "GALMANHAE_FLOW_MAP_CAPACITY")]
-    pub flow_map_capacity: u32,
+    /// Capacity of the kernel's per-flow map; flows beyond it are counted per workload
+    /// [default: 16384].
+    #[arg(long, value_parser = range(config::FLOW_CAPACITY), env = "GALMANHAE_FLOW_MAP_CAPACITY")]
+    pub flow_map_capacity: Option<u32>,
 }
 
 /// `30s`, `2m`, `1m30s`, `500ms`; at least 1 s, at most a day.

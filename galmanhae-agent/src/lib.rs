@@ -4,15 +4,18 @@
 //! ([`attribute`]) -> one snapshot per tick ([`pipeline`]) -> [`findings`] -> sinks ([`report`]).
 //! [`path`] reads the MTUs on a workload's path (its interface, veth, bridge, egress route).
 //! [`conntrack`] reads the NAT table, its health and the MASQUERADE rules for `diagnose`.
+//! Sinks: [`report`] (`diagnose`'s text and JSON), [`metrics`] (`run`'s Prometheus endpoint).
 
 pub mod addr;
 pub mod attribute;
 pub mod cli;
 pub mod collect;
 pub mod commands;
+pub mod config;
 pub mod conntrack;
 pub mod findings;
 pub mod kernel;
+pub mod metrics;
 pub mod netlink;
 pub mod path;
 pub mod pipeline;

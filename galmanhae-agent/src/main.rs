@@ -6,12 +6,29 @@ use clap::Parser as _;
 use galmanhae::{
     cli::{Cli, Command},
     commands,
+    config::Settings,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The daemon's settings (and log level) may come from its config file: read it first.
+    let settings = match &cli.command {
+        Command::Run(args) => match Settings::resolve(args, cli.log_level) {
+            Ok(settings) => Some(settings),
+            Err(e) => {
+                eprintln!("galmanhae: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Command::Diagnose(_) => None,
+    };
+    let level = settings
+        .as_ref()
+        .map_or(cli.log_level.unwrap_or(log::LevelFilter::Warn), |s| {
+            s.log_level
+        });
     env_logger::Builder::new()
-        .filter_level(cli.log_level)
+        .filter_level(level)
         .format_target(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -25,8 +42,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match &cli.command {
-            Command::Diagnose(args) => commands::diagnose::run(args).await,
+        match (&cli.command, &settings) {
+            (Command::Diagnose(args), _) => commands::diagnose::run(args).await,
+            (Command::Run(_), Some(settings)) => commands::run::run(settings).await,
+            (Command::Run(_), None) => unreachable!("settings are resolved for run"),
         }
     });
     match result {

@@ -39,6 +39,18 @@ pub struct Snapshot {
     pub netns_tcp: BTreeMap<u32, TcpSegments>,
 }
 
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            taken: Instant::now(),
+            retransmits: RetransmitSample::default(),
+            drops: DropSample::default(),
+            leaks: LeakSample::default(),
+            netns_tcp: BTreeMap::new(),
+        }
+    }
+}
+
 /// The loaded programs and the attribution state.
 pub struct Pipeline {
     pub probes: Probes,
@@ -153,6 +165,11 @@ impl Window {
 
     pub fn latest(&self) -> &Snapshot {
         &self.latest
+    }
+
+    /// The last snapshot, to start the next window from.
+    pub fn into_latest(self) -> Snapshot {
+        self.latest
     }
 
     /// Kernel-counted totals since the start (for progress lines).

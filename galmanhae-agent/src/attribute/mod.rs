@@ -138,20 +138,36 @@ impl Attributor {
     }
 
     /// Refreshes container names (Docker Engine API) and namespace names (/run/netns).
-    pub fn refresh_names(&mut self) {
+    /// `false` when the Docker socket exists but could not be asked.
+    pub fn refresh_names(&mut self) -> bool {
         self.netns_names = procfs::netns_names();
         if !self.docker_socket.exists() {
-            return;
+            return true;
         }
         match docker::containers(&self.docker_socket) {
-            Ok(containers) => self.containers.extend(containers),
+            Ok(containers) => {
+                self.containers.extend(containers);
+                true
+            }
             Err(e) => {
                 let note = format!("{e}: containers are named by short id");
                 if !self.notes.contains(&note) {
                     self.notes.push(note);
                 }
+                false
             }
         }
+    }
+
+    /// Forgets a namespace that is gone (a daemon would otherwise remember every container
+    /// that ever ran), and the names of containers that no longer run.
+    pub fn forget(&mut self, netns: u32) {
+        if let Some(Some(identity)) = self.by_netns.remove(&netns) {
+            self.containers.remove(&identity.id);
+        }
+        self.netns_names.remove(&netns);
+        self.addresses.retain(|_, owner| *owner != netns);
+        self.addressed.remove(&netns);
     }
 
     /// The workload that owns a socket in `netns` created by a task in cgroup `cgroup_id`.

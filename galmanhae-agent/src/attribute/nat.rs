@@ -49,6 +49,10 @@ impl NatIndex {
         self.by_original.len()
     }
 
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.by_original.values()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_original.is_empty()
     }

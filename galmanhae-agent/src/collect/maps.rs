@@ -111,3 +111,78 @@ pub fn delta<K: Copy + Eq + Hash, V: Copy>(
         })
         .collect()
 }
+
+/// When each key of a counting map last changed, so that a long-running agent can free the
+/// entries of finished flows before the map fills up.
+#[derive(Debug)]
+pub struct IdleKeys<K> {
+    changed: HashMap<K, std::time::Instant>,
+}
+
+impl<K> Default for IdleKeys<K> {
+    fn default() -> Self {
+        Self {
+            changed: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash> IdleKeys<K> {
+    /// Records a pass: `changed` counted since the last one, `present` are in the map now.
+    pub fn observe<'a>(
+        &mut self,
+        present: impl Iterator<Item = &'a K>,
+        changed: impl Iterator<Item = &'a K>,
+        now: std::time::Instant,
+    ) where
+        K: 'a,
+    {
+        let present: std::collections::HashSet<K> = present.copied().collect();
+        self.changed.retain(|k, _| present.contains(k));
+        for key in present {
+            self.changed.entry(key).or_insert(now);
+        }
+        for key in changed {
+            self.changed.insert(*key, now);
+        }
+    }
+
+    /// Keys unchanged for at least `idle`, oldest first.
+    pub fn idle(&self, now: std::time::Instant, idle: std::time::Duration) -> Vec<K> {
+        let mut keys: Vec<(K, std::time::Instant)> = self
+            .changed
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= idle)
+            .map(|(k, t)| (*k, *t))
+            .collect();
+        keys.sort_by_key(|(_, t)| *t);
+        keys.into_iter().map(|(k, _)| k).collect()
+    }
+
+    pub fn forget(&mut self, key: &K) {
+        self.changed.remove(key);
+    }
+}
+
+/// Deletes `keys` from a per-CPU hash map; how many were there. A program that counts into an
+/// entry in the microseconds between our last read and the deletion loses that count, which
+/// is why only entries idle for a long time are deleted, and only when the map fills up.
+pub fn remove_keys<K: Pod, V: Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    keys: &[K],
+) -> Result<usize, ReadError> {
+    let map = ebpf.map_mut(name).ok_or(ReadError::NoMap(name))?;
+    let mut map: PerCpuHashMap<&mut MapData, K, V> =
+        PerCpuHashMap::try_from(map).map_err(|source| ReadError::Map { name, source })?;
+    let mut removed = 0;
+    for key in keys {
+        match map.remove(key) {
+            Ok(()) => removed += 1,
+            // Deleted meanwhile (nothing else deletes, but it is not an error either).
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(source) => return Err(ReadError::Map { name, source }),
+        }
+    }
+    Ok(removed)
+}

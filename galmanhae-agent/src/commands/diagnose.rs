@@ -8,56 +8,25 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::NoHooks;
 use crate::{
-    attribute::{Attributor, nat::NatIndex},
+    attribute::nat::NatIndex,
     cli::DiagnoseArgs,
     collect::{nat_leaks, netfilter, paths},
-    kernel::{
-        prereq,
-        probes::{HookStatus, LoadOptions, Probes, RunStats},
-    },
-    pipeline::{Pipeline, Window},
+    kernel::probes::{Probes, RunStats},
+    pipeline::Window,
     report::{self, HookReport, ReportContext},
 };
 
 const TICK: Duration = Duration::from_secs(1);
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "one linear story: attach, watch, collect, report; to be split with `run`"
-)]
 pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
-    let env = prereq::prepare(args.kernel.tracefs.as_deref())?;
-    let mut probes = Probes::load(
-        &env,
-        &LoadOptions {
-            flow_capacity: args.kernel.flow_map_capacity,
-            bpf_stats: true,
-        },
-    )
-    .context("loading the eBPF programs")?;
-    let mut notes = Vec::new();
-    // The audit comes first: its MASQUERADE rules say which sources must not leave as is.
-    let nat_audit = netfilter::audit();
-    notes.extend(nat_leaks::watch(&mut probes, &nat_audit));
-    let attached = probes
-        .hooks
-        .iter()
-        .filter(|h| h.status == HookStatus::Attached)
-        .count();
-    if attached == 0 {
-        let reasons: Vec<String> = probes
-            .hooks
-            .iter()
-            .map(|h| format!("  {}: {}", h.name, h.detail))
-            .collect();
-        return Err(NoHooks(reasons.join("\n")).into());
-    }
-
-    let mut attributor = Attributor::new(&args.kernel.docker_socket);
-    attributor.refresh_names();
-    let mut pipeline = Pipeline::new(probes, attributor);
+    let super::Started {
+        mut pipeline,
+        checks,
+        nat_audit,
+        mut notes,
+        attached,
+    } = super::start(&args.kernel.settings())?;
     let baseline_stats = hook_stats(&pipeline.probes);
     let mut window = Window::new(pipeline.snapshot().context("first snapshot")?);
     let conntrack_start = netfilter::sample(&pipeline.attributor);
@@ -116,29 +85,12 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         .probes
         .symbols
         .learn(summary.drops.iter().map(|d| d.location));
-    let hooks = pipeline
-        .probes
-        .hooks
-        .iter()
-        .zip(hook_stats(&pipeline.probes).iter().zip(&baseline_stats))
-        .map(|(hook, (end, begin))| {
-            let window = end.zip(*begin).map(|(end, begin)| end.since(&begin));
-            HookReport {
-                hook: hook.clone(),
-                runs: window.map(|w| w.runs),
-                ns_per_run: window.and_then(|w| {
-                    #[expect(clippy::cast_precision_loss, reason = "an average for display")]
-                    (w.runs > 0).then(|| w.run_time.as_nanos() as f64 / w.runs as f64)
-                }),
-                missed: window.and_then(|w| w.missed),
-            }
-        })
-        .collect();
+    let hooks = hook_reports(&pipeline.probes, &baseline_stats);
     notes.extend(pipeline.attributor.notes.iter().cloned());
     let report = report::build(
         &summary,
         ReportContext {
-            prerequisites: env.checks,
+            prerequisites: checks,
             hooks,
             flow_capacity: pipeline.probes.flow_capacity,
             notes,
@@ -164,6 +116,27 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{rendered}").context("writing the report")?;
     Ok(())
+}
+
+/// Each hook with its kernel-side runs, cost and skipped runs over the window.
+fn hook_reports(probes: &Probes, baseline: &[Option<RunStats>]) -> Vec<HookReport> {
+    probes
+        .hooks
+        .iter()
+        .zip(hook_stats(probes).iter().zip(baseline))
+        .map(|(hook, (end, begin))| {
+            let window = end.zip(*begin).map(|(end, begin)| end.since(&begin));
+            HookReport {
+                hook: hook.clone(),
+                runs: window.map(|w| w.runs),
+                ns_per_run: window.and_then(|w| {
+                    #[expect(clippy::cast_precision_loss, reason = "an average for display")]
+                    (w.runs > 0).then(|| w.run_time.as_nanos() as f64 / w.runs as f64)
+                }),
+                missed: window.and_then(|w| w.missed),
+            }
+        })
+        .collect()
 }
 
 fn hook_stats(probes: &Probes) -> Vec<Option<RunStats>> {

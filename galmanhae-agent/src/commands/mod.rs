@@ -1,20 +1,89 @@
 //! One file per subcommand.
 
 pub mod diagnose;
+pub mod run;
 
 use std::process::ExitCode;
 
-use crate::kernel::prereq::PrereqError;
+use anyhow::Context as _;
+
+use crate::{
+    attribute::Attributor,
+    collect::{nat_leaks, netfilter},
+    config::{ConfigError, KernelSettings},
+    kernel::{
+        prereq::{self, Check, PrereqError},
+        probes::{HookStatus, LoadOptions, Probes},
+    },
+    pipeline::Pipeline,
+    report::NatAudit,
+};
+
+/// The engine both commands run: programs attached, attribution ready.
+pub struct Started {
+    pub pipeline: Pipeline,
+    /// What the prerequisite checks found (for the report).
+    pub checks: Vec<Check>,
+    /// MASQUERADE rules and conntrack sysctls, read before the leak watch was set up.
+    pub nat_audit: NatAudit,
+    /// Start-up notes (an uplink that could not be watched, ...).
+    pub notes: Vec<String>,
+    pub attached: usize,
+}
+
+/// Checks the host, loads and attaches the programs, watches the uplinks for NAT leaks and
+/// names the containers. Fails when no hook could be attached.
+pub fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
+    let env = prereq::prepare(kernel.tracefs.as_deref())?;
+    let mut probes = Probes::load(
+        &env,
+        &LoadOptions {
+            flow_capacity: kernel.flow_map_capacity,
+            bpf_stats: true,
+        },
+    )
+    .context("loading the eBPF programs")?;
+    let mut notes = Vec::new();
+    // The audit comes first: its MASQUERADE rules say which sources must not leave as is.
+    let nat_audit = netfilter::audit();
+    notes.extend(nat_leaks::watch(&mut probes, &nat_audit));
+    let attached = probes
+        .hooks
+        .iter()
+        .filter(|h| h.status == HookStatus::Attached)
+        .count();
+    if attached == 0 {
+        let reasons: Vec<String> = probes
+            .hooks
+            .iter()
+            .map(|h| format!("  {}: {}", h.name, h.detail))
+            .collect();
+        return Err(NoHooks(reasons.join("\n")).into());
+    }
+    let mut attributor = Attributor::new(&kernel.docker_socket);
+    attributor.refresh_names();
+    Ok(Started {
+        pipeline: Pipeline::new(probes, attributor),
+        checks: env.checks,
+        nat_audit,
+        notes,
+        attached,
+    })
+}
 
 /// No retransmit hook could be attached: there is nothing to watch.
 #[derive(Debug, thiserror::Error)]
 #[error("no retransmit hook could be attached:\n{0}")]
 pub struct NoHooks(pub String);
 
-/// Exit codes beyond 0 (success) and 2 (usage, from clap): 77 for missing privileges, 69 for
-/// a missing kernel feature (`sysexits.h` `EX_NOPERM`, `EX_UNAVAILABLE`), 1 for anything else.
+/// Exit codes beyond 0 (success) and 2 (usage, from clap, or a bad config file): 77 for
+/// missing privileges, 69 for a missing kernel feature (`sysexits.h` `EX_NOPERM`,
+/// `EX_UNAVAILABLE`), 1 for anything else.
 pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     for cause in error.chain() {
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return ExitCode::from(2);
+        }
         if let Some(prereq) = cause.downcast_ref::<PrereqError>() {
             return match prereq {
                 PrereqError::Privileges { .. } => ExitCode::from(77),

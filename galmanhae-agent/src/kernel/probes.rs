@@ -121,7 +121,8 @@ pub struct Probes {
     pub uplinks: BTreeMap<u32, String>,
     /// Offset of `recursion_misses` in `struct bpf_prog_info`, when the kernel has it.
     recursion_misses_offset: Option<u32>,
-    _stats: Option<OwnedFd>,
+    /// Holds `BPF_ENABLE_STATS` on while loaded (needs `CAP_SYS_ADMIN`).
+    stats: Option<OwnedFd>,
 }
 
 /// A tracepoint program of the object.
@@ -251,7 +252,7 @@ impl Probes {
             symbols: Symbolizer::default(),
             uplinks: BTreeMap::new(),
             recursion_misses_offset: btf.offset_of("bpf_prog_info", "recursion_misses").ok(),
-            _stats: stats,
+            stats,
         })
     }
 
@@ -343,6 +344,14 @@ impl Probes {
             }
         }
         Ok((attached, failures))
+    }
+
+    /// Whether the kernel measures the programs' run time: our `BPF_ENABLE_STATS` handle, or
+    /// `kernel.bpf_stats_enabled=1` (the systemd unit sets it; the agent may lack the right).
+    pub fn run_time_measured(&self) -> bool {
+        self.stats.is_some()
+            || std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+                .is_ok_and(|v| v.trim() == "1")
     }
 
     /// Kernel-side run count, total run time (zero without stats) and skipped runs of a hook's

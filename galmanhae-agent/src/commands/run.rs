@@ -1,0 +1,126 @@
+//! `galmanhae run`: the diagnose engine running forever, its counters served to Prometheus
+//! on `/metrics`. Exits 0 on SIGTERM or SIGINT with every program detached.
+
+use std::{
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    config::Settings,
+    metrics::{
+        Exporter,
+        families::{self, Shared},
+        http,
+    },
+};
+
+/// How often a full pass runs between scrapes: names, NAT table, path MTUs, vanished
+/// containers. Scrapes run a light pass of their own.
+const TICK: Duration = Duration::from_secs(10);
+/// In-flight scrapes get this long after a signal; then the agent exits regardless.
+const DRAIN: Duration = Duration::from_secs(1);
+
+pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+    // Listen before loading anything: a port in use fails fast and leaves nothing behind.
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| listen_error(settings.listen, &e))?;
+    let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+
+    let started = super::start(&settings.kernel)?;
+    let attached = started.attached;
+    let hooks = started.pipeline.probes.hooks.len();
+    let exporter = Exporter::new(started, settings.limits).context("first reading of the maps")?;
+    let shared = Arc::new(Shared {
+        exporter: Mutex::new(exporter),
+        render_ns: AtomicU64::new(0),
+    });
+    let registry = families::registry(Arc::clone(&shared));
+    let app = http::router(Arc::clone(&shared), registry, TICK * 3);
+    log::info!(
+        "attached {attached}/{hooks} hooks; serving http://{}/metrics",
+        settings.listen
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    let ticker = tokio::spawn(collect_forever(Arc::clone(&shared), stop_rx));
+
+    tokio::select! {
+        _ = terminate.recv() => log::info!("SIGTERM: detaching and exiting"),
+        _ = interrupt.recv() => log::info!("SIGINT: detaching and exiting"),
+    }
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(DRAIN, &mut server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => log::warn!("HTTP server: {e}"),
+        Ok(Err(e)) => log::warn!("HTTP server task: {e}"),
+        Err(_) => {
+            log::info!("connections still open after {DRAIN:?}: closing them");
+            server.abort();
+        }
+    }
+    // The ticker finishes its pass (if one runs), then returns; the last reference to the
+    // exporter goes with it, and with it the programs (aya detaches on drop).
+    let _ = ticker.await;
+    log::debug!("collection stopped; detaching");
+    drop(shared);
+    log::debug!("detached");
+    Ok(())
+}
+
+/// A full pass every [`TICK`], on the blocking pool, until told to stop.
+async fn collect_forever(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticks.tick() => {
+                let shared = Arc::clone(&shared);
+                let pass = tokio::task::spawn_blocking(move || {
+                    shared
+                        .exporter
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .collect(true);
+                });
+                if let Err(e) = pass.await {
+                    log::error!("collection pass: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn listen_error(address: std::net::SocketAddr, error: &std::io::Error) -> anyhow::Error {
+    let hint = match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "another process has the port (see: ss -ltnp 'sport = {}'); stop it or choose \
+             another address with --listen, GALMANHAE_LISTEN or `listen` in the config file",
+            address.port()
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            "no interface of this host has that address; use 127.0.0.1, 0.0.0.0 or one of \
+             the host's addresses"
+                .to_owned()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need CAP_NET_BIND_SERVICE; choose a port above 1024".to_owned()
+        }
+        _ => "check --listen".to_owned(),
+    };
+    anyhow::anyhow!("cannot listen on {address}: {error}: {hint}")
+}

@@ -1,0 +1,410 @@
+//! Encodes the series as Prometheus families (`prometheus-client` collector). Every scrape
+//! first runs a pass over the maps, under the same lock as the encoding: concurrent scrapes
+//! are serialised and each one sees a single consistent state.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use galmanhae_common::{
+    drop::{DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY},
+    health::HealthCounter,
+    leak::LEAK_MAP_CAPACITY,
+    retransmit::OVERFLOW_MAP_CAPACITY,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+
+use super::{Exporter, series::Series};
+use crate::kernel::probes::{HookStatus, RunStats};
+
+/// What the HTTP handlers share.
+#[derive(Debug)]
+pub struct Shared {
+    pub exporter: Mutex<Exporter>,
+    /// How long the previous `/metrics` render took, in nanoseconds.
+    pub render_ns: AtomicU64,
+}
+
+/// A registry whose only collector is the exporter.
+pub fn registry(shared: Arc<Shared>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ExporterCollector(shared)));
+    registry
+}
+
+#[derive(Debug)]
+struct ExporterCollector(Arc<Shared>);
+
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct MasqueradeLabels {
+    family: &'static str,
+    backend: &'static str,
+    chain: String,
+    source: String,
+    out_interface: String,
+    random_fully: &'static str,
+}
+
+impl Collector for ExporterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // A poisoned lock means a pass panicked: its state is still the best there is.
+        let mut exporter = self
+            .0
+            .exporter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        exporter.collect(false);
+        let render = Duration::from_nanos(self.0.render_ns.load(Ordering::Relaxed));
+        encode_exporter(&exporter, render, &mut encoder)
+    }
+}
+
+fn encode_exporter(
+    exporter: &Exporter,
+    previous_render: Duration,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    counters(
+        encoder,
+        "galmanhae_tcp_sent_segments",
+        "TCP segments sent by the workload's network namespace (its Tcp: OutSegs)",
+        &exporter.sent,
+    )?;
+    counters(
+        encoder,
+        "galmanhae_tcp_retransmitted_segments",
+        "TCP segments retransmitted by the workload's network namespace (its Tcp: RetransSegs)",
+        &exporter.retransmitted,
+    )?;
+    counters(
+        encoder,
+        "galmanhae_tcp_retransmits",
+        "Retransmit attempts counted in the kernel, per server-side remote and kind",
+        &exporter.retransmits,
+    )?;
+    counters(
+        encoder,
+        "galmanhae_skb_drops",
+        "Packets the kernel dropped (skb:kfree_skb), by drop reason and kernel function",
+        &exporter.drops,
+    )?;
+    counters(
+        encoder,
+        "galmanhae_nat_leaked_packets",
+        "Packets that left through an uplink with a workload's untranslated address",
+        &exporter.leaks,
+    )?;
+    gauges(
+        encoder,
+        "galmanhae_conntrack_entries",
+        "Entries in the namespace's conntrack table",
+        &exporter.conntrack_entries,
+    )?;
+    gauges(
+        encoder,
+        "galmanhae_conntrack_max",
+        "Limit of the conntrack table (nf_conntrack_max)",
+        &exporter.conntrack_max,
+    )?;
+    counters(
+        encoder,
+        "galmanhae_conntrack_events",
+        "Conntrack statistics of the namespace, summed over CPUs",
+        &exporter.conntrack_events,
+    )?;
+    infos(
+        encoder,
+        "galmanhae_nat",
+        "A workload's address and the host address it is source-NATed to (conntrack)",
+        exporter.nat_info.iter().map(|(labels, _)| labels),
+    )?;
+    let masquerade: Vec<MasqueradeLabels> = exporter
+        .nat_audit
+        .masquerade
+        .iter()
+        .map(|rule| MasqueradeLabels {
+            family: rule.family.as_str(),
+            backend: rule.backend.as_str(),
+            chain: rule.chain.clone(),
+            source: rule.source.clone().unwrap_or_default(),
+            out_interface: rule.out_iface.clone().unwrap_or_default(),
+            random_fully: if rule.random_fully { "true" } else { "false" },
+        })
+        .collect();
+    infos(
+        encoder,
+        "galmanhae_nat_masquerade",
+        "A MASQUERADE rule of the host's nat table",
+        masquerade.iter(),
+    )?;
+    let mtu = Unit::Other("bytes".to_owned());
+    {
+        let mut family = encoder.encode_descriptor(
+            "galmanhae_path_mtu",
+            "MTU of each hop on the workload's path out of the host",
+            Some(&mtu),
+            MetricType::Gauge,
+        )?;
+        for (labels, value) in exporter.path_mtu.iter() {
+            gauge_value(value).encode(family.encode_family(labels)?)?;
+        }
+    }
+    encode_self(exporter, previous_render, encoder)
+}
+
+/// The agent's own health: programs, maps, losses, caps, scrape time, build.
+fn encode_self(
+    exporter: &Exporter,
+    previous_render: Duration,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let programs = encode_programs(exporter, encoder)?;
+    encode_maps(exporter, &programs, encoder)?;
+    encode_status(exporter, previous_render, encoder)
+}
+
+/// Per-program kernel run time and runs; returns the run statistics by program.
+fn encode_programs(
+    exporter: &Exporter,
+    encoder: &mut DescriptorEncoder,
+) -> Result<BTreeMap<&'static str, RunStats>, std::fmt::Error> {
+    let probes = &exporter.pipeline.probes;
+    // One program may serve several hooks (the tc program on each uplink).
+    let mut programs: BTreeMap<&'static str, RunStats> = BTreeMap::new();
+    for hook in &probes.hooks {
+        if let Some(stats) = probes.run_stats(hook) {
+            programs.insert(hook.program, stats);
+        }
+    }
+    if probes.run_time_measured() {
+        let seconds = Unit::Seconds;
+        let mut family = encoder.encode_descriptor(
+            "galmanhae_bpf_program_run_time",
+            "Kernel time spent in the program (bpf_prog_info.run_time_ns)",
+            Some(&seconds),
+            MetricType::Counter,
+        )?;
+        for (program, stats) in &programs {
+            ConstCounter::new(stats.run_time.as_secs_f64())
+                .encode(family.encode_family(&[("program", *program)])?)?;
+        }
+    }
+    if probes.run_time_measured() {
+        let mut family = encoder.encode_descriptor(
+            "galmanhae_bpf_program_runs",
+            "Times the program ran (bpf_prog_info.run_cnt)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (program, stats) in &programs {
+            ConstCounter::new(stats.runs)
+                .encode(family.encode_family(&[("program", *program)])?)?;
+        }
+    }
+    Ok(programs)
+}
+
+/// Map fill, what the kernel side lost, and the entries the agent freed.
+fn encode_maps(
+    exporter: &Exporter,
+    programs: &BTreeMap<&'static str, RunStats>,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let probes = &exporter.pipeline.probes;
+    let sample = &exporter.last;
+    let maps: [(&str, usize, u32); 5] = [
+        (
+            "retransmit_flows",
+            sample.retransmits.flows.len(),
+            probes.flow_capacity,
+        ),
+        (
+            "retransmit_overflow",
+            sample.retransmits.overflow.len(),
+            OVERFLOW_MAP_CAPACITY,
+        ),
+        ("drops", sample.drops.flows.len(), DROP_MAP_CAPACITY),
+        (
+            "drop_overflow",
+            sample.drops.overflow.len(),
+            DROP_OVERFLOW_CAPACITY,
+        ),
+        ("leaks", sample.leaks.len(), LEAK_MAP_CAPACITY),
+    ];
+    {
+        let mut family = encoder.encode_descriptor(
+            "galmanhae_bpf_map_entries",
+            "Entries in the kernel map",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (map, entries, _) in &maps {
+            gauge_value(*entries as u64).encode(family.encode_family(&[("map", *map)])?)?;
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "galmanhae_bpf_map_capacity",
+            "Capacity of the kernel map (max_entries)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (map, _, capacity) in &maps {
+            gauge_value(u64::from(*capacity)).encode(family.encode_family(&[("map", *map)])?)?;
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "galmanhae_lost_events",
+            "Events the kernel side could not count in full, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for counter in HealthCounter::ALL {
+            let lost = sample.retransmits.health(counter);
+            ConstCounter::new(lost).encode(family.encode_family(&[("reason", counter.name())])?)?;
+        }
+        let skipped: u64 = programs.values().filter_map(|s| s.missed).sum();
+        ConstCounter::new(skipped)
+            .encode(family.encode_family(&[("reason", "program_skipped")])?)?;
+    }
+    {
+        let family = encoder.encode_descriptor(
+            "galmanhae_flow_entries_freed",
+            "Kernel map entries of idle flows freed to keep room (their counts were kept)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(exporter.evicted).encode(family)?;
+    }
+    Ok(())
+}
+
+/// Caps reached, scrape time, hooks and collectors up, build.
+fn encode_status(
+    exporter: &Exporter,
+    previous_render: Duration,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let probes = &exporter.pipeline.probes;
+    {
+        let mut family = encoder.encode_descriptor(
+            "galmanhae_series_dropped",
+            "Series not exported because a [limits] cap was reached (per collection pass)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, count) in &exporter.series_dropped {
+            ConstCounter::new(*count).encode(family.encode_family(&[("family", *name)])?)?;
+        }
+    }
+    {
+        let seconds = Unit::Seconds;
+        let family = encoder.encode_descriptor(
+            "galmanhae_scrape_duration",
+            "How long the previous /metrics render took",
+            Some(&seconds),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(previous_render.as_secs_f64()).encode(family)?;
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "galmanhae_hook_up",
+            "1 when the kernel hook is attached",
+            None,
+            MetricType::Gauge,
+        )?;
+        for hook in &probes.hooks {
+            let up = u64::from(hook.status == HookStatus::Attached);
+            gauge_value(up).encode(family.encode_family(&[("hook", hook.name.as_str())])?)?;
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "galmanhae_collector_up",
+            "1 when the user-space source worked on the last pass",
+            None,
+            MetricType::Gauge,
+        )?;
+        let bpf_stats = [("bpf_stats", probes.run_time_measured())];
+        for (collector, up) in exporter
+            .collectors
+            .iter()
+            .map(|(c, up)| (*c, *up))
+            .chain(bpf_stats)
+        {
+            gauge_value(u64::from(up))
+                .encode(family.encode_family(&[("collector", collector)])?)?;
+        }
+    }
+    infos(
+        encoder,
+        "galmanhae_build",
+        "The agent's version and the commit it was built from",
+        [BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            commit: env!("GALMANHAE_COMMIT"),
+        }]
+        .iter(),
+    )
+}
+
+fn gauge_value(value: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+fn counters<L: EncodeLabelSet + std::hash::Hash + Eq>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &Series<L>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series.iter() {
+        ConstCounter::new(value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges<L: EncodeLabelSet + std::hash::Hash + Eq>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &Series<L>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series.iter() {
+        gauge_value(value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn infos<'a, L: EncodeLabelSet + 'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    labels: impl Iterator<Item = &'a L>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Info)?;
+    for labels in labels {
+        family.encode_info(labels)?;
+    }
+    Ok(())
+}

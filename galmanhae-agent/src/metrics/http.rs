@@ -1,0 +1,118 @@
+//! `/metrics` and `/healthz` (axum). Rendering reads kernel maps and /proc, so it runs on the
+//! blocking pool, never on the runtime's thread.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::{
+    encoding::{prometheus_text, text},
+    registry::Registry,
+};
+
+use super::families::Shared;
+
+/// `Content-Type` of OpenMetrics 1.0 text.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone)]
+struct App {
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    /// `/healthz` fails when no pass completed for this long.
+    stale_after: Duration,
+}
+
+pub fn router(shared: Arc<Shared>, registry: Registry, stale_after: Duration) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/", get(index))
+        .with_state(App {
+            shared,
+            registry: Arc::new(registry),
+            stale_after,
+        })
+}
+
+/// OpenMetrics when the scraper lists it (Prometheus does, first), else the classic format.
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    let openmetrics = wants_openmetrics(&headers);
+    let rendered = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut body = String::with_capacity(64 * 1024);
+        let result = if openmetrics {
+            text::encode(&mut body, &app.registry)
+        } else {
+            prometheus_text::encode(&mut body, &app.registry)
+        };
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        app.shared.render_ns.store(took, Ordering::Relaxed);
+        result.map(|()| body)
+    })
+    .await;
+    match rendered {
+        Ok(Ok(body)) => {
+            let content_type = if openmetrics {
+                OPENMETRICS
+            } else {
+                prometheus_text::CONTENT_TYPE
+            };
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        Ok(Err(e)) => {
+            log::error!("encoding the metrics: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding the metrics failed\n",
+            )
+                .into_response()
+        }
+        Err(e) => {
+            log::error!("rendering the metrics: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering the metrics failed\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn healthz(State(app): State<App>) -> Response {
+    // The lock may be held by a pass: wait for it off the runtime's thread.
+    let problem = tokio::task::spawn_blocking(move || {
+        let exporter = app
+            .shared
+            .exporter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        exporter.unhealthy(Instant::now(), app.stale_after)
+    })
+    .await
+    .unwrap_or_else(|e| Some(format!("health check failed: {e}")));
+    match problem {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
+}
+
+async fn index() -> &'static str {
+    "galmanhae: metrics at /metrics, health at /healthz\n"
+}

@@ -1,0 +1,728 @@
+//! The Prometheus sink of `galmanhae run`: the diagnose pipeline run pass after pass, its
+//! deltas folded into long-lived series. Families and labels are a contract:
+//! `deploy/METRICS.md`.
+//!
+//! A pass runs on every scrape (the maps are read at scrape time) and on a timer (so that
+//! vanished containers are seen, names refreshed, the NAT table and path MTUs read).
+//! [`families`] encodes the series with `prometheus-client`; [`http`] serves them.
+
+pub mod families;
+pub mod http;
+pub mod series;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use galmanhae_common::{
+    drop::DropKey,
+    retransmit::{FlowKey, RetransmitCounters, RetransmitKind},
+};
+use prometheus_client::encoding::EncodeLabelSet;
+
+use self::series::{Series, Slots};
+use crate::{
+    addr::endpoints,
+    attribute::{Workload, WorkloadKind, nat::NatIndex},
+    collect::{
+        maps::{IdleKeys, ReadError, remove_keys},
+        nat_leaks, netfilter,
+        netns_snmp::TcpSegments,
+        paths,
+    },
+    commands::Started,
+    config::Limits,
+    conntrack::Stats,
+    pipeline::{Pipeline, Snapshot, Summary, Window},
+    report::NatAudit,
+};
+
+/// Labels of the per-workload segment counters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WorkloadLabels {
+    pub workload: String,
+    pub workload_kind: &'static str,
+    pub container_id: String,
+    pub runtime: String,
+}
+
+impl WorkloadLabels {
+    fn of(workload: &Workload) -> Self {
+        Self {
+            workload: workload.name.clone(),
+            workload_kind: workload.kind.as_str(),
+            container_id: workload.id.clone(),
+            runtime: workload.runtime.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetransmitLabels {
+    pub workload: String,
+    pub remote: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DropLabels {
+    pub workload: String,
+    pub reason: String,
+    pub location: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LeakLabels {
+    pub workload: String,
+    pub interface: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConntrackEventLabels {
+    pub namespace: String,
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct NatLabels {
+    pub workload: String,
+    pub source: String,
+    pub translated: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PathLabels {
+    pub workload: String,
+    pub hop: &'static str,
+    pub interface: String,
+}
+
+/// Family names as PromQL sees them, for `galmanhae_series_dropped_total{family}`.
+pub mod family {
+    pub const SENT: &str = "galmanhae_tcp_sent_segments_total";
+    pub const RETRANSMITTED: &str = "galmanhae_tcp_retransmitted_segments_total";
+    pub const RETRANSMITS: &str = "galmanhae_tcp_retransmits_total";
+    pub const DROPS: &str = "galmanhae_skb_drops_total";
+    pub const LEAKS: &str = "galmanhae_nat_leaked_packets_total";
+    pub const NAT: &str = "galmanhae_nat_info";
+    pub const PATH_MTU: &str = "galmanhae_path_mtu_bytes";
+    pub const CONNTRACK: &str = "galmanhae_conntrack_entries";
+}
+
+/// A flow's counters free their kernel entry after this long without a retransmit, once the
+/// map is half full.
+const FLOW_IDLE: Duration = Duration::from_secs(60);
+/// The MASQUERADE audit (`iptables-save`, a fork) runs this often, not every pass.
+const AUDIT_EVERY: Duration = Duration::from_secs(60);
+
+/// The user-space sources, for `galmanhae_collector_up{collector}`.
+pub const COLLECTORS: [&str; 7] = [
+    "maps",
+    "snmp",
+    "conntrack",
+    "nat_table",
+    "nat_rules",
+    "docker",
+    "kallsyms",
+];
+
+/// Everything a scrape shows, updated by [`Exporter::collect`].
+pub struct Exporter {
+    pub pipeline: Pipeline,
+    limits: Limits,
+    /// The maps as of the last pass: the next pass counts from here.
+    last: Snapshot,
+    flows_idle: IdleKeys<FlowKey>,
+    drops_idle: IdleKeys<DropKey>,
+    /// Last segment counters per namespace and when the namespace was last seen.
+    netns_tcp: HashMap<u32, (TcpSegments, Instant)>,
+    conntrack_last: HashMap<u32, Stats>,
+    nat: NatIndex,
+    pub nat_audit: NatAudit,
+    audited: Instant,
+
+    pub sent: Series<WorkloadLabels>,
+    pub retransmitted: Series<WorkloadLabels>,
+    pub retransmits: Series<RetransmitLabels>,
+    pub drops: Series<DropLabels>,
+    pub leaks: Series<LeakLabels>,
+    pub conntrack_entries: Series<NamespaceLabels>,
+    pub conntrack_max: Series<NamespaceLabels>,
+    pub conntrack_events: Series<ConntrackEventLabels>,
+    pub nat_info: Series<NatLabels>,
+    pub path_mtu: Series<PathLabels>,
+
+    workloads: Slots<String>,
+    remotes: HashMap<String, Slots<String>>,
+    locations: Slots<String>,
+    /// Series refused by a cap, per family, counted per pass.
+    pub series_dropped: BTreeMap<&'static str, u64>,
+    /// Kernel map entries freed because their flow went idle.
+    pub evicted: u64,
+    /// Whether each user-space source worked on the last pass.
+    pub collectors: BTreeMap<&'static str, bool>,
+    /// When the last pass completed, and why the last one failed if it did.
+    pub last_pass: Instant,
+    pub last_error: Option<String>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// Takes the first snapshot: counting starts here.
+    pub fn new(started: Started, limits: Limits) -> Result<Self, ReadError> {
+        let Started {
+            mut pipeline,
+            nat_audit,
+            notes,
+            ..
+        } = started;
+        for note in notes.iter().chain(&pipeline.probes.notes) {
+            log::info!("{note}");
+        }
+        let last = pipeline.snapshot()?;
+        let now = Instant::now();
+        let mut exporter = Self {
+            pipeline,
+            limits,
+            last,
+            flows_idle: IdleKeys::default(),
+            drops_idle: IdleKeys::default(),
+            netns_tcp: HashMap::new(),
+            conntrack_last: HashMap::new(),
+            nat: NatIndex::default(),
+            nat_audit,
+            audited: now,
+            sent: Series::default(),
+            retransmitted: Series::default(),
+            retransmits: Series::default(),
+            drops: Series::default(),
+            leaks: Series::default(),
+            conntrack_entries: Series::default(),
+            conntrack_max: Series::default(),
+            conntrack_events: Series::default(),
+            nat_info: Series::default(),
+            path_mtu: Series::default(),
+            workloads: Slots::new(limits.max_workloads),
+            remotes: HashMap::new(),
+            locations: Slots::new(limits.max_drop_locations),
+            series_dropped: BTreeMap::new(),
+            evicted: 0,
+            collectors: COLLECTORS.iter().map(|c| (*c, true)).collect(),
+            last_pass: now,
+            last_error: None,
+        };
+        exporter.fold_segments(now);
+        Ok(exporter)
+    }
+
+    /// One pass: read the maps and namespaces, attribute what changed since the last pass,
+    /// fold it into the series. `full` also refreshes names, the NAT table and path MTUs.
+    pub fn collect(&mut self, full: bool) {
+        let now = Instant::now();
+        let snapshot = match self.pipeline.snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                log::warn!("reading the maps: {e}");
+                self.collectors.insert("maps", false);
+                self.last_error = Some(e.to_string());
+                return;
+            }
+        };
+        self.collectors.insert("maps", true);
+        self.collectors
+            .insert("snmp", !snapshot.netns_tcp.is_empty());
+        if full {
+            let docker = self.pipeline.attributor.refresh_names();
+            self.collectors.insert("docker", docker);
+            self.refresh_nat(now);
+        }
+        let mut window = Window::new(std::mem::take(&mut self.last));
+        window.update(snapshot);
+        let summary = window.summarize(&mut self.pipeline.attributor, &self.nat);
+        self.last = window.into_latest();
+
+        self.fold_segments(now);
+        self.fold_retransmits(&summary, now);
+        self.fold_drops(&summary, now);
+        self.fold_leaks(&summary, now);
+        self.fold_conntrack(now);
+        if full {
+            self.fold_paths(&summary, now);
+        }
+        self.expire(now);
+        self.free_idle_entries(&summary, now);
+        self.last_pass = now;
+        self.last_error = None;
+    }
+
+    /// Whether a workload may have series; counts the refusal against `family` if not.
+    fn admit(&mut self, workload: &str, family: &'static str, now: Instant) -> bool {
+        let admitted = self.workloads.admit(workload.to_owned(), now);
+        if !admitted {
+            *self.series_dropped.entry(family).or_default() += 1;
+        }
+        admitted
+    }
+
+    /// Segment counters per namespace, the kernel's own: growth since the last reading, so
+    /// that a namespace recreated under the same name continues its series.
+    fn fold_segments(&mut self, now: Instant) {
+        let namespaces: Vec<(u32, TcpSegments)> =
+            self.last.netns_tcp.iter().map(|(n, t)| (*n, *t)).collect();
+        for (netns, tcp) in namespaces {
+            let delta = match self.netns_tcp.get(&netns) {
+                Some((before, _))
+                    if tcp.out_segs >= before.out_segs
+                        && tcp.retrans_segs >= before.retrans_segs =>
+                {
+                    tcp.since(before)
+                }
+                // First seen, or the inode was reused by a new namespace: from its creation.
+                _ => tcp,
+            };
+            self.netns_tcp.insert(netns, (tcp, now));
+            let workload = self.pipeline.attributor.workload(netns, 0);
+            if workload.netns_shared && workload.kind != WorkloadKind::Host {
+                continue;
+            }
+            let labels = WorkloadLabels::of(&workload);
+            let known = self.sent.get(&labels).is_some();
+            if !known && tcp.out_segs == 0 {
+                continue;
+            }
+            if !self.admit(&workload.name, family::SENT, now) {
+                continue;
+            }
+            self.sent.add_alive(labels.clone(), delta.out_segs, now);
+            self.retransmitted
+                .add_alive(labels, delta.retrans_segs, now);
+        }
+    }
+
+    fn fold_retransmits(&mut self, summary: &Summary, now: Instant) {
+        for flow in &summary.flows {
+            let remote = remote_label(&flow.key, &flow.counters);
+            self.count_retransmits(&flow.workload.name, remote, &flow.counters, now);
+        }
+        for (owner, counters) in &summary.retransmits.overflow {
+            let workload = self
+                .pipeline
+                .attributor
+                .workload(owner.netns, owner.cgroup_id);
+            self.count_retransmits(&workload.name, "unknown".to_owned(), counters, now);
+        }
+    }
+
+    fn count_retransmits(
+        &mut self,
+        workload: &str,
+        remote: String,
+        counters: &RetransmitCounters,
+        now: Instant,
+    ) {
+        if !self.admit(workload, family::RETRANSMITS, now) {
+            return;
+        }
+        let max = self.limits.max_remotes_per_workload;
+        let slots = self
+            .remotes
+            .entry(workload.to_owned())
+            .or_insert_with(|| Slots::new(max));
+        let remote = if remote == "unknown" || slots.admit(remote.clone(), now) {
+            remote
+        } else {
+            "other".to_owned()
+        };
+        let kinds = RetransmitKind::ALL
+            .iter()
+            .map(|k| (k.name(), counters.kinds[*k as usize]))
+            .chain([("failed", counters.failed)]);
+        for (kind, count) in kinds {
+            if count > 0 {
+                let labels = RetransmitLabels {
+                    workload: workload.to_owned(),
+                    remote: remote.clone(),
+                    kind,
+                };
+                self.retransmits.add(labels, count, now);
+            }
+        }
+    }
+
+    fn fold_drops(&mut self, summary: &Summary, now: Instant) {
+        let probes = &mut self.pipeline.probes;
+        probes
+            .symbols
+            .learn(summary.drops.iter().map(|d| d.location));
+        let named: Vec<(String, String, String, u64)> = summary
+            .drops
+            .iter()
+            .map(|d| {
+                let location = probes.symbols.name(d.location);
+                // An address kallsyms would not name (no CAP_SYSLOG): not a bounded label.
+                let location = if location.starts_with("0x") {
+                    "unknown".to_owned()
+                } else {
+                    location
+                };
+                (
+                    d.workload.name.clone(),
+                    probes.drop_reasons.name(d.reason),
+                    location,
+                    d.packets,
+                )
+            })
+            .collect();
+        let mut kallsyms_ok = true;
+        for (workload, reason, location, packets) in named {
+            if !self.admit(&workload, family::DROPS, now) {
+                continue;
+            }
+            kallsyms_ok &= location != "unknown";
+            let location = if self.locations.admit(location.clone(), now) {
+                location
+            } else {
+                "other".to_owned()
+            };
+            let labels = DropLabels {
+                workload,
+                reason,
+                location,
+            };
+            self.drops.add(labels, packets, now);
+        }
+        self.collectors.insert("kallsyms", kallsyms_ok);
+    }
+
+    fn fold_leaks(&mut self, summary: &Summary, now: Instant) {
+        let reports = nat_leaks::reports(
+            &summary.leaks,
+            &mut self.pipeline.attributor,
+            &self.pipeline.probes.uplinks,
+        );
+        for report in reports {
+            if !self.admit(&report.workload, family::LEAKS, now) {
+                continue;
+            }
+            let labels = LeakLabels {
+                workload: report.workload,
+                interface: report.interface,
+            };
+            self.leaks.add(labels, report.packets, now);
+        }
+    }
+
+    fn fold_conntrack(&mut self, now: Instant) {
+        let sample = netfilter::sample(&self.pipeline.attributor);
+        let host = self.pipeline.attributor.host_netns();
+        self.collectors.insert(
+            "conntrack",
+            host.is_some_and(|h| sample.netns.contains_key(&h)),
+        );
+        for note in &sample.notes {
+            log::debug!("{note}");
+        }
+        for (netns, stats) in sample.netns {
+            let delta = match self.conntrack_last.get(&netns) {
+                Some(before) if stats.insert >= before.insert => stats.since(before),
+                _ => stats.clone(),
+            };
+            let namespace = if Some(netns) == host {
+                "host".to_owned()
+            } else {
+                self.pipeline.attributor.workload(netns, 0).name
+            };
+            let events = conntrack_events(&delta);
+            let busy = stats.entries.unwrap_or(0) > 0
+                || events.iter().any(|(_, n)| *n > 0)
+                || self
+                    .conntrack_entries
+                    .get(&NamespaceLabels {
+                        namespace: namespace.clone(),
+                    })
+                    .is_some();
+            self.conntrack_last.insert(netns, stats.clone());
+            if !busy || !self.admit(&namespace, family::CONNTRACK, now) {
+                continue;
+            }
+            let labels = NamespaceLabels { namespace };
+            self.conntrack_entries
+                .set(labels.clone(), stats.entries.unwrap_or(0), now);
+            if let Some(max) = stats.max {
+                self.conntrack_max.set(labels.clone(), max, now);
+            }
+            for (event, count) in events {
+                let event = ConntrackEventLabels {
+                    namespace: labels.namespace.clone(),
+                    event,
+                };
+                self.conntrack_events.add_alive(event, count, now);
+            }
+        }
+    }
+
+    /// The host's NAT table (which workload leaves as which address) and, now and then, the
+    /// MASQUERADE rules.
+    fn refresh_nat(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.audited) >= AUDIT_EVERY {
+            self.nat_audit = netfilter::audit();
+            self.audited = now;
+        }
+        self.collectors
+            .insert("nat_rules", self.nat_audit.unavailable.is_empty());
+        match netfilter::nat_index() {
+            Ok(index) => {
+                self.nat = index;
+                self.collectors.insert("nat_table", true);
+            }
+            Err(e) => {
+                log::debug!("NAT table: {e}");
+                self.collectors.insert("nat_table", false);
+                return;
+            }
+        }
+        let mut pairs: Vec<(String, String, String)> = Vec::new();
+        for binding in self.nat.bindings() {
+            if binding.local.ip() == binding.nat_local.ip() {
+                continue;
+            }
+            let Some(netns) = self
+                .pipeline
+                .attributor
+                .netns_of_address(binding.local.ip())
+            else {
+                continue;
+            };
+            let workload = self.pipeline.attributor.workload(netns, 0).name;
+            pairs.push((
+                workload,
+                binding.local.ip().to_string(),
+                binding.nat_local.ip().to_string(),
+            ));
+        }
+        pairs.sort_unstable();
+        pairs.dedup();
+        for (workload, source, translated) in pairs {
+            if !self.admit(&workload, family::NAT, now) {
+                continue;
+            }
+            let labels = NatLabels {
+                workload,
+                source,
+                translated,
+            };
+            self.nat_info.set(labels, 1, now);
+        }
+        // A translation no longer in the table is gone now, not after a grace period.
+        self.nat_info.retain_set_since(now);
+    }
+
+    fn fold_paths(&mut self, summary: &Summary, now: Instant) {
+        for path in paths::reports(summary, &self.pipeline.attributor) {
+            if !self.admit(&path.workload, family::PATH_MTU, now) {
+                continue;
+            }
+            for hop in path.hops {
+                let labels = PathLabels {
+                    workload: path.workload.clone(),
+                    hop: hop.role,
+                    interface: hop.interface,
+                };
+                self.path_mtu.set(labels, u64::from(hop.mtu), now);
+            }
+        }
+    }
+
+    /// Series, slots and namespaces unused for longer than the grace period go.
+    fn expire(&mut self, now: Instant) {
+        let grace = self.limits.series_grace_period;
+        let live: Vec<u32> = self.last.netns_tcp.keys().copied().collect();
+        for netns in live {
+            if let Some(entry) = self.netns_tcp.get_mut(&netns) {
+                entry.1 = now;
+            }
+        }
+        let gone: Vec<u32> = self
+            .netns_tcp
+            .iter()
+            .filter(|(_, (_, seen))| now.saturating_duration_since(*seen) > grace)
+            .map(|(netns, _)| *netns)
+            .collect();
+        for netns in gone {
+            self.netns_tcp.remove(&netns);
+            self.conntrack_last.remove(&netns);
+            self.pipeline.attributor.forget(netns);
+        }
+        self.sent.expire(now, grace);
+        self.retransmitted.expire(now, grace);
+        self.retransmits.expire(now, grace);
+        self.drops.expire(now, grace);
+        self.leaks.expire(now, grace);
+        self.conntrack_entries.expire(now, grace);
+        self.conntrack_max.expire(now, grace);
+        self.conntrack_events.expire(now, grace);
+        self.path_mtu.expire(now, grace);
+        // Workloads still live keep their slot: refresh it from the segment series.
+        let live_workloads: Vec<String> = self
+            .sent
+            .iter()
+            .map(|(labels, _)| labels.workload.clone())
+            .collect();
+        for workload in live_workloads {
+            self.workloads.admit(workload, now);
+        }
+        self.workloads.expire(now, grace);
+        for slots in self.remotes.values_mut() {
+            slots.expire(now, grace);
+        }
+        self.remotes.retain(|_, slots| !slots.is_empty());
+        self.locations.expire(now, grace);
+    }
+
+    /// Frees kernel entries of flows idle for a minute once their map is half full, so that
+    /// a daemon that runs for months keeps per-flow detail. Their counts are already folded.
+    fn free_idle_entries(&mut self, summary: &Summary, now: Instant) {
+        let flows = &self.last.retransmits.flows;
+        self.flows_idle
+            .observe(flows.keys(), summary.flows.iter().map(|f| &f.key), now);
+        let changed_drops: Vec<DropKey> = summary.drops.iter().filter_map(|d| d.key).collect();
+        self.drops_idle
+            .observe(self.last.drops.flows.keys(), changed_drops.iter(), now);
+
+        let capacity = self.pipeline.probes.flow_capacity as usize;
+        if flows.len() * 2 >= capacity {
+            let idle = self.flows_idle.idle(now, FLOW_IDLE);
+            self.evict::<FlowKey, RetransmitCounters>("RETRANSMIT_FLOWS", &idle);
+            for key in &idle {
+                self.last.retransmits.flows.remove(key);
+                self.flows_idle.forget(key);
+            }
+        }
+        let drop_capacity = galmanhae_common::drop::DROP_MAP_CAPACITY as usize;
+        if self.last.drops.flows.len() * 2 >= drop_capacity {
+            let idle = self.drops_idle.idle(now, FLOW_IDLE);
+            self.evict::<DropKey, u64>("DROPS", &idle);
+            for key in &idle {
+                self.last.drops.flows.remove(key);
+                self.drops_idle.forget(key);
+            }
+        }
+    }
+
+    fn evict<K: aya::Pod, V: aya::Pod>(&mut self, map: &'static str, keys: &[K]) {
+        if keys.is_empty() {
+            return;
+        }
+        match remove_keys::<K, V>(&mut self.pipeline.probes.ebpf, map, keys) {
+            Ok(n) => {
+                self.evicted += n as u64;
+                log::debug!("freed {n} idle entries of {map}");
+            }
+            Err(e) => log::warn!("freeing idle entries of {map}: {e}"),
+        }
+    }
+
+    /// `None` while healthy; else why not (for `/healthz`).
+    pub fn unhealthy(&self, now: Instant, max_age: Duration) -> Option<String> {
+        if let Some(e) = &self.last_error {
+            return Some(format!("the last collection failed: {e}"));
+        }
+        let age = now.saturating_duration_since(self.last_pass);
+        (age > max_age).then(|| format!("no collection for {}s", age.as_secs()))
+    }
+}
+
+/// The conntrack statistics exported as events, by name.
+fn conntrack_events(stats: &Stats) -> [(&'static str, u64); 7] {
+    [
+        ("insert_failed", stats.insert_failed),
+        ("drop", stats.drop),
+        ("early_drop", stats.early_drop),
+        ("invalid", stats.invalid),
+        ("clash_resolve", stats.clash_resolve),
+        ("search_restart", stats.search_restart),
+        ("chaintoolong", stats.chaintoolong),
+    ]
+}
+
+/// The server side of a flow: the remote `ip:port` when the workload is the client, the
+/// remote's address alone when the workload serves (its peer's port is ephemeral: folded).
+fn remote_label(key: &FlowKey, counters: &RetransmitCounters) -> String {
+    let (local, remote) = endpoints(key);
+    if workload_serves(local, remote, counters) {
+        remote.ip().to_string()
+    } else {
+        remote.to_string()
+    }
+}
+
+/// The Linux default `ip_local_port_range`: ports a client's socket is given.
+const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+/// A SYN-ACK retransmit is a server's, a SYN retransmit a client's. Otherwise the side whose
+/// port is ephemeral is the client; when both or neither are, the lower port serves.
+fn workload_serves(local: SocketAddr, remote: SocketAddr, counters: &RetransmitCounters) -> bool {
+    if counters.kinds[RetransmitKind::SynAck as usize] > 0 {
+        return true;
+    }
+    if counters.kinds[RetransmitKind::Syn as usize] > 0 {
+        return false;
+    }
+    match (
+        EPHEMERAL.contains(&local.port()),
+        EPHEMERAL.contains(&remote.port()),
+    ) {
+        (true, false) => false,
+        (false, true) => true,
+        _ => local.port() < remote.port(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(local_port: u16, remote_port: u16) -> FlowKey {
+        let mut remote_addr = [0; 16];
+        remote_addr[10] = 0xff;
+        remote_addr[11] = 0xff;
+        remote_addr[12..].copy_from_slice(&[198, 19, 0, 2]);
+        FlowKey {
+            netns: 1,
+            family: galmanhae_common::retransmit::AF_INET,
+            local_port,
+            remote_port,
+            padding: [0; 6],
+            cgroup_id: 0,
+            local_addr: remote_addr,
+            remote_addr,
+        }
+    }
+
+    #[test]
+    fn remote_is_the_server_side() {
+        let none = RetransmitCounters::default();
+        // The workload connected out: the remote's service port stays.
+        assert_eq!(remote_label(&flow(41_000, 5432), &none), "198.19.0.2:5432");
+        // The workload serves: the client's ephemeral port is folded.
+        assert_eq!(remote_label(&flow(8080, 45_000), &none), "198.19.0.2");
+        // Neither ephemeral: the lower port serves.
+        assert_eq!(remote_label(&flow(9000, 5432), &none), "198.19.0.2:5432");
+        // A SYN-ACK says the workload serves, whatever the ports.
+        let mut synack = RetransmitCounters::default();
+        synack.kinds[RetransmitKind::SynAck as usize] = 1;
+        assert_eq!(remote_label(&flow(40_000, 50_000), &synack), "198.19.0.2");
+    }
+}
