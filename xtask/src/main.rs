@@ -1,6 +1,7 @@
-//! Developer tasks: `cargo xtask setup | lab | demo | test`.
+//! Developer tasks: `cargo xtask setup | lab | demo | test | lint | install`.
 
 mod demo;
+mod install;
 mod lab;
 mod setup;
 mod test;
@@ -26,6 +27,8 @@ enum Task {
     Test(test::TestArgs),
     /// rustfmt and clippy (-D warnings) on every crate, the eBPF one included.
     Lint,
+    /// Build the agent in release and install it as a systemd service (or stage it with --root).
+    Install(install::InstallArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Task::Demo(args) => demo::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Lint => test::lint(),
+        Task::Install(args) => install::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -60,6 +64,28 @@ fn sh(program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()>
         args.join(" ")
     );
     Ok(())
+}
+
+/// Builds the agent in release; returns the binary's path.
+fn build_agent() -> anyhow::Result<std::path::PathBuf> {
+    sh(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--manifest-path",
+            &manifest(),
+            "-p",
+            "galmanhae-agent",
+        ],
+        &[],
+    )?;
+    Ok(agent_binary())
+}
+
+/// Where `build_agent` leaves the binary.
+fn agent_binary() -> std::path::PathBuf {
+    workspace_root().join("target/release/galmanhae")
 }
 
 /// The workspace's `Cargo.toml`, for `cargo --manifest-path` (tasks may run from anywhere).
