@@ -17,13 +17,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and the lab need (apt packages, nightly rust-src, bpf-linker).
+    /// Install what building, the lab and the deploy checks need (apt packages, nightly
+    /// rust-src, bpf-linker).
     Setup,
     /// The incident lab: dockerd, a db namespace behind Docker's NAT, faults.
     Lab(lab::LabArgs),
     /// Set up, build, bring the lab up with 5 % loss on `app`, diagnose, tear down.
     Demo(demo::DemoArgs),
-    /// Set up, lint, then run unit tests and the root integration tests against the lab.
+    /// Set up, lint, check deploy/, then run unit tests and the root integration tests against
+    /// the lab.
     Test(test::TestArgs),
     /// rustfmt and clippy (-D warnings) on every crate, the eBPF one included.
     Lint,
@@ -101,4 +103,30 @@ fn workspace_root() -> std::path::PathBuf {
             || std::path::PathBuf::from("."),
             std::path::Path::to_path_buf,
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    /// A directory under the system temp dir, removed when dropped.
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new(test: &str) -> Self {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let dir =
+                std::env::temp_dir().join(format!("xtask-{test}-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            std::fs::remove_dir_all(&self.0).ok();
+        }
+    }
 }
