@@ -99,7 +99,8 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<()> {
     let binary = match &args.binary {
         Some(binary) => binary.clone(),
         None if args.no_build => agent_binary(),
-        None => build_agent().context("`cargo xtask setup` installs what building needs")?,
+        None => build_agent()
+            .context("building the agent (`cargo xtask setup` installs what building needs)")?,
     };
     ensure!(
         binary.is_file(),
