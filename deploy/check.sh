@@ -68,11 +68,14 @@ if [[ "${1:-}" == "--install" ]]; then
     if [[ ${#packages[@]} -gt 0 ]]; then
         echo "installing: ${packages[*]}"
         # Debian's prometheus package would start a Prometheus on :9090 on a systemd host;
-        # policy-rc.d keeps package scripts from starting services.
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        # policy-rc.d keeps package scripts from starting services. One that is there already
+        # (Docker's images ship one) is put back afterwards.
+        policy=/usr/sbin/policy-rc.d
+        [[ -e $policy ]] && cp -p "$policy" "$tmp/policy-rc.d"
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
         rc=$?
-        rm -f /usr/sbin/policy-rc.d
+        if [[ -e $tmp/policy-rc.d ]]; then cp -p "$tmp/policy-rc.d" "$policy"; else rm -f "$policy"; fi
         [[ $rc -eq 0 ]] || { echo "apt-get install failed" >&2; exit 1; }
     fi
 fi

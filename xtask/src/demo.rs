@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::{manifest, setup, sh, workspace_root};
+use crate::{build_agent, setup, sh};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -16,19 +16,7 @@ pub struct DemoArgs {
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     setup::run()?;
-    let root = workspace_root();
-    sh(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--manifest-path",
-            &manifest(),
-            "-p",
-            "galmanhae-agent",
-        ],
-        &[],
-    )?;
+    let binary = build_agent()?;
     let result = (|| {
         galmanhae_lab::up()?;
         galmanhae_lab::fault::loss(
@@ -39,7 +27,6 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             "xtask: lab is up; {}% of container `app`'s segments to the db are dropped, `web` is healthy",
             args.percent
         );
-        let binary = root.join("target/release/galmanhae");
         sh(
             &binary.display().to_string(),
             &["diagnose", "--duration", &args.duration],

@@ -1,6 +1,7 @@
-//! Developer tasks: `cargo xtask setup | lab | demo | test`.
+//! Developer tasks: `cargo xtask setup | lab | demo | test | lint | install`.
 
 mod demo;
+mod install;
 mod lab;
 mod setup;
 mod test;
@@ -16,16 +17,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and the lab need (apt packages, nightly rust-src, bpf-linker).
+    /// Install what building, the lab and the deploy checks need (apt packages, nightly
+    /// rust-src, bpf-linker).
     Setup,
     /// The incident lab: dockerd, a db namespace behind Docker's NAT, faults.
     Lab(lab::LabArgs),
     /// Set up, build, bring the lab up with 5 % loss on `app`, diagnose, tear down.
     Demo(demo::DemoArgs),
-    /// Set up, lint, then run unit tests and the root integration tests against the lab.
+    /// Set up, lint, check deploy/, then run unit tests and the root integration tests against
+    /// the lab.
     Test(test::TestArgs),
     /// rustfmt and clippy (-D warnings) on every crate, the eBPF one included.
     Lint,
+    /// Build the agent in release and install it as a systemd service (or stage it with --root).
+    Install(install::InstallArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Task::Demo(args) => demo::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Lint => test::lint(),
+        Task::Install(args) => install::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -62,6 +68,28 @@ fn sh(program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Builds the agent in release; returns the binary's path.
+fn build_agent() -> anyhow::Result<std::path::PathBuf> {
+    sh(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--manifest-path",
+            &manifest(),
+            "-p",
+            "galmanhae-agent",
+        ],
+        &[],
+    )?;
+    Ok(agent_binary())
+}
+
+/// Where `build_agent` leaves the binary.
+fn agent_binary() -> std::path::PathBuf {
+    workspace_root().join("target/release/galmanhae")
+}
+
 /// The workspace's `Cargo.toml`, for `cargo --manifest-path` (tasks may run from anywhere).
 fn manifest() -> String {
     workspace_root().join("Cargo.toml").display().to_string()
@@ -75,4 +103,30 @@ fn workspace_root() -> std::path::PathBuf {
             || std::path::PathBuf::from("."),
             std::path::Path::to_path_buf,
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    /// A directory under the system temp dir, removed when dropped.
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new(test: &str) -> Self {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let dir =
+                std::env::temp_dir().join(format!("xtask-{test}-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            std::fs::remove_dir_all(&self.0).ok();
+        }
+    }
 }

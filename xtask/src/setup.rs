@@ -1,7 +1,13 @@
 //! Installs everything a fresh Debian 12 machine of this kind lacks. Idempotent and quick
 //! when everything is there.
 
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use anyhow::Context;
 
 use crate::sh;
 
@@ -20,13 +26,32 @@ const PACKAGES: &[&str] = &[
     "conntrack",
 ];
 
+/// What `deploy/check.sh` runs: systemd-analyze (systemd), promtool and prometheus
+/// (prometheus), Python 3 with `PyYAML` (python3-yaml), and curl for the throwaway
+/// Prometheus's readiness.
+const DEPLOY_CHECK_PACKAGES: &[&str] = &["systemd", "prometheus", "python3-yaml", "curl"];
+
+/// Packages whose maintainer scripts would start a service on a systemd host (Debian's
+/// prometheus serves :9090 and scrapes from then on): installed with service starts refused.
+/// The package still enables its unit, so it would start at the next boot.
+const NO_START: &[&str] = &["prometheus"];
+
 pub fn run() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    if !missing.is_empty() {
+    let (held, plain): (Vec<&str>, Vec<&str>) = PACKAGES
+        .iter()
+        .chain(DEPLOY_CHECK_PACKAGES)
+        .copied()
+        .filter(|p| !installed(p))
+        .partition(|p| NO_START.contains(p));
+    if !plain.is_empty() || !held.is_empty() {
         sh("apt-get", &["update", "-q"], &[])?;
-        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-        args.extend(&missing);
-        sh("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])?;
+    }
+    if !plain.is_empty() {
+        apt_install(&plain)?;
+    }
+    if !held.is_empty() {
+        let _no_starts = NoServiceStarts::new()?;
+        apt_install(&held)?;
     }
     // aya-build compiles the programs with the nightly toolchain and -Z build-std=core.
     let has_src = Command::new("rustup")
@@ -74,6 +99,63 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(packages);
+    sh("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])
+}
+
+/// While it lives, package scripts may start no service: Debian's `policy-rc.d`, which
+/// invoke-rc.d and deb-systemd-invoke ask first, answers 101 (refused). Puts back whatever
+/// policy was there before (Docker's images ship one), or removes its own.
+struct NoServiceStarts {
+    path: PathBuf,
+    previous: Option<(Vec<u8>, fs::Permissions)>,
+}
+
+impl NoServiceStarts {
+    fn new() -> anyhow::Result<Self> {
+        Self::at(Path::new("/usr/sbin/policy-rc.d"))
+    }
+
+    fn at(path: &Path) -> anyhow::Result<Self> {
+        let read = || -> std::io::Result<_> {
+            match fs::read(path) {
+                Ok(contents) => Ok(Some((contents, fs::metadata(path)?.permissions()))),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let previous = read().with_context(|| format!("reading {}", path.display()))?;
+        fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages.\nexit 101\n",
+        )
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o755)))
+        .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            previous,
+        })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        let restored = match &self.previous {
+            Some((contents, permissions)) => fs::write(&self.path, contents)
+                .and_then(|()| fs::set_permissions(&self.path, permissions.clone())),
+            None => fs::remove_file(&self.path),
+        };
+        if let Err(e) = restored {
+            eprintln!(
+                "xtask: warning: could not restore {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
@@ -81,11 +163,48 @@ fn installed(package: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn which(program: &str) -> Option<std::path::PathBuf> {
+fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    let home_bin = std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo/bin"));
+    let home_bin = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin"));
     std::env::split_paths(&path)
         .chain(home_bin)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::TempDir;
+
+    fn refuses(path: &Path) -> bool {
+        fs::read_to_string(path).unwrap().contains("exit 101")
+            && fs::metadata(path).unwrap().permissions().mode() & 0o777 == 0o755
+    }
+
+    #[test]
+    fn no_service_starts_removes_its_own_policy() {
+        let tmp = TempDir::new("policy-absent");
+        let path = tmp.0.join("policy-rc.d");
+        let guard = NoServiceStarts::at(&path).unwrap();
+        assert!(refuses(&path));
+        drop(guard);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn no_service_starts_puts_back_the_previous_policy() {
+        let tmp = TempDir::new("policy-present");
+        let path = tmp.0.join("policy-rc.d");
+        fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        let guard = NoServiceStarts::at(&path).unwrap();
+        assert!(refuses(&path));
+        drop(guard);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "#!/bin/sh\nexit 0\n");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
 }

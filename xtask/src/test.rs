@@ -1,8 +1,9 @@
-//! `cargo xtask test`: unit tests, then the root integration tests against the real lab.
+//! `cargo xtask test`: lint, the deploy checks, unit tests, then the root integration tests
+//! against the real lab.
 
 use clap::Args;
 
-use crate::{manifest, setup, sh};
+use crate::{manifest, setup, sh, workspace_root};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -17,6 +18,7 @@ pub struct TestArgs {
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     setup::run()?;
     lint()?;
+    deploy_checks()?;
     let manifest = manifest();
     sh(
         "cargo",
@@ -54,6 +56,19 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let result = sh("cargo", &integration, &[("RUST_BACKTRACE", "1")]);
     let down = galmanhae_lab::down();
     result.and(down)
+}
+
+/// `deploy/check.sh`: the unit, config, dashboard, manifests and alert rules with the real
+/// tools, and every `PromQL` expression against a throwaway Prometheus on loopback. A missing
+/// tool fails it, never skips it (setup installs them). Always the full run: an inherited
+/// `PROMETHEUS_URL` would leave out the fixture data.
+pub fn deploy_checks() -> anyhow::Result<()> {
+    let script = workspace_root().join("deploy/check.sh");
+    sh(
+        "bash",
+        &[&script.display().to_string()],
+        &[("PROMETHEUS_URL", "")],
+    )
 }
 
 /// `cargo fmt --check`, then clippy in two passes as the aya template does: the host crates,
