@@ -371,7 +371,7 @@ def cmd_contract():
     for name in sorted(used - set(families)):
         problems.append(f"{name} is used but not in the METRICS.md summary table")
     for name, labels in families.items():
-        if not labels and name != "galmanhae_scrape_duration_seconds":
+        if not labels and name not in ("galmanhae_scrape_duration_seconds", "galmanhae_flow_entries_freed_total"):
             problems.append(f"{name} has no labels in the summary table")
     # One port everywhere.
     prom = yaml.safe_load(open(PROMETHEUS, encoding="utf-8"))
@@ -419,14 +419,16 @@ def fixture_series():
                                  ("drops", 40.0, 8192.0), ("drop_overflow", 0.0, 2048.0)]:
         s.append(("galmanhae_bpf_map_entries", {"map": m}, -entries))
         s.append(("galmanhae_bpf_map_capacity", {"map": m}, -capacity))
-    for reason in ("flow_map_full", "overflow_map_full", "read_error", "drop_map_full", "drop_overflow_full"):
+    for reason in ("flow_map_full", "overflow_map_full", "read_error", "drop_map_full", "drop_overflow_full",
+                   "leak_map_full", "program_skipped"):
         s.append(("galmanhae_lost_events_total", {"reason": reason}, 0.0))
     s.append(("galmanhae_series_dropped_total", {"family": "galmanhae_tcp_retransmits_total"}, 0.0))
     s.append(("galmanhae_scrape_duration_seconds", {}, -0.004))
+    s.append(("galmanhae_flow_entries_freed_total", {}, 0.0))
     s.append(("galmanhae_build_info", {"version": "0.1.0", "commit": "86b3be3"}, -1.0))
     for hook in ("tcp:tcp_retransmit_skb", "tcp:tcp_retransmit_synack", "skb:kfree_skb"):
         s.append(("galmanhae_hook_up", {"hook": hook}, -1.0))
-    for collector in ("snmp", "conntrack", "nat_rules", "docker", "cgroup", "path_mtu", "kallsyms", "bpf_stats"):
+    for collector in ("maps", "snmp", "conntrack", "nat_table", "nat_rules", "docker", "kallsyms", "bpf_stats"):
         s.append(("galmanhae_collector_up", {"collector": collector}, -1.0))
     return s
 

@@ -22,48 +22,9 @@ use galmanhae_lab::{
 };
 use serde_json::Value;
 
-const GALMANHAE: &str = env!("CARGO_BIN_EXE_galmanhae");
+mod common;
 
-/// `true` if the test can run; panics under CI when it cannot.
-fn privileged() -> bool {
-    galmanhae_lab::root_or_skip("CAP_BPF, CAP_PERFMON, Docker")
-}
-
-/// Test containers, removed (and faults cleared) when the test ends, whatever happens.
-struct Scenario {
-    containers: Vec<String>,
-}
-
-impl Scenario {
-    fn new() -> Self {
-        galmanhae_lab::infrastructure().expect("lab infrastructure (dockerd, db namespace)");
-        fault::clear_all(false).expect("clearing old faults");
-        // The lab's own streaming containers would only add load here.
-        for name in galmanhae_lab::LAB_CONTAINERS {
-            let _ = docker::remove_container(name);
-        }
-        Self {
-            containers: Vec::new(),
-        }
-    }
-
-    /// An idle container; traffic comes from `docker exec`.
-    fn container(&mut self, name: &str, docker_args: &[&str]) {
-        let _ = docker::remove_container(name);
-        docker::start_container(name, &["sleep", "3600"], docker_args)
-            .expect("starting a container");
-        self.containers.push(name.to_owned());
-    }
-}
-
-impl Drop for Scenario {
-    fn drop(&mut self) {
-        let _ = fault::clear_all(false);
-        for name in &self.containers {
-            let _ = docker::remove_container(name);
-        }
-    }
-}
+use common::{GALMANHAE, Scenario, privileged, retrans_segs, stream_from};
 
 /// A running `galmanhae diagnose --json`, returned once its hooks are attached.
 struct Diagnose {
@@ -132,65 +93,6 @@ impl Diagnose {
         assert_eq!(report["schema"], "galmanhae.diagnose/v1");
         report
     }
-}
-
-/// Streams `bytes` from a container to the db and waits until the transfer is done: not only
-/// `nc` gone, but every byte acknowledged (an orphaned socket still sends and retransmits its
-/// queue and its FIN after `nc` exits).
-fn stream_from(container: &str, host: &str, bytes: u64) {
-    let script = format!("head -c {bytes} /dev/zero | nc -w 10 {host} {DB_PORT}");
-    docker::exec(container, &["sh", "-c", &script]).expect("streaming to the db");
-    let pid = docker::pid(container)
-        .expect("the container's pid")
-        .to_string();
-    galmanhae_lab::wait_for(
-        Duration::from_secs(20),
-        "the stream to be acknowledged",
-        || {
-            galmanhae_lab::run(
-                "nsenter",
-                &[
-                    "-t",
-                    &pid,
-                    "-n",
-                    "ss",
-                    "-Htn",
-                    "state",
-                    "syn-sent",
-                    "state",
-                    "established",
-                    "state",
-                    "fin-wait-1",
-                    "state",
-                    "closing",
-                    "state",
-                    "last-ack",
-                ],
-            )
-            .is_ok_and(|sockets| sockets.trim().is_empty())
-        },
-    )
-    .expect("the stream's sockets settle");
-}
-
-/// `Tcp: RetransSegs` of a process's network namespace, read independently of galmanhae.
-fn retrans_segs(pid: u32) -> u64 {
-    let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("reading snmp");
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (
-        tcp.next().expect("Tcp header"),
-        tcp.next().expect("Tcp values"),
-    );
-    let column = names
-        .split_whitespace()
-        .position(|n| n == "RetransSegs")
-        .expect("RetransSegs column");
-    values
-        .split_whitespace()
-        .nth(column)
-        .expect("value")
-        .parse()
-        .expect("a number")
 }
 
 fn workload<'a>(report: &'a Value, name: &str) -> &'a Value {

@@ -49,6 +49,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         "lab",
         "--test",
         "path_mtu",
+        "--test",
+        "daemon",
         "--",
         "--test-threads=1",
     ];

@@ -243,9 +243,16 @@ impl Exporter {
         self.collectors.insert("maps", true);
         self.collectors
             .insert("snmp", !snapshot.netns_tcp.is_empty());
-        if full {
+        // A new namespace is most likely a new container: name it before its first series.
+        let new_namespace = snapshot
+            .netns_tcp
+            .keys()
+            .any(|netns| !self.netns_tcp.contains_key(netns));
+        if full || new_namespace {
             let docker = self.pipeline.attributor.refresh_names();
             self.collectors.insert("docker", docker);
+        }
+        if full {
             self.refresh_nat(now);
         }
         let mut window = Window::new(std::mem::take(&mut self.last));
@@ -298,10 +305,8 @@ impl Exporter {
                 continue;
             }
             let labels = WorkloadLabels::of(&workload);
-            let known = self.sent.get(&labels).is_some();
-            if !known && tcp.out_segs == 0 {
-                continue;
-            }
+            // Every namespace gets its series at once, also idle: a series that first appears
+            // with its traffic already in it shows Prometheus no increase.
             if !self.admit(&workload.name, family::SENT, now) {
                 continue;
             }
