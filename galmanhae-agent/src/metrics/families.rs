@@ -24,7 +24,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{Exporter, series::Series};
+use super::{Exporter, Families, series::Series};
 use crate::kernel::probes::{HookStatus, RunStats};
 
 /// What the HTTP handlers share.
@@ -78,6 +78,16 @@ impl Collector for ExporterCollector {
 fn encode_exporter(
     exporter: &Exporter,
     previous_render: Duration,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    encode_families(&exporter.series, encoder)?;
+    encode_rules(exporter, encoder)?;
+    encode_self(exporter, previous_render, encoder)
+}
+
+/// The folded families: TCP, drops, NAT, conntrack, path MTU.
+fn encode_families(
+    exporter: &Families,
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
     counters(
@@ -134,6 +144,25 @@ fn encode_exporter(
         "A workload's address and the host address it is source-NATed to (conntrack)",
         exporter.nat_info.iter().map(|(labels, _)| labels),
     )?;
+    let bytes = Unit::Other("bytes".to_owned());
+    series(
+        encoder,
+        (
+            "galmanhae_path_mtu",
+            "MTU of each hop on the workload's path out of the host",
+            Some(&bytes),
+        ),
+        MetricType::Gauge,
+        &exporter.path_mtu,
+    )?;
+    Ok(())
+}
+
+/// The host's MASQUERADE rules.
+fn encode_rules(
+    exporter: &Exporter,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
     let masquerade: Vec<MasqueradeLabels> = exporter
         .nat_audit
         .masquerade
@@ -152,20 +181,7 @@ fn encode_exporter(
         "galmanhae_nat_masquerade",
         "A MASQUERADE rule of the host's nat table",
         masquerade.iter(),
-    )?;
-    let mtu = Unit::Other("bytes".to_owned());
-    {
-        let mut family = encoder.encode_descriptor(
-            "galmanhae_path_mtu",
-            "MTU of each hop on the workload's path out of the host",
-            Some(&mtu),
-            MetricType::Gauge,
-        )?;
-        for (labels, value) in exporter.path_mtu.iter() {
-            gauge_value(value).encode(family.encode_family(labels)?)?;
-        }
-    }
-    encode_self(exporter, previous_render, encoder)
+    )
 }
 
 /// The agent's own health: programs, maps, losses, caps, scrape time, build.
@@ -370,30 +386,41 @@ fn gauge_value(value: u64) -> ConstGauge<i64> {
     ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
 }
 
+/// One family of folded series: counters, or gauges (with an optional unit).
+fn series<L: EncodeLabelSet + std::hash::Hash + Eq>(
+    encoder: &mut DescriptorEncoder,
+    (name, help, unit): (&str, &str, Option<&Unit>),
+    metric_type: MetricType,
+    series: &Series<L>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, unit, metric_type)?;
+    for (labels, value) in series.iter() {
+        let metric = family.encode_family(labels)?;
+        if matches!(metric_type, MetricType::Counter) {
+            ConstCounter::new(value).encode(metric)?;
+        } else {
+            gauge_value(value).encode(metric)?;
+        }
+    }
+    Ok(())
+}
+
 fn counters<L: EncodeLabelSet + std::hash::Hash + Eq>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: &Series<L>,
+    folded: &Series<L>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in series.iter() {
-        ConstCounter::new(value).encode(family.encode_family(labels)?)?;
-    }
-    Ok(())
+    series(encoder, (name, help, None), MetricType::Counter, folded)
 }
 
 fn gauges<L: EncodeLabelSet + std::hash::Hash + Eq>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: &Series<L>,
+    folded: &Series<L>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in series.iter() {
-        gauge_value(value).encode(family.encode_family(labels)?)?;
-    }
-    Ok(())
+    series(encoder, (name, help, None), MetricType::Gauge, folded)
 }
 
 fn infos<'a, L: EncodeLabelSet + 'a>(
@@ -407,4 +434,28 @@ fn infos<'a, L: EncodeLabelSet + 'a>(
         family.encode_info(labels)?;
     }
     Ok(())
+}
+
+/// Renders `families` alone, as `/metrics` would (for the render benchmark,
+/// `examples/render.rs`): Prometheus text, or OpenMetrics.
+pub fn render_families(
+    families: Arc<Families>,
+    openmetrics: bool,
+) -> Result<String, std::fmt::Error> {
+    #[derive(Debug)]
+    struct Only(Arc<Families>);
+    impl Collector for Only {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_families(&self.0, &mut encoder)
+        }
+    }
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Only(families)));
+    let mut body = String::new();
+    if openmetrics {
+        prometheus_client::encoding::text::encode(&mut body, &registry)?;
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut body, &registry)?;
+    }
+    Ok(body)
 }

@@ -133,6 +133,54 @@ pub const COLLECTORS: [&str; 7] = [
     "kallsyms",
 ];
 
+/// The series of every family the agent folds from its passes (its own health is read at
+/// scrape time, see [`families`]).
+#[derive(Debug, Default)]
+pub struct Families {
+    pub sent: Series<WorkloadLabels>,
+    pub retransmitted: Series<WorkloadLabels>,
+    pub retransmits: Series<RetransmitLabels>,
+    pub drops: Series<DropLabels>,
+    pub leaks: Series<LeakLabels>,
+    pub conntrack_entries: Series<NamespaceLabels>,
+    pub conntrack_max: Series<NamespaceLabels>,
+    pub conntrack_events: Series<ConntrackEventLabels>,
+    pub nat_info: Series<NatLabels>,
+    pub path_mtu: Series<PathLabels>,
+}
+
+impl Families {
+    fn expire(&mut self, now: Instant, grace: Duration) {
+        self.sent.expire(now, grace);
+        self.retransmitted.expire(now, grace);
+        self.retransmits.expire(now, grace);
+        self.drops.expire(now, grace);
+        self.leaks.expire(now, grace);
+        self.conntrack_entries.expire(now, grace);
+        self.conntrack_max.expire(now, grace);
+        self.conntrack_events.expire(now, grace);
+        self.path_mtu.expire(now, grace);
+    }
+
+    /// Series in all families.
+    pub fn len(&self) -> usize {
+        self.sent.len()
+            + self.retransmitted.len()
+            + self.retransmits.len()
+            + self.drops.len()
+            + self.leaks.len()
+            + self.conntrack_entries.len()
+            + self.conntrack_max.len()
+            + self.conntrack_events.len()
+            + self.nat_info.len()
+            + self.path_mtu.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Everything a scrape shows, updated by [`Exporter::collect`].
 pub struct Exporter {
     pub pipeline: Pipeline,
@@ -148,16 +196,7 @@ pub struct Exporter {
     pub nat_audit: NatAudit,
     audited: Instant,
 
-    pub sent: Series<WorkloadLabels>,
-    pub retransmitted: Series<WorkloadLabels>,
-    pub retransmits: Series<RetransmitLabels>,
-    pub drops: Series<DropLabels>,
-    pub leaks: Series<LeakLabels>,
-    pub conntrack_entries: Series<NamespaceLabels>,
-    pub conntrack_max: Series<NamespaceLabels>,
-    pub conntrack_events: Series<ConntrackEventLabels>,
-    pub nat_info: Series<NatLabels>,
-    pub path_mtu: Series<PathLabels>,
+    pub series: Families,
 
     workloads: Slots<String>,
     remotes: HashMap<String, Slots<String>>,
@@ -204,16 +243,7 @@ impl Exporter {
             nat: NatIndex::default(),
             nat_audit,
             audited: now,
-            sent: Series::default(),
-            retransmitted: Series::default(),
-            retransmits: Series::default(),
-            drops: Series::default(),
-            leaks: Series::default(),
-            conntrack_entries: Series::default(),
-            conntrack_max: Series::default(),
-            conntrack_events: Series::default(),
-            nat_info: Series::default(),
-            path_mtu: Series::default(),
+            series: Families::default(),
             workloads: Slots::new(limits.max_workloads),
             remotes: HashMap::new(),
             locations: Slots::new(limits.max_drop_locations),
@@ -310,8 +340,11 @@ impl Exporter {
             if !self.admit(&workload.name, family::SENT, now) {
                 continue;
             }
-            self.sent.add_alive(labels.clone(), delta.out_segs, now);
-            self.retransmitted
+            self.series
+                .sent
+                .add_alive(labels.clone(), delta.out_segs, now);
+            self.series
+                .retransmitted
                 .add_alive(labels, delta.retrans_segs, now);
         }
     }
@@ -361,7 +394,7 @@ impl Exporter {
                     remote: remote.clone(),
                     kind,
                 };
-                self.retransmits.add(labels, count, now);
+                self.series.retransmits.add(labels, count, now);
             }
         }
     }
@@ -406,7 +439,7 @@ impl Exporter {
                 reason,
                 location,
             };
-            self.drops.add(labels, packets, now);
+            self.series.drops.add(labels, packets, now);
         }
         self.collectors.insert("kallsyms", kallsyms_ok);
     }
@@ -425,7 +458,7 @@ impl Exporter {
                 workload: report.workload,
                 interface: report.interface,
             };
-            self.leaks.add(labels, report.packets, now);
+            self.series.leaks.add(labels, report.packets, now);
         }
     }
 
@@ -453,6 +486,7 @@ impl Exporter {
             let busy = stats.entries.unwrap_or(0) > 0
                 || events.iter().any(|(_, n)| *n > 0)
                 || self
+                    .series
                     .conntrack_entries
                     .get(&NamespaceLabels {
                         namespace: namespace.clone(),
@@ -463,17 +497,18 @@ impl Exporter {
                 continue;
             }
             let labels = NamespaceLabels { namespace };
-            self.conntrack_entries
+            self.series
+                .conntrack_entries
                 .set(labels.clone(), stats.entries.unwrap_or(0), now);
             if let Some(max) = stats.max {
-                self.conntrack_max.set(labels.clone(), max, now);
+                self.series.conntrack_max.set(labels.clone(), max, now);
             }
             for (event, count) in events {
                 let event = ConntrackEventLabels {
                     namespace: labels.namespace.clone(),
                     event,
                 };
-                self.conntrack_events.add_alive(event, count, now);
+                self.series.conntrack_events.add_alive(event, count, now);
             }
         }
     }
@@ -528,10 +563,10 @@ impl Exporter {
                 source,
                 translated,
             };
-            self.nat_info.set(labels, 1, now);
+            self.series.nat_info.set(labels, 1, now);
         }
         // A translation no longer in the table is gone now, not after a grace period.
-        self.nat_info.retain_set_since(now);
+        self.series.nat_info.retain_set_since(now);
     }
 
     fn fold_paths(&mut self, summary: &Summary, now: Instant) {
@@ -545,7 +580,7 @@ impl Exporter {
                     hop: hop.role,
                     interface: hop.interface,
                 };
-                self.path_mtu.set(labels, u64::from(hop.mtu), now);
+                self.series.path_mtu.set(labels, u64::from(hop.mtu), now);
             }
         }
     }
@@ -570,17 +605,10 @@ impl Exporter {
             self.conntrack_last.remove(&netns);
             self.pipeline.attributor.forget(netns);
         }
-        self.sent.expire(now, grace);
-        self.retransmitted.expire(now, grace);
-        self.retransmits.expire(now, grace);
-        self.drops.expire(now, grace);
-        self.leaks.expire(now, grace);
-        self.conntrack_entries.expire(now, grace);
-        self.conntrack_max.expire(now, grace);
-        self.conntrack_events.expire(now, grace);
-        self.path_mtu.expire(now, grace);
+        self.series.expire(now, grace);
         // Workloads still live keep their slot: refresh it from the segment series.
         let live_workloads: Vec<String> = self
+            .series
             .sent
             .iter()
             .map(|(labels, _)| labels.workload.clone())
