@@ -78,6 +78,19 @@ impl Stats {
         }
     }
 
+    /// The event counters by the names `galmanhae_conntrack_events_total{event}` uses.
+    pub fn events(&self) -> [(&'static str, u64); 7] {
+        [
+            ("insert_failed", self.insert_failed),
+            ("drop", self.drop),
+            ("early_drop", self.early_drop),
+            ("invalid", self.invalid),
+            ("clash_resolve", self.clash_resolve),
+            ("search_restart", self.search_restart),
+            ("chaintoolong", self.chaintoolong),
+        ]
+    }
+
     /// The counters' growth since `earlier`; `entries` and `max` stay as they are now.
     #[must_use]
     pub fn since(&self, earlier: &Self) -> Self {

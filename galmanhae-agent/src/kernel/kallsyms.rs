@@ -13,7 +13,8 @@ pub const KALLSYMS: &str = "/proc/kallsyms";
 
 #[derive(Debug, Default)]
 pub struct Symbolizer {
-    cache: HashMap<u64, String>,
+    /// `None` for an address kallsyms did not name.
+    cache: HashMap<u64, Option<String>>,
 }
 
 impl Symbolizer {
@@ -38,20 +39,20 @@ impl Symbolizer {
             }
         };
         for address in wanted {
-            let name = named
-                .get(&address)
-                .cloned()
-                .unwrap_or_else(|| format!("{address:#x}"));
-            self.cache.insert(address, name);
+            self.cache.insert(address, named.get(&address).cloned());
         }
     }
 
     /// The function containing `address` (after [`Self::learn`]), else the address in hex.
     pub fn name(&self, address: u64) -> String {
-        self.cache
-            .get(&address)
-            .cloned()
-            .unwrap_or_else(|| format!("{address:#x}"))
+        self.resolved(address)
+            .map_or_else(|| format!("{address:#x}"), str::to_owned)
+    }
+
+    /// The function containing `address`, if kallsyms named it (it shows no addresses without
+    /// `CAP_SYSLOG`).
+    pub fn resolved(&self, address: u64) -> Option<&str> {
+        self.cache.get(&address).and_then(Option::as_deref)
     }
 }
 

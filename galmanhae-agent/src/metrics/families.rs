@@ -190,14 +190,17 @@ fn encode_self(
     previous_render: Duration,
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
-    let programs = encode_programs(exporter, encoder)?;
+    // A sysctl read: once per scrape.
+    let measured = exporter.pipeline.probes.run_time_measured();
+    let programs = encode_programs(exporter, measured, encoder)?;
     encode_maps(exporter, &programs, encoder)?;
-    encode_status(exporter, previous_render, encoder)
+    encode_status(exporter, measured, previous_render, encoder)
 }
 
 /// Per-program kernel run time and runs; returns the run statistics by program.
 fn encode_programs(
     exporter: &Exporter,
+    measured: bool,
     encoder: &mut DescriptorEncoder,
 ) -> Result<BTreeMap<&'static str, RunStats>, std::fmt::Error> {
     let probes = &exporter.pipeline.probes;
@@ -208,7 +211,7 @@ fn encode_programs(
             programs.insert(hook.program, stats);
         }
     }
-    if probes.run_time_measured() {
+    if measured {
         let seconds = Unit::Seconds;
         let mut family = encoder.encode_descriptor(
             "galmanhae_bpf_program_run_time",
@@ -221,7 +224,7 @@ fn encode_programs(
                 .encode(family.encode_family(&[("program", *program)])?)?;
         }
     }
-    if probes.run_time_measured() {
+    if measured {
         let mut family = encoder.encode_descriptor(
             "galmanhae_bpf_program_runs",
             "Times the program ran (bpf_prog_info.run_cnt)",
@@ -315,6 +318,7 @@ fn encode_maps(
 /// Caps reached, scrape time, hooks and collectors up, build.
 fn encode_status(
     exporter: &Exporter,
+    measured: bool,
     previous_render: Duration,
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
@@ -359,7 +363,7 @@ fn encode_status(
             None,
             MetricType::Gauge,
         )?;
-        let bpf_stats = [("bpf_stats", probes.run_time_measured())];
+        let bpf_stats = [("bpf_stats", measured)];
         for (collector, up) in exporter
             .collectors
             .iter()

@@ -352,21 +352,22 @@ impl Exporter {
     fn fold_retransmits(&mut self, summary: &Summary, now: Instant) {
         for flow in &summary.flows {
             let remote = remote_label(&flow.key, &flow.counters);
-            self.count_retransmits(&flow.workload.name, remote, &flow.counters, now);
+            self.count_retransmits(&flow.workload.name, Some(remote), &flow.counters, now);
         }
         for (owner, counters) in &summary.retransmits.overflow {
             let workload = self
                 .pipeline
                 .attributor
                 .workload(owner.netns, owner.cgroup_id);
-            self.count_retransmits(&workload.name, "unknown".to_owned(), counters, now);
+            // Counted per owner only (the flow map was full): no remote to name.
+            self.count_retransmits(&workload.name, None, counters, now);
         }
     }
 
     fn count_retransmits(
         &mut self,
         workload: &str,
-        remote: String,
+        remote: Option<String>,
         counters: &RetransmitCounters,
         now: Instant,
     ) {
@@ -378,10 +379,10 @@ impl Exporter {
             .remotes
             .entry(workload.to_owned())
             .or_insert_with(|| Slots::new(max));
-        let remote = if remote == "unknown" || slots.admit(remote.clone(), now) {
-            remote
-        } else {
-            "other".to_owned()
+        let remote = match remote {
+            None => "unknown".to_owned(),
+            Some(remote) if slots.admit(remote.clone(), now) => remote,
+            Some(_) => "other".to_owned(),
         };
         let kinds = RetransmitKind::ALL
             .iter()
@@ -400,46 +401,31 @@ impl Exporter {
     }
 
     fn fold_drops(&mut self, summary: &Summary, now: Instant) {
-        let probes = &mut self.pipeline.probes;
-        probes
+        self.pipeline
+            .probes
             .symbols
             .learn(summary.drops.iter().map(|d| d.location));
-        let named: Vec<(String, String, String, u64)> = summary
-            .drops
-            .iter()
-            .map(|d| {
-                let location = probes.symbols.name(d.location);
-                // An address kallsyms would not name (no CAP_SYSLOG): not a bounded label.
-                let location = if location.starts_with("0x") {
-                    "unknown".to_owned()
-                } else {
-                    location
-                };
-                (
-                    d.workload.name.clone(),
-                    probes.drop_reasons.name(d.reason),
-                    location,
-                    d.packets,
-                )
-            })
-            .collect();
         let mut kallsyms_ok = true;
-        for (workload, reason, location, packets) in named {
-            if !self.admit(&workload, family::DROPS, now) {
+        for drop in &summary.drops {
+            if !self.admit(&drop.workload.name, family::DROPS, now) {
                 continue;
             }
-            kallsyms_ok &= location != "unknown";
+            let probes = &self.pipeline.probes;
+            // Unnamed (no CAP_SYSLOG), an address would be an unbounded label.
+            let location = probes.symbols.resolved(drop.location);
+            kallsyms_ok &= location.is_some();
+            let location = location.unwrap_or("unknown").to_owned();
             let location = if self.locations.admit(location.clone(), now) {
                 location
             } else {
                 "other".to_owned()
             };
             let labels = DropLabels {
-                workload,
-                reason,
+                workload: drop.workload.name.clone(),
+                reason: probes.drop_reasons.name(drop.reason),
                 location,
             };
-            self.series.drops.add(labels, packets, now);
+            self.series.drops.add(labels, drop.packets, now);
         }
         self.collectors.insert("kallsyms", kallsyms_ok);
     }
@@ -482,7 +468,7 @@ impl Exporter {
             } else {
                 self.pipeline.attributor.workload(netns, 0).name
             };
-            let events = conntrack_events(&delta);
+            let events = delta.events();
             let busy = stats.entries.unwrap_or(0) > 0
                 || events.iter().any(|(_, n)| *n > 0)
                 || self
@@ -588,12 +574,6 @@ impl Exporter {
     /// Series, slots and namespaces unused for longer than the grace period go.
     fn expire(&mut self, now: Instant) {
         let grace = self.limits.series_grace_period;
-        let live: Vec<u32> = self.last.netns_tcp.keys().copied().collect();
-        for netns in live {
-            if let Some(entry) = self.netns_tcp.get_mut(&netns) {
-                entry.1 = now;
-            }
-        }
         let gone: Vec<u32> = self
             .netns_tcp
             .iter()
@@ -675,19 +655,6 @@ impl Exporter {
         let age = now.saturating_duration_since(self.last_pass);
         (age > max_age).then(|| format!("no collection for {}s", age.as_secs()))
     }
-}
-
-/// The conntrack statistics exported as events, by name.
-fn conntrack_events(stats: &Stats) -> [(&'static str, u64); 7] {
-    [
-        ("insert_failed", stats.insert_failed),
-        ("drop", stats.drop),
-        ("early_drop", stats.early_drop),
-        ("invalid", stats.invalid),
-        ("clash_resolve", stats.clash_resolve),
-        ("search_restart", stats.search_restart),
-        ("chaintoolong", stats.chaintoolong),
-    ]
 }
 
 /// The server side of a flow: the remote `ip:port` when the workload is the client, the

@@ -31,25 +31,24 @@ impl<L> Default for Series<L> {
 impl<L: Eq + Hash> Series<L> {
     /// Adds `delta` to a counter, creating it at zero. A counter that grows is active.
     pub fn add(&mut self, labels: L, delta: u64, now: Instant) {
-        let entry = self.entries.entry(labels).or_insert(Entry {
-            value: 0,
-            active: now,
-        });
-        entry.value += delta;
-        if delta > 0 {
-            entry.active = now;
-        }
+        self.grow(labels, delta, now, delta > 0);
     }
 
     /// Adds `delta` to a counter whose subject still exists: it is active even if it did not
     /// grow.
     pub fn add_alive(&mut self, labels: L, delta: u64, now: Instant) {
+        self.grow(labels, delta, now, true);
+    }
+
+    fn grow(&mut self, labels: L, delta: u64, now: Instant, active: bool) {
         let entry = self.entries.entry(labels).or_insert(Entry {
             value: 0,
             active: now,
         });
         entry.value += delta;
-        entry.active = now;
+        if active {
+            entry.active = now;
+        }
     }
 
     /// Sets a gauge; it is active.
