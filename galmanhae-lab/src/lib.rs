@@ -5,6 +5,7 @@
 //! Only `198.18.0.0/15` and `2001:2::/48` are used. [`down`] removes everything [`up`] created and
 //! is safe to run at any time, also after a failed run.
 
+pub mod cgroup;
 mod cmd;
 pub mod docker;
 pub mod fault;

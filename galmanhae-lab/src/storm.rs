@@ -8,16 +8,15 @@
 //!
 //! A storm runs in three steps, so that a measurement can be wrapped around exactly the
 //! traffic: [`Storm::connect`] (flows established, nothing sent, no loss yet),
-//! [`Storm::start`] (loss on, senders go), [`Storm::finish`] (senders read `tcp_info` and
-//! close every socket with a RST, so no orphaned retransmit outlives the window; loss off).
+//! [`Storm::start`] (loss on, senders go), [`Storm::finish`] (senders read `tcp_info`; loss
+//! off; every socket closed with a RST, so no orphaned retransmit outlives the window).
 
 use std::{
-    fmt, fs,
+    fmt,
     io::{self, BufRead as _, BufReader, Write as _},
     mem::MaybeUninit,
     net::{SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
-    path::PathBuf,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::mpsc,
     thread,
@@ -28,7 +27,7 @@ use anyhow::{Context as _, bail};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
-    docker,
+    cgroup, docker,
     fault::{self, Target},
     traffic::enter_netns,
 };
@@ -38,6 +37,10 @@ pub const BULK_WRITE: usize = 64 * 1024;
 /// The token bucket holds at most this many milliseconds of tokens: a stalled moment is
 /// made up quickly, but not as one burst that would change the loss pattern.
 const BURST_MS: f64 = 10.0;
+/// The kernel's default `gso_max_segs`, for unpaced storms. Paced storms set 1: one segment
+/// per skb. Otherwise writes queued behind a window that loss keeps small merge into
+/// multi-segment skbs, and a retransmit event would carry several segments.
+const GSO_MAX_SEGS: &str = "65535";
 /// How long connecting a sender's flows may take (a lost SYN costs a second).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -190,8 +193,31 @@ impl Storm {
             loss_on: false,
         };
         for container in &plan.containers {
+            let container_pid = docker::pid(container)?;
+            let segments = if plan.segments_per_s.is_some() {
+                "1"
+            } else {
+                GSO_MAX_SEGS
+            };
+            // Before the flows connect: a socket takes the limit from its route at connect.
+            crate::run(
+                "nsenter",
+                &[
+                    "-t",
+                    &container_pid.to_string(),
+                    "-n",
+                    "ip",
+                    "link",
+                    "set",
+                    "dev",
+                    "eth0",
+                    "gso_max_segs",
+                    segments,
+                ],
+            )
+            .with_context(|| format!("setting gso_max_segs in {container}"))?;
             let args = SenderArgs {
-                container_pid: docker::pid(container)?,
+                container_pid,
                 flows: plan.flows_per_container,
                 segments_per_s: per_sender,
                 duration: plan.duration,
@@ -247,17 +273,25 @@ impl Storm {
         Ok(started)
     }
 
-    /// Waits for every sender to end (each closes its flows with a RST first), clears the loss
-    /// and returns each container's outcome.
+    /// Waits for every sender's outcome, clears the loss, then has each close its flows with
+    /// a RST and waits for it to exit.
     pub fn finish(mut self) -> anyhow::Result<Vec<(String, SenderOutcome)>> {
         let timeout = self.plan.duration + Duration::from_secs(30);
         let mut outcomes = Vec::new();
-        for sender in &mut self.senders {
+        for sender in &self.senders {
             let line = sender.lines.recv_timeout(timeout).with_context(|| {
                 format!("the storm sender for {} did not report", sender.container)
             })?;
             let outcome = SenderOutcome::parse(&line)
                 .with_context(|| format!("storm sender for {}", sender.container))?;
+            outcomes.push((sender.container.clone(), outcome));
+        }
+        self.clear_loss()?;
+        for sender in &mut self.senders {
+            // The end of stdin tells the sender to close its flows.
+            drop(sender.stdin.take());
+        }
+        for sender in &mut self.senders {
             let status = sender.child.wait().context("waiting for a storm sender")?;
             if !status.success() {
                 bail!(
@@ -265,10 +299,8 @@ impl Storm {
                     sender.container
                 );
             }
-            outcomes.push((sender.container.clone(), outcome));
         }
         self.senders.clear();
-        self.clear_loss()?;
         Ok(outcomes)
     }
 
@@ -304,13 +336,14 @@ fn lines_of(stdout: ChildStdout) -> mpsc::Receiver<String> {
 }
 
 /// A sender process: joins the container, connects its flows, says `ready`, waits for `go` on
-/// stdin, sends for the duration, prints its [`SenderOutcome`] and closes every flow with a
-/// RST.
+/// stdin, sends for the duration, prints its [`SenderOutcome`], and at the end of stdin closes
+/// every flow with a RST.
 pub fn sender_main(args: &SenderArgs) -> anyhow::Result<()> {
     // The sender must not outlive the bench that started it.
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and nothing else.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    join_cgroup(args.container_pid)?;
+    // The agent attributes a socket by its cgroup and its network namespace.
+    cgroup::move_into(&cgroup::of(args.container_pid)?, std::process::id())?;
     enter_netns(format!("/proc/{}/ns/net", args.container_pid))?;
     let flows = connect_all(args.remote, args.flows)?;
     let mut stdout = io::stdout().lock();
@@ -338,43 +371,17 @@ pub fn sender_main(args: &SenderArgs) -> anyhow::Result<()> {
         outcome.data_segments += u64::from(info.data_segs_out);
         outcome.retransmitted += u64::from(info.total_retrans);
     }
+    writeln!(stdout, "{outcome}").and_then(|()| stdout.flush())?;
+    // Closed once the loss is off: a RST that the loss dropped would leave the db's side of
+    // the flow open for good.
+    let mut close = String::new();
+    io::stdin().lock().read_line(&mut close)?;
     for flow in flows.sockets {
         // SO_LINGER 0: close sends a RST and drops the queue; nothing is retransmitted later.
         flow.set_linger(Some(Duration::ZERO))?;
         drop(flow);
     }
-    writeln!(stdout, "{outcome}").and_then(|()| stdout.flush())?;
     Ok(())
-}
-
-/// Moves this process into the cgroup (v2) of `pid`, so that its sockets carry that cgroup.
-fn join_cgroup(pid: u32) -> anyhow::Result<()> {
-    let membership = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
-    let path = unified_path(&membership)
-        .with_context(|| format!("process {pid} is in no cgroup v2 group: {membership:?}"))?;
-    let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let mount = cgroup2_mount(&mountinfo).context("no cgroup2 file system is mounted")?;
-    let procs = mount
-        .join(path.trim_start_matches('/'))
-        .join("cgroup.procs");
-    fs::write(&procs, std::process::id().to_string())
-        .with_context(|| format!("writing {}", procs.display()))
-}
-
-/// The `0::PATH` line of `/proc/PID/cgroup`.
-fn unified_path(membership: &str) -> Option<&str> {
-    membership.lines().find_map(|l| l.strip_prefix("0::"))
-}
-
-/// Where the cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo`.
-fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        (fs.split_whitespace().next()? == "cgroup2")
-            .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
-    })
 }
 
 /// Connects `count` flows at once (a sequential connect would wait out each lost SYN).
@@ -629,20 +636,5 @@ mod tests {
         assert_eq!(std::mem::offset_of!(TcpInfo, total_retrans), 100);
         assert_eq!(std::mem::offset_of!(TcpInfo, bytes_acked), 120);
         assert_eq!(std::mem::offset_of!(TcpInfo, data_segs_out), 156);
-    }
-
-    #[test]
-    fn finds_the_unified_cgroup_and_its_mount() {
-        let membership = "4:memory:/docker/abc\n1:cpu:/docker/abc\n0::/docker/abc\n";
-        assert_eq!(unified_path(membership), Some("/docker/abc"));
-        assert_eq!(unified_path("4:memory:/\n"), None);
-        let mountinfo = "\
-30 24 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:4 - tmpfs tmpfs ro,mode=755
-31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw
-32 30 0:28 / /sys/fs/cgroup/memory rw,nosuid shared:6 - cgroup cgroup rw,memory";
-        assert_eq!(
-            cgroup2_mount(mountinfo),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
     }
 }

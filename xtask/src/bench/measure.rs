@@ -8,11 +8,13 @@ use std::{
     io::{Read as _, Write as _},
     mem::MaybeUninit,
     net::{SocketAddr, TcpStream},
+    path::PathBuf,
     process::{Child, Command, ExitStatus},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
+use galmanhae_lab::cgroup;
 use serde::Serialize;
 
 /// The sysctl that makes the kernel count each BPF program's runs and run time.
@@ -40,6 +42,53 @@ impl Drop for BpfStats {
             eprintln!("xtask: warning: could not restore {BPF_STATS}: {e}");
         }
     }
+}
+
+/// A cgroup (v2) of its own for a tool: its `cpu.stat` counts every thread and child of the
+/// tool, exited ones included, in microseconds (/proc/PID/stat counts in 10 ms ticks).
+pub struct ToolCgroup {
+    dir: PathBuf,
+}
+
+impl ToolCgroup {
+    /// Creates the group and moves `pid` into it (processes it started before stay out).
+    pub fn new(name: &str, pid: u32) -> anyhow::Result<Self> {
+        let dir = cgroup::root()?.join("galmanhae-bench").join(name);
+        if dir.exists() {
+            // A group left by an earlier bench that was killed: empty, or it fails below.
+            let _ = fs::remove_dir(&dir);
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let group = Self { dir };
+        cgroup::move_into(&group.dir, pid)?;
+        Ok(group)
+    }
+
+    /// `usage_usec` of the group's `cpu.stat`.
+    pub fn cpu(&self) -> anyhow::Result<Duration> {
+        let path = self.dir.join("cpu.stat");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        usage_usec(&text)
+            .map(Duration::from_micros)
+            .with_context(|| format!("no usage_usec in {}", path.display()))
+    }
+}
+
+impl Drop for ToolCgroup {
+    fn drop(&mut self) {
+        // Empty once the tool has exited; the parent stays for the next tool.
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+fn usage_usec(cpu_stat: &str) -> Option<u64> {
+    cpu_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// CPU time and peak RSS of a process and its live descendants.
@@ -273,6 +322,13 @@ mod tests {
         assert_eq!(stat_field(stat, 4), Some("1"));
         assert_eq!(cpu_ticks(stat), Some(156));
         assert_eq!(cpu_ticks("1 (x) S"), None);
+    }
+
+    #[test]
+    fn reads_cgroup_cpu_usage() {
+        let cpu_stat = "usage_usec 797278802\nuser_usec 170779097\nsystem_usec 626499705\n";
+        assert_eq!(usage_usec(cpu_stat), Some(797_278_802));
+        assert_eq!(usage_usec("user_usec 1\n"), None);
     }
 
     #[test]

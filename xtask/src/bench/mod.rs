@@ -20,6 +20,7 @@ use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -139,6 +140,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .collect();
 
     let started = Instant::now();
+    on_interrupt_finish_cleanly();
     let (levels, containers) = {
         let _stats = BpfStats::enable()?;
         let lab = Lab::new(args.containers)?;
@@ -195,6 +197,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     report.write(&out)
 }
 
+/// Set by SIGINT or SIGTERM: the bench stops after the current run, and its guards remove
+/// the containers and faults and restore the sysctl (a default signal death would skip them).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn interrupted(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn on_interrupt_finish_cleanly() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let handler: extern "C" fn(libc::c_int) = interrupted;
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+    }
+}
+
 /// Every tool a peer runs is installed; names the package of the missing ones.
 fn check_tools() -> anyhow::Result<()> {
     let missing: Vec<String> = TOOLS
@@ -239,6 +257,9 @@ impl Bench {
         };
         let mut runs = Vec::new();
         for &peer in peers {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
             eprintln!("xtask: bench: {} / {peer}", spec.name);
             let run = self.run(peer, segments_per_s, self.window);
             if let Some(error) = &run.error {
@@ -327,24 +348,29 @@ impl Bench {
         let before = self.counters()?;
         tool.scrape()?;
         let usage_before = tool.pid().map(measure::tree_usage);
+        let cpu_before = tool.cpu().transpose()?;
         let programs_start = measure::programs()?;
         let started = storm.start()?;
         scrape_during(&mut tool, started, window, &mut run.notes);
         let outcomes = storm.finish()?;
         let elapsed = started.elapsed();
         let usage_after = tool.pid().map(measure::tree_usage);
+        let cpu_after = tool.cpu().transpose()?;
         let programs_end = measure::programs()?;
         let after = self.counters()?;
         tool.scrape()?;
 
         run.storm = Some(storm_result(&outcomes, &before, &after, elapsed));
         run.programs = program_runs(&programs_before, &programs_start, &programs_end, elapsed);
-        if let (Some(start), Some(end)) = (usage_before, usage_after) {
-            let window_cpu = end.cpu.saturating_sub(start.cpu).as_secs_f64();
+        if let (Some(start), Some(end), Some(cpu_start), Some(cpu_end)) =
+            (usage_before, usage_after, cpu_before, cpu_after)
+        {
+            let window_cpu = cpu_end.saturating_sub(cpu_start).as_secs_f64();
             run.cpu = Some(Cpu {
                 window_s: window_cpu,
+                proc_stat_window_s: end.cpu.saturating_sub(start.cpu).as_secs_f64(),
                 percent_of_core: window_cpu / elapsed.as_secs_f64() * 100.0,
-                startup_s: start.cpu.as_secs_f64(),
+                startup_s: cpu_start.as_secs_f64(),
                 total: None,
                 analysis: None,
             });
@@ -388,7 +414,7 @@ fn scrape_during(tool: &mut Running, started: Instant, window: Duration, notes: 
     let mut next = SCRAPE_INTERVAL;
     loop {
         let now = started.elapsed();
-        if now >= window {
+        if now >= window || INTERRUPTED.load(Ordering::Relaxed) {
             return;
         }
         if next >= window {

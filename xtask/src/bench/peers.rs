@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use super::measure::{self, Rusage};
+use super::measure::{self, Rusage, ToolCgroup};
 
 /// How long a tool may take to attach or to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -130,6 +130,7 @@ impl Setup<'_> {
 pub struct Running {
     peer: Peer,
     child: Option<Child>,
+    cgroup: Option<ToolCgroup>,
     stdout: PathBuf,
     stderr: PathBuf,
     /// Where a scraped tool serves /metrics.
@@ -176,6 +177,7 @@ impl Peer {
         let mut running = Running {
             peer: self,
             child: None,
+            cgroup: None,
             stdout: setup.dir.join(format!("{name}.out")),
             stderr: setup.dir.join(format!("{name}.err")),
             http: None,
@@ -221,8 +223,9 @@ impl Peer {
                 running.wait_ready(|_| read(&stdout).lines().any(|l| l == "ready"))?;
             }
             Peer::BpftraceEvents => {
-                let out = running.stdout.display().to_string();
-                running.spawn("bpftrace", &["-o", &out, "-e", BPFTRACE_EVENTS])?;
+                // Its stdout to the file, as `bpftrace ... > file` (with -o, bpftrace buffers
+                // the file and the ready line stays unseen).
+                running.spawn("bpftrace", &["-e", BPFTRACE_EVENTS])?;
                 let stdout = running.stdout.clone();
                 running.wait_ready(|_| read(&stdout).lines().any(|l| l == "ready"))?;
             }
@@ -267,6 +270,11 @@ impl Running {
     /// The tool's process, if it has one.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// CPU time of the tool's cgroup so far.
+    pub fn cpu(&self) -> Option<anyhow::Result<Duration>> {
+        self.cgroup.as_ref().map(ToolCgroup::cpu)
     }
 
     /// GET /metrics of a scraped tool (what a Prometheus would do); nothing for the others.
@@ -406,7 +414,12 @@ impl Running {
             .stderr(File::create(&self.stderr)?)
             .spawn()
             .with_context(|| format!("starting {program}"))?;
+        let pid = child.id();
         self.child = Some(child);
+        self.cgroup = Some(ToolCgroup::new(
+            &format!("{:?}", self.peer).to_lowercase(),
+            pid,
+        )?);
         Ok(())
     }
 

@@ -110,8 +110,12 @@ pub struct StormResult {
 
 #[derive(Debug, Serialize)]
 pub struct Cpu {
-    /// utime + stime of the tool's processes over the storm window.
+    /// User + system time of the tool's processes over the storm window: `usage_usec` of
+    /// the cgroup the tool runs in (every thread and child, exited ones included).
     pub window_s: f64,
+    /// The same from utime + stime (+ cutime + cstime) in /proc/PID/stat of the tool's
+    /// process tree, in 10 ms ticks.
+    pub proc_stat_window_s: f64,
     pub percent_of_core: f64,
     /// From start until the storm began (loading, attaching, first scrape).
     pub startup_s: f64,
@@ -258,7 +262,7 @@ impl Report {
         let render = self
             .render
             .iter()
-            .find(|r| r.series == 10_000 && r.format == "text");
+            .find(|r| r.series == 10_000 && r.format == "prometheus");
         goals.push(goal(
             "/metrics render at 10k series",
             "≤ 10 ms",
@@ -371,8 +375,9 @@ impl Report {
                             "exact".to_owned()
                         } else {
                             format!(
-                                "{} of {}",
+                                "{} {} of {} segments",
                                 accuracy.counted_total().unwrap_or(0),
+                                accuracy.unit,
                                 accuracy.retrans_segs_total()
                             )
                         }
@@ -452,26 +457,28 @@ impl Report {
     fn write_setup(&self, md: &mut String) {
         let m = &self.machine;
         let s = &self.storm;
+        let tools: Vec<String> = self
+            .tools
+            .iter()
+            .map(|(t, v)| format!("{t} `{v}`"))
+            .collect();
         let _ = writeln!(
             md,
-            "## Setup\n\n- Machine: {}, {} cores, {:.0} GiB RAM; kernel {}\n- Tools: {}\n\
-             - Storm: {} containers ({}) x {} flows to the db {}, {} % loss injected on each \
-             container's path (iptables, host FORWARD). Paced levels: {}, a token bucket per \
-             container; the unpaced level writes {} KiB at a time. Each run starts a fresh tool \
-             and fresh flows; the window is {} s of storm. Flows close with a RST at the end, so \
-             no retransmit outlives the window.\n- CPU is utime+stime of the tool's processes \
-             from /proc/PID/stat over the window (10 ms ticks: {:.2} % of a core per tick); \
-             kernel time of BPF programs is apart (`kernel.bpf_stats_enabled=1`, which itself \
-             adds two clock reads per run).\n",
+            "## Setup\n\n- Machine: {}, {} cores, {:.0} GiB RAM; kernel {}\n- Tools: {}",
             m.cpu,
             m.cores,
             m.ram_gib,
             m.kernel,
-            self.tools
-                .iter()
-                .map(|(t, v)| format!("{t} `{v}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            tools.join(", ")
+        );
+        let _ = writeln!(
+            md,
+            "- Storm: {} containers ({}) x {} flows to the db {}, {} % loss injected on each \
+             container's path (iptables, host FORWARD). Paced levels: {}, `gso_max_segs 1` on \
+             the containers' interface (one segment per skb, so one retransmit event is one \
+             segment), a token bucket per container; the unpaced level writes {} KiB at a time \
+             with GSO. Each run starts a fresh tool and fresh flows; the window is {} s of \
+             storm. Flows close with a RST at the end, so no retransmit outlives the window.",
             s.containers.len(),
             s.containers.join(", "),
             s.flows_per_container,
@@ -480,7 +487,16 @@ impl Report {
             s.paced_write,
             s.unpaced_write_bytes / 1024,
             s.window_s,
-            1.0 / s.window_s,
+        );
+        let _ = writeln!(
+            md,
+            "- CPU is user + system time of the tool's processes over the window, read from \
+             the cgroup (v2) each tool runs in (`cpu.stat` `usage_usec`: every thread and \
+             child, exited ones included; /proc/PID/stat gives the same in 10 ms ticks, \
+             {:.2} % of a core per tick over this window, and is in the JSON as \
+             `proc_stat_window_s`). Kernel time of BPF programs is apart \
+             (`kernel.bpf_stats_enabled=1`, which itself adds two clock reads per run).\n",
+            1.0 / s.window_s
         );
     }
 
