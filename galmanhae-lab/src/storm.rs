@@ -14,7 +14,6 @@
 use std::{
     fmt,
     io::{self, BufRead as _, BufReader, Write as _},
-    mem::MaybeUninit,
     net::{SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
@@ -29,7 +28,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::{
     cgroup, docker,
     fault::{self, Target},
-    traffic::enter_netns,
+    traffic::{enter_netns, tcp_info},
 };
 
 /// Unpaced senders write this much per call: enough for full-sized (GSO) segments.
@@ -548,52 +547,6 @@ fn unpaced(flows: &mut Flows, duration: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The part of the kernel's `struct tcp_info` (include/uapi/linux/tcp.h) up to
-/// `tcpi_data_segs_out`; libc's copy ends at `tcpi_total_retrans`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct TcpInfo {
-    head: [u8; 8],
-    rto: u32,
-    ato: u32,
-    snd_mss: u32,
-    rest_u32: [u32; 20],
-    total_retrans: u32,
-    pacing_rate: u64,
-    max_pacing_rate: u64,
-    bytes_acked: u64,
-    bytes_received: u64,
-    segs_out: u32,
-    segs_in: u32,
-    notsent_bytes: u32,
-    min_rtt: u32,
-    data_segs_in: u32,
-    data_segs_out: u32,
-}
-
-fn tcp_info(socket: &Socket) -> anyhow::Result<TcpInfo> {
-    // SAFETY: TcpInfo is plain data; zeroed is valid.
-    let mut info: TcpInfo = unsafe { MaybeUninit::zeroed().assume_init() };
-    let mut len = libc::socklen_t::try_from(size_of::<TcpInfo>())?;
-    // SAFETY: the buffer and its length match; the fd is open for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).context("getsockopt(TCP_INFO)");
-    }
-    if usize::try_from(len)? < size_of::<TcpInfo>() {
-        bail!("this kernel's tcp_info is too short ({len} bytes) for tcpi_data_segs_out");
-    }
-    Ok(info)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,13 +581,5 @@ mod tests {
         };
         assert_eq!(SenderOutcome::parse(&outcome.to_string()).unwrap(), outcome);
         assert!(SenderOutcome::parse("ready").is_err());
-    }
-
-    #[test]
-    fn tcp_info_layout_matches_the_kernel() {
-        // include/uapi/linux/tcp.h: tcpi_bytes_acked at 120, tcpi_data_segs_out at 156.
-        assert_eq!(std::mem::offset_of!(TcpInfo, total_retrans), 100);
-        assert_eq!(std::mem::offset_of!(TcpInfo, bytes_acked), 120);
-        assert_eq!(std::mem::offset_of!(TcpInfo, data_segs_out), 156);
     }
 }

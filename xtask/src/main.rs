@@ -83,19 +83,23 @@ fn sh(program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()>
 
 /// Builds the agent in release; returns the binary's path.
 fn build_agent() -> anyhow::Result<std::path::PathBuf> {
-    sh(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--manifest-path",
-            &manifest(),
-            "-p",
-            "galmanhae-agent",
-        ],
-        &[],
-    )?;
+    build_agent_targets(&[])?;
     Ok(agent_binary())
+}
+
+/// `cargo build --release -p galmanhae-agent` with `targets` (e.g. `--example render`).
+fn build_agent_targets(targets: &[&str]) -> anyhow::Result<()> {
+    let manifest = manifest();
+    let mut args = vec![
+        "build",
+        "--release",
+        "--manifest-path",
+        &manifest,
+        "-p",
+        "galmanhae-agent",
+    ];
+    args.extend_from_slice(targets);
+    sh("cargo", &args, &[])
 }
 
 /// Where `build_agent` leaves the binary.

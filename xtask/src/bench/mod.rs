@@ -39,7 +39,7 @@ use self::{
         Report, Run, StormResult, StormSettings,
     },
 };
-use crate::{agent_binary, build_agent, manifest, setup, sh, workspace_root};
+use crate::{agent_binary, build_agent, build_agent_targets, setup, workspace_root};
 
 /// Tools the peers run, with the Debian package that has each.
 const TOOLS: [(&str, &str); 5] = [
@@ -106,20 +106,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     setup::run()?;
     check_tools()?;
     build_agent()?;
-    sh(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--manifest-path",
-            &manifest(),
-            "-p",
-            "galmanhae-agent",
-            "--example",
-            "render",
-        ],
-        &[],
-    )?;
+    build_agent_targets(&["--example", "render"])?;
     let work = workspace_root().join("target/bench");
     let out = args.out.clone().unwrap_or_else(|| {
         if args.quick {
