@@ -18,21 +18,20 @@ use super::measure::{self, Rusage, ToolCgroup};
 
 /// How long a tool may take to attach or to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// The storm writes MSS-sized segments; tshark's retransmitted frames are split into
-/// segments of this size (a GSO frame on the bridge holds several).
+/// The storm writes MSS-sized segments; tshark's frames are split into segments of this size
+/// (a GSO frame on the bridge holds several).
 const MSS: u64 = 1448;
 
 /// In-kernel count per flow and network namespace (the socket's, through a BTF cast), as
 /// galmanhae keys it. Failed attempts (`err`, since 6.17; `RetransSegs` leaves them out) apart.
 const BPFTRACE_COUNTS: &str = r#"BEGIN { printf("ready\n"); }
-tracepoint:tcp:tcp_retransmit_skb /args->err == 0/ {
-  $sk = (struct sock *)args->skaddr;
-  @flows[$sk->__sk_common.skc_net.net->ns.inum, ntop(args->saddr), args->sport,
-         ntop(args->daddr), args->dport] = count();
-}
-tracepoint:tcp:tcp_retransmit_skb /args->err != 0/ {
-  $sk = (struct sock *)args->skaddr;
-  @failed[$sk->__sk_common.skc_net.net->ns.inum] = count();
+tracepoint:tcp:tcp_retransmit_skb {
+  $netns = ((struct sock *)args->skaddr)->__sk_common.skc_net.net->ns.inum;
+  if (args->err == 0) {
+    @flows[$netns, ntop(args->saddr), args->sport, ntop(args->daddr), args->dport] = count();
+  } else {
+    @failed[$netns] = count();
+  }
 }"#;
 
 /// One line per retransmit, as bcc's tcpretrans prints it (which cannot run here: the kernel
@@ -151,6 +150,8 @@ pub struct Counts {
     pub lost: Option<u64>,
     /// What it counted in the host's own namespace (`node_exporter`).
     pub host: Option<u64>,
+    /// Another reading of the same output, per container: what it means and its unit.
+    pub alternative: Option<(&'static str, &'static str, BTreeMap<String, u64>)>,
 }
 
 /// Tshark's analysis of the capture, after the storm.
@@ -336,6 +337,7 @@ impl Running {
                     per_container: Some(by_container(&maps.flows, |n| setup.by_netns(n))),
                     lost: None,
                     host: None,
+                    alternative: None,
                 };
                 stopped
                     .notes
@@ -348,6 +350,7 @@ impl Running {
                     per_container: Some(by_container(&lines.per_source, |ip| setup.by_ip(ip))),
                     lost: Some(lines.lost),
                     host: None,
+                    alternative: None,
                 };
             }
             Peer::Tcpdump => self.analyse_capture(setup, &mut stopped)?,
@@ -365,6 +368,7 @@ impl Running {
                     per_container: None,
                     lost: None,
                     host: Some(as_count(after.unwrap_or(0.0) - before.unwrap_or(0.0))),
+                    alternative: None,
                 };
                 stopped.notes.push(format!(
                     "{} scrapes; node_netstat_Tcp_RetransSegs is the host namespace's only",
@@ -390,17 +394,17 @@ impl Running {
             per_container: Some(by_container(&retransmissions.frames, |ip| setup.by_ip(ip))),
             lost: dropped,
             host: None,
+            alternative: Some((
+                "tcp.analysis.retransmission or tcp.analysis.out_of_order",
+                "segments",
+                by_container(&retransmissions.any_segments, |ip| setup.by_ip(ip)),
+            )),
         };
-        let segments = by_container(&retransmissions.segments, |ip| setup.by_ip(ip));
         #[expect(clippy::cast_precision_loss, reason = "a file size for display")]
         let megabytes = size as f64 / 1e6;
         stopped.notes.push(format!(
-            "capture {megabytes:.1} MB; retransmitted frames as segments of {MSS} B: {}",
-            segments
-                .iter()
-                .map(|(c, n)| format!("{c} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "capture {megabytes:.1} MB; the retransmission frames hold {} segments of {MSS} B",
+            retransmissions.segments.values().sum::<u64>()
         ));
         Ok(())
     }
@@ -557,6 +561,7 @@ fn daemon_counts(first: &str, last: &str, containers: &[Container]) -> Counts {
         ),
         lost: Some(as_count(lost_total(&last) - lost_total(&first))),
         host: None,
+        alternative: None,
     }
 }
 
@@ -583,6 +588,7 @@ fn diagnose_counts(report: &serde_json::Value, containers: &[Container]) -> Coun
             health["lost"].as_u64().unwrap_or(0) + health["read_errors"].as_u64().unwrap_or(0),
         ),
         host: None,
+        alternative: None,
     }
 }
 
@@ -725,11 +731,15 @@ fn tcpdump_dropped(stderr: &str) -> Option<u64> {
         .ok()
 }
 
-/// Retransmitted frames per source address, and the segments they hold.
+/// Per source address: the frames tshark marks as retransmissions and the segments they hold,
+/// and the segments of every frame marked as a retransmission or as out of order. On a path
+/// with a round trip below tshark's 3 ms out-of-order threshold most retransmissions come out
+/// as out of order; the storm's senders never reorder, so both are retransmissions here.
 #[derive(Debug, Default, PartialEq)]
 struct Retransmissions {
     frames: BTreeMap<String, u64>,
     segments: BTreeMap<String, u64>,
+    any_segments: BTreeMap<String, u64>,
 }
 
 /// `tshark -Y tcp.analysis.retransmission` over the capture, timed, with its rusage.
@@ -742,13 +752,15 @@ fn tshark(pcap: &Path, dir: &Path) -> anyhow::Result<(Retransmissions, Analysis)
         .arg(pcap)
         .args([
             "-Y",
-            "tcp.analysis.retransmission",
+            "tcp.analysis.retransmission || tcp.analysis.out_of_order",
             "-T",
             "fields",
             "-e",
             "ip.src",
             "-e",
             "tcp.len",
+            "-e",
+            "tcp.analysis.retransmission",
         ])
         .stdin(Stdio::null())
         .stdout(File::create(&out)?)
@@ -768,20 +780,25 @@ fn tshark(pcap: &Path, dir: &Path) -> anyhow::Result<(Retransmissions, Analysis)
     ))
 }
 
-/// `ip.src<TAB>tcp.len` lines.
+/// `ip.src<TAB>tcp.len<TAB>1 if a retransmission` lines.
 fn parse_tshark_fields(text: &str) -> Retransmissions {
     let mut found = Retransmissions::default();
     for line in text.lines() {
         let mut fields = line.split('\t');
-        let (Some(source), Some(len)) = (fields.next(), fields.next()) else {
+        let (Some(source), Some(len), retransmission) =
+            (fields.next(), fields.next(), fields.next())
+        else {
             continue;
         };
         if source.is_empty() {
             continue;
         }
-        let len: u64 = len.trim().parse().unwrap_or(0);
-        *found.frames.entry(source.to_owned()).or_default() += 1;
-        *found.segments.entry(source.to_owned()).or_default() += len.div_ceil(MSS).max(1);
+        let segments = len.trim().parse::<u64>().unwrap_or(0).div_ceil(MSS).max(1);
+        *found.any_segments.entry(source.to_owned()).or_default() += segments;
+        if retransmission.is_some_and(|r| r.trim() == "1") {
+            *found.frames.entry(source.to_owned()).or_default() += 1;
+            *found.segments.entry(source.to_owned()).or_default() += segments;
+        }
     }
     found
 }
@@ -907,10 +924,12 @@ mod tests {
             1200 packets captured\n1300 packets received by filter\n100 packets dropped by kernel\n";
         assert_eq!(tcpdump_dropped(stderr), Some(100));
         assert_eq!(tcpdump_dropped("nothing"), None);
-        let fields = "198.18.100.2\t1448\n198.18.100.2\t4344\n198.18.100.3\t0\n\t\n";
+        let fields = "198.18.100.2\t1448\t1\n198.18.100.2\t4344\t1\n198.18.100.2\t65160\t\n\
+                      198.18.100.3\t0\t1\n\t\t\n";
         let found = parse_tshark_fields(fields);
         assert_eq!(found.frames["198.18.100.2"], 2);
         assert_eq!(found.segments["198.18.100.2"], 4);
+        assert_eq!(found.any_segments["198.18.100.2"], 49);
         assert_eq!(found.segments["198.18.100.3"], 1);
     }
 }

@@ -144,6 +144,15 @@ pub struct Accuracy {
     pub lost: Option<u64>,
     /// What a host-only tool counted in the host namespace, beside the host's `RetransSegs`.
     pub host: Option<HostCount>,
+    /// Another reading of the tool's output (tshark: out-of-order frames too, as segments).
+    pub alternative: Option<AlternativeCount>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AlternativeCount {
+    pub what: &'static str,
+    pub unit: &'static str,
+    pub containers: Vec<ContainerCount>,
 }
 
 #[derive(Debug, Serialize)]
@@ -722,6 +731,16 @@ impl Report {
             };
             if let Some(lost) = a.lost {
                 let _ = write!(cell, ", lost {lost}");
+            }
+            if let Some(alt) = &a.alternative {
+                let counted: u64 = alt.containers.iter().filter_map(|c| c.counted).sum();
+                let _ = write!(
+                    cell,
+                    "; counting {}: {counted} / {total} {} ({:+})",
+                    alt.what,
+                    alt.unit,
+                    i128::from(counted) - i128::from(total)
+                );
             }
             if let Some(host) = &a.host {
                 let _ = write!(
