@@ -27,7 +27,9 @@ use galmanhae_lab::{
 use serde_json::Value;
 
 /// Our programs' names, as `bpftool prog show` lists them.
-const PROGRAMS: [&str; 5] = [
+const PROGRAMS: [&str; 7] = [
+    "tcp_rtx_skb_btf",
+    "kfree_skb_btf",
     "tcp_retransmit_skb",
     "tcp_retransmit_synack",
     "kfree_skb",

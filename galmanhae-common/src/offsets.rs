@@ -116,6 +116,28 @@ pub struct StructOffsets {
     pub tcp_total_retrans: u32,
 }
 
+/// `struct sock` -> `__sk_common` members: what the `tcp:tcp_retransmit_skb` record copies
+/// out of the socket; the retransmit programs read them from the socket itself.
+/// <https://elixir.bootlin.com/linux/v6.18/source/include/net/sock.h> (`struct sock_common`)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `skc_family` (`unsigned short`).
+    pub family: u32,
+    /// `skc_state` (`volatile unsigned char`).
+    pub state: u32,
+    /// `skc_num`: the local port, host order.
+    pub num: u32,
+    /// `skc_dport`: the remote port, network order.
+    pub dport: u32,
+    /// `skc_rcv_saddr`, `skc_daddr`: IPv4 addresses.
+    pub rcv_saddr: u32,
+    pub daddr: u32,
+    /// `skc_v6_rcv_saddr`, `skc_v6_daddr`; [`ABSENT`] without `CONFIG_IPV6`.
+    pub v6_rcv_saddr: u32,
+    pub v6_daddr: u32,
+}
+
 /// Everything the programs need to know about the running kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +146,7 @@ pub struct KernelOffsets {
     pub retransmit_synack: RetransmitSynackFields,
     pub kfree_skb: KfreeSkbFields,
     pub structs: StructOffsets,
+    pub sock: SockOffsets,
 }
 
 impl KernelOffsets {
@@ -175,9 +198,19 @@ impl KernelOffsets {
             ct_orig_l3num: ABSENT,
             tcp_total_retrans: ABSENT,
         },
+        sock: SockOffsets {
+            family: ABSENT,
+            state: ABSENT,
+            num: ABSENT,
+            dport: ABSENT,
+            rcv_saddr: ABSENT,
+            daddr: ABSENT,
+            v6_rcv_saddr: ABSENT,
+            v6_daddr: ABSENT,
+        },
     };
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 76);
+const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 76 + 32);
 
 crate::impl_pod!(KernelOffsets);

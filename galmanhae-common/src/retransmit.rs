@@ -5,9 +5,6 @@ pub const AF_INET: u16 = 2;
 /// `AF_INET6`.
 pub const AF_INET6: u16 = 10;
 
-/// Capacity of `LAST_TOTAL_RETRANS` (one entry per socket that retransmitted lately).
-pub const SOCKET_MAP_CAPACITY: u32 = 16_384;
-
 /// Default capacity of `RETRANSMIT_FLOWS`; the agent may change it before load.
 pub const FLOW_MAP_CAPACITY: u32 = 16_384;
 /// Capacity of `RETRANSMIT_OVERFLOW` (one entry per namespace and cgroup).
@@ -146,4 +143,22 @@ impl RetransmitCounters {
 
 const _: () = assert!(size_of::<RetransmitCounters>() == 8 * (5 + RetransmitKind::COUNT));
 
-crate::impl_pod!(FlowKey, OwnerKey, RetransmitCounters);
+/// A flow's entry in `RETRANSMIT_FLOWS`: its counters and what the next event needs to count
+/// segments exactly. One entry for all CPUs: a socket's retransmits run under its lock, so
+/// the events of one flow never race.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub counters: RetransmitCounters,
+    /// The socket (its kernel address) of the last event, 0 if none yet: a new socket with the
+    /// same tuple starts its `total_retrans` again.
+    pub socket: u64,
+    /// That socket's `tcp_sock.total_retrans` after the last event.
+    pub last_total_retrans: u32,
+    /// 1 when `last_total_retrans` was read.
+    pub has_total: u32,
+}
+
+const _: () = assert!(size_of::<FlowState>() == size_of::<RetransmitCounters>() + 16);
+
+crate::impl_pod!(FlowKey, OwnerKey, RetransmitCounters, FlowState);

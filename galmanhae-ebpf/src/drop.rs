@@ -4,17 +4,22 @@
 //! task: drops happen in softirq context on behalf of whoever. The flow is parsed from the
 //! IP header at `head + network_header`; a packet without one is counted with `family == 0`.
 
-use aya_ebpf::{macros::map, maps::PerCpuHashMap, programs::TracePointContext};
+use aya_ebpf::{
+    macros::map,
+    maps::PerCpuHashMap,
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use galmanhae_common::{
     drop::{DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY, DropKey, DropSiteKey},
     health::HealthCounter,
+    offsets::ABSENT,
     retransmit::{AF_INET, AF_INET6},
     v4_mapped,
 };
 
 use crate::{
     health,
-    kernel::{at, offset, tp_field},
+    kernel::{Direct, Memory, Probe, at, low_32, offset, optional_arg, tp_field},
     maps,
     packet::{self, PacketBytes},
 };
@@ -31,47 +36,69 @@ static DROP_OVERFLOW: PerCpuHashMap<DropSiteKey, u64> =
 /// `network_header` when no header was set (`skb_reset_network_header` never ran).
 const UNSET_HEADER: u16 = 0xffff;
 
+/// `tp_btf/kfree_skb(skb, location[, reason[, rx_sk]])`: the packet's structs read with plain
+/// loads.
+pub fn on_kfree_skb_btf(ctx: &BtfTracePointContext) {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason = optional_arg(ctx, 2, offset!(kfree_skb.reason) != ABSENT).map_or(0, low_32);
+    let rx_sk = optional_arg(ctx, 3, offset!(kfree_skb.rx_sk) != ABSENT).unwrap_or(0);
+    on_drop::<Direct>(skb, location, reason, rx_sk);
+}
+
+/// `skb:kfree_skb` as a classic tracepoint, where `tp_btf` is refused: every read through
+/// `bpf_probe_read_kernel`.
 pub fn on_kfree_skb(ctx: &TracePointContext) {
     let Some(skb) = tp_field::<u64>(ctx, offset!(kfree_skb.skbaddr)) else {
         health::bump(HealthCounter::ReadError);
         return;
     };
-    let mut key = DropKey {
-        netns: netns(ctx, skb),
+    on_drop::<Probe>(
+        skb,
+        tp_field::<u64>(ctx, offset!(kfree_skb.location)).unwrap_or(0),
         // Before 5.17 there is no reason: 0 reads as "unknown".
-        reason: tp_field::<u32>(ctx, offset!(kfree_skb.reason)).unwrap_or(0),
-        location: tp_field::<u64>(ctx, offset!(kfree_skb.location)).unwrap_or(0),
+        tp_field::<u32>(ctx, offset!(kfree_skb.reason)).unwrap_or(0),
+        tp_field::<u64>(ctx, offset!(kfree_skb.rx_sk)).unwrap_or(0),
+    );
+}
+
+#[inline(always)]
+fn on_drop<M: Memory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
+    let mut key = DropKey {
+        netns: netns::<M>(skb, rx_sk),
+        reason,
+        location,
         ..DropKey::default()
     };
-    parse_flow(skb, &mut key);
-    conntrack_origin(skb, &mut key);
+    parse_flow::<M>(skb, &mut key);
+    conntrack_origin::<M>(skb, &mut key);
     count(&key);
 }
 
 /// The namespace of the packet's device, else of its socket, else of the socket receiving it
 /// (TCP clears `skb->dev` once a segment reaches the socket); 0 when none is set.
 #[inline(always)]
-fn netns(ctx: &TracePointContext, skb: u64) -> u32 {
-    let dev = at::<u64>(skb, offset!(structs.skb_dev)).unwrap_or(0);
+fn netns<M: Memory>(skb: u64, rx_sk: u64) -> u32 {
+    let dev = M::at::<u64>(skb, offset!(structs.skb_dev)).unwrap_or(0);
     let net = if dev == 0 {
-        let mut sk = at::<u64>(skb, offset!(structs.skb_sk)).unwrap_or(0);
+        let mut sk = M::at::<u64>(skb, offset!(structs.skb_sk)).unwrap_or(0);
         if sk == 0 {
-            sk = tp_field::<u64>(ctx, offset!(kfree_skb.rx_sk)).unwrap_or(0);
+            sk = rx_sk;
         }
-        at::<u64>(sk, offset!(structs.sock_net)).unwrap_or(0)
+        M::at::<u64>(sk, offset!(structs.sock_net)).unwrap_or(0)
     } else {
-        at::<u64>(dev, offset!(structs.net_device_net)).unwrap_or(0)
+        M::at::<u64>(dev, offset!(structs.net_device_net)).unwrap_or(0)
     };
-    at::<u32>(net, offset!(structs.net_inum)).unwrap_or(0)
+    M::at::<u32>(net, offset!(structs.net_inum)).unwrap_or(0)
 }
 
 /// Fills the flow fields from the IP and transport headers, where they are set.
 #[inline(always)]
-fn parse_flow(skb: u64, key: &mut DropKey) {
-    let Some(head) = at::<u64>(skb, offset!(structs.skb_head)) else {
+fn parse_flow<M: Memory>(skb: u64, key: &mut DropKey) {
+    let Some(head) = M::at::<u64>(skb, offset!(structs.skb_head)) else {
         return;
     };
-    let network = match at::<u16>(skb, offset!(structs.skb_network_header)) {
+    let network = match M::at::<u16>(skb, offset!(structs.skb_network_header)) {
         Some(n) if n != UNSET_HEADER => NetworkHeader(head + u64::from(n)),
         _ => return,
     };
@@ -88,7 +115,8 @@ fn parse_flow(skb: u64, key: &mut DropKey) {
     key.dst_addr = flow.dst;
 }
 
-/// The packet in kernel memory, from its network header on.
+/// The packet in kernel memory, from its network header on (a variable offset from `head`:
+/// read with probes).
 struct NetworkHeader(u64);
 
 impl PacketBytes for NetworkHeader {
@@ -106,8 +134,9 @@ const IP_CT_UNTRACKED: u64 = 7;
 /// The original (pre-NAT) source of the packet's connection, when conntrack has one: after
 /// SNAT the packet's own source is the host's address, this one names the workload.
 #[inline(always)]
-fn conntrack_origin(skb: u64, key: &mut DropKey) {
-    let Some(nfct) = at::<u64>(skb, offset!(structs.skb_nfct)) else {
+fn conntrack_origin<M: Memory>(skb: u64, key: &mut DropKey) {
+    // `_nfct` is an integer to the verifier: what it points to is read with probes.
+    let Some(nfct) = M::at::<u64>(skb, offset!(structs.skb_nfct)) else {
         return;
     };
     let info = nfct & NFCT_INFO_MASK;

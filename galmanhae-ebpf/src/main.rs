@@ -19,11 +19,23 @@ mod retransmit;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    macros::{classifier, fentry, kprobe, tracepoint},
-    programs::{FEntryContext, ProbeContext, TcContext, TracePointContext},
+    macros::{btf_tracepoint, classifier, fentry, kprobe, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TcContext, TracePointContext},
 };
 
-/// `tcp:tcp_retransmit_skb`: every retransmit attempt of a data or SYN segment.
+/// `tcp_retransmit_skb` as a BTF tracepoint: every retransmit attempt of a data or SYN
+/// segment, read with plain loads (the cheap path; the agent's first choice).
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
+pub fn tcp_rtx_skb_btf(ctx: BtfTracePointContext) -> i32 {
+    retransmit::on_retransmit_skb_btf(&ctx);
+    0
+}
+
+/// `tcp:tcp_retransmit_skb` as a classic tracepoint: the same, where `tp_btf` is refused.
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 #[expect(
     clippy::needless_pass_by_value,
@@ -45,7 +57,19 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `skb:kfree_skb`: a packet dropped, with the kernel's reason (5.17+) and location.
+/// `kfree_skb` as a BTF tracepoint: a packet dropped, with the kernel's reason (5.17+) and
+/// location (the cheap path; the agent's first choice).
+#[btf_tracepoint(function = "kfree_skb")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
+pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
+    drop::on_kfree_skb_btf(&ctx);
+    0
+}
+
+/// `skb:kfree_skb` as a classic tracepoint: the same, where `tp_btf` is refused.
 #[tracepoint(category = "skb", name = "kfree_skb")]
 #[expect(
     clippy::needless_pass_by_value,

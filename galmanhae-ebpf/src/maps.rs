@@ -1,25 +1,54 @@
-//! Counting into per-CPU hash maps, shared by every program.
+//! Counting into hash maps, shared by every program.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    maps::{HashMap, PerCpuHashMap},
+};
 
 const EEXIST: i32 = 17;
 
-/// Applies `update` to this CPU's value of `key`, creating it (from `V::default()`) if needed.
-/// `true` if counted; `false` only when the map is full. The value goes to `insert` by
-/// reference: one more copy would overflow the 512-byte BPF stack.
+/// A hash map whose values are updated in place: per CPU (keys that several CPUs count into
+/// at once) or shared (keys whose events never race).
+pub trait Slots<K, V> {
+    fn slot(&self, key: &K) -> Option<*mut V>;
+    fn create(&self, key: &K, value: &V) -> Result<(), i32>;
+}
+
+macro_rules! impl_slots {
+    ($($map:ident),+) => {
+        $(
+            impl<K, V> Slots<K, V> for $map<K, V> {
+                #[inline(always)]
+                fn slot(&self, key: &K) -> Option<*mut V> {
+                    self.get_ptr_mut(key)
+                }
+                #[inline(always)]
+                fn create(&self, key: &K, value: &V) -> Result<(), i32> {
+                    self.insert(key, value, u64::from(BPF_NOEXIST))
+                }
+            }
+        )+
+    };
+}
+impl_slots!(HashMap, PerCpuHashMap);
+
+/// Applies `update` to the value of `key` (this CPU's, for a per-CPU map), creating it from
+/// `V::default()` if needed. `true` if counted; `false` only when the map is full. The value
+/// goes to `create` by reference: one more copy would overflow the 512-byte BPF stack.
 #[inline(always)]
-pub fn update<K, V: Default>(map: &PerCpuHashMap<K, V>, key: &K, update: &impl Fn(&mut V)) -> bool {
-    if let Some(value) = map.get_ptr_mut(key) {
-        // SAFETY: this CPU's slot; nothing else writes it while the program runs.
+pub fn update<K, V: Default>(map: &impl Slots<K, V>, key: &K, update: &impl Fn(&mut V)) -> bool {
+    if let Some(value) = map.slot(key) {
+        // SAFETY: per CPU, this CPU's slot; shared, a key whose updates never race (the
+        // caller's contract). Nothing else writes it while the program runs.
         update(unsafe { &mut *value });
         return true;
     }
     let mut fresh = V::default();
     update(&mut fresh);
-    match map.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
+    match map.create(key, &fresh) {
         Ok(()) => true,
-        // Another CPU created the key in between: this CPU's slot starts at zero.
-        Err(e) if e == -EEXIST => match map.get_ptr_mut(key) {
+        // Another CPU created the key in between: update what it created.
+        Err(e) if e == -EEXIST => match map.slot(key) {
             Some(value) => {
                 // SAFETY: as above.
                 update(unsafe { &mut *value });

@@ -4,41 +4,38 @@
 //! everything is read from the socket: its network namespace and its cgroup.
 
 use aya_ebpf::{
+    helpers::bpf_skc_to_tcp_sock,
     macros::map,
-    maps::{LruHashMap, PerCpuHashMap},
-    programs::TracePointContext,
+    maps::{HashMap, PerCpuHashMap},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use galmanhae_common::{
     health::HealthCounter,
+    offsets::ABSENT,
     retransmit::{
-        AF_INET, AF_INET6, FLOW_MAP_CAPACITY, FlowKey, OVERFLOW_MAP_CAPACITY, OwnerKey,
-        RetransmitCounters, RetransmitKind, SOCKET_MAP_CAPACITY,
+        AF_INET, AF_INET6, FLOW_MAP_CAPACITY, FlowKey, FlowState, OVERFLOW_MAP_CAPACITY, OwnerKey,
+        RetransmitCounters, RetransmitKind,
     },
+    v4_mapped,
 };
 
 use crate::{
     health,
-    kernel::{at, bits, offset, tp_field},
+    kernel::{Direct, Memory, Probe, low_32, offset, optional_arg, tp_field},
     maps,
 };
 
-/// Per-flow counters. A plain hash, not LRU: an LRU would evict counts without telling.
+/// Per-flow counters and the state that counts segments exactly. Shared by the CPUs (a
+/// flow's events run under its socket's lock), not LRU: an LRU would evict counts silently.
 #[map]
-static RETRANSMIT_FLOWS: PerCpuHashMap<FlowKey, RetransmitCounters> =
-    PerCpuHashMap::with_max_entries(FLOW_MAP_CAPACITY, 0);
+static RETRANSMIT_FLOWS: HashMap<FlowKey, FlowState> =
+    HashMap::with_max_entries(FLOW_MAP_CAPACITY, 0);
 
 /// Where a retransmit goes when `RETRANSMIT_FLOWS` is full: per namespace and cgroup, so
 /// per-workload totals stay exact even when the flow detail is lost.
 #[map]
 static RETRANSMIT_OVERFLOW: PerCpuHashMap<OwnerKey, RetransmitCounters> =
     PerCpuHashMap::with_max_entries(OVERFLOW_MAP_CAPACITY, 0);
-
-/// Each socket's `tcp_sock.total_retrans` at its last retransmit event, keyed by the socket
-/// and its ports (a freed socket's address can come back as another connection). LRU: an
-/// evicted entry only costs that socket's next event the fallback of [`segments_counted`].
-#[map]
-static LAST_TOTAL_RETRANS: LruHashMap<[u64; 2], u32> =
-    LruHashMap::with_max_entries(SOCKET_MAP_CAPACITY, 0);
 
 /// `include/net/tcp_states.h`
 const TCP_SYN_SENT: i32 = 2;
@@ -55,6 +52,23 @@ const EBUSY: i32 = 16;
 const EINVAL: i32 = 22;
 const EHOSTUNREACH: i32 = 113;
 
+/// `tp_btf/tcp_retransmit_skb(sk, skb[, err])`: the socket and the packet themselves, read
+/// with plain loads. The flow is built from the socket, as the tracepoint record would be.
+pub fn on_retransmit_skb_btf(ctx: &BtfTracePointContext) {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    // Since 6.17 (commit ad892e912b84): the tracepoint also fires for failed attempts.
+    let err = optional_arg(ctx, 2, offset!(retransmit_skb.err) != ABSENT)
+        .map_or(0, |e| low_32(e).cast_signed());
+    let key = socket_flow_key::<Direct>(sk);
+    // SAFETY: the helper checks that `sk` is a full TCP socket and returns null otherwise.
+    let tcp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
+    let state = Direct::at::<u8>(sk, offset!(sock.state)).map(i32::from);
+    on_retransmit::<Direct>(&key, sk, tcp, skb, state, err);
+}
+
+/// `tcp:tcp_retransmit_skb`, where `tp_btf` is not available: the same reads, each through
+/// `bpf_probe_read_kernel`.
 pub fn on_retransmit_skb(ctx: &TracePointContext) {
     let Some(sk) = tp_field::<u64>(ctx, offset!(retransmit_skb.skaddr)) else {
         health::bump(HealthCounter::ReadError);
@@ -63,31 +77,47 @@ pub fn on_retransmit_skb(ctx: &TracePointContext) {
     // Since 6.17 (commit ad892e912b84) the tracepoint also fires for attempts that failed;
     // before, it fired only for sent ones and had no `err`.
     let err = tp_field::<i32>(ctx, offset!(retransmit_skb.err)).unwrap_or(0);
-    let key = flow_key(
-        ctx,
-        sk,
-        offset!(retransmit_skb.family),
-        offset!(retransmit_skb.sport),
-        offset!(retransmit_skb.dport),
-        offset!(retransmit_skb.saddr_v6),
-        offset!(retransmit_skb.daddr_v6),
-    );
+    // From the socket, as the BTF program does: fewer bytes on the 512-byte stack than
+    // copying the record's addresses.
+    let key = socket_flow_key::<Probe>(sk);
     let skb = tp_field::<u64>(ctx, offset!(retransmit_skb.skbaddr)).unwrap_or(0);
+    let state = tp_field::<i32>(ctx, offset!(retransmit_skb.state));
+    on_retransmit::<Probe>(&key, sk, sk, skb, state, err);
+}
+
+/// Counts one retransmit attempt of `sk` (`tcp`: the same socket as a `tcp_sock`, 0 if it is
+/// not one) into its flow.
+#[inline(always)]
+fn on_retransmit<M: Memory>(
+    key: &FlowKey,
+    sk: u64,
+    tcp: u64,
+    skb: u64,
+    state: Option<i32>,
+    err: i32,
+) {
     let segments =
-        at::<u16>(skb, offset!(structs.skb_tcp_gso_segs)).map_or(1, |s| u64::from(s.max(1)));
-    let bytes = at::<u32>(skb, offset!(structs.skb_len)).map_or(0, u64::from);
-    let kind = match tp_field::<i32>(ctx, offset!(retransmit_skb.state)) {
+        M::at::<u16>(skb, offset!(structs.skb_tcp_gso_segs)).map_or(1, |s| u64::from(s.max(1)));
+    let bytes = M::at::<u32>(skb, offset!(structs.skb_len)).map_or(0, u64::from);
+    let kind = match state {
         Some(TCP_SYN_SENT) => RetransmitKind::Syn,
         Some(TCP_SYN_RECV) => RetransmitKind::SynAck,
-        _ => match bits(sk, offset!(structs.icsk_ca_state)) {
+        _ => match M::bits(tcp, offset!(structs.icsk_ca_state)) {
             Some(TCP_CA_LOSS) => RetransmitKind::Rto,
             Some(TCP_CA_RECOVERY) => RetransmitKind::Fast,
             Some(TCP_CA_OPEN | TCP_CA_DISORDER) => RetransmitKind::Tlp,
             _ => RetransmitKind::Other,
         },
     };
-    let counted = segments_counted(sk, &key, segments, err);
-    count(&key, |c| {
+    let total = M::at::<u32>(tcp, offset!(structs.tcp_total_retrans));
+    // For a socket not seen before: the skb's count, unless the attempt failed before the
+    // kernel counted it.
+    let fallback = if err == 0 || !failed_before_transmit(err) {
+        segments
+    } else {
+        0
+    };
+    let add = |c: &mut RetransmitCounters, counted: u64| {
         c.segments += counted;
         if err == 0 {
             c.retransmits += 1;
@@ -97,35 +127,30 @@ pub fn on_retransmit_skb(ctx: &TracePointContext) {
             c.failed += 1;
             c.failed_segments += segments;
         }
-    });
+    };
+    count(
+        key,
+        &|flow: &mut FlowState| {
+            let counted = segments_counted(flow, sk, total).unwrap_or(fallback);
+            add(&mut flow.counters, counted);
+        },
+        &|c: &mut RetransmitCounters| add(c, fallback),
+    );
 }
 
 /// The segments this event added to `RetransSegs`: the growth of the socket's
 /// `total_retrans` since its last event, which the kernel bumps by the same `segs` in the same
 /// statement. The skb's own segment count can differ: the skb may be re-segmented or partly
-/// acknowledged between the count and the tracepoint (seen here: 46 counted, 45 left). For a
-/// socket not seen before, the skb's count, unless the attempt failed before the count.
+/// acknowledged between the count and the tracepoint (seen here: 46 counted, 45 left).
+/// `None` for the first event of a socket; records `total` for the next one.
 #[inline(always)]
-fn segments_counted(sk: u64, key: &FlowKey, skb_segments: u64, err: i32) -> u64 {
-    let fallback = if err == 0 || !failed_before_transmit(err) {
-        skb_segments
-    } else {
-        0
-    };
-    let Some(total) = at::<u32>(sk, offset!(structs.tcp_total_retrans)) else {
-        return fallback;
-    };
-    let socket = [
-        sk,
-        (u64::from(key.local_port) << 16) | u64::from(key.remote_port),
-    ];
-    // SAFETY: the map returns a valid pointer to the value; it is copied out at once.
-    let last = LAST_TOTAL_RETRANS.get_ptr(socket).map(|p| unsafe { *p });
-    let counted = match last {
-        Some(last) if total >= last => u64::from(total - last),
-        _ => fallback,
-    };
-    let _ = LAST_TOTAL_RETRANS.insert(socket, total, 0);
+fn segments_counted(flow: &mut FlowState, sk: u64, total: Option<u32>) -> Option<u64> {
+    let total = total?;
+    let counted = (flow.has_total == 1 && flow.socket == sk && total >= flow.last_total_retrans)
+        .then(|| u64::from(total - flow.last_total_retrans));
+    flow.socket = sk;
+    flow.last_total_retrans = total;
+    flow.has_total = 1;
     counted
 }
 
@@ -155,11 +180,66 @@ pub fn on_retransmit_synack(ctx: &TracePointContext) {
         offset!(retransmit_synack.daddr_v6),
     );
     // tcp_rtx_synack() fires this only when the SYN-ACK was sent, and adds one to RetransSegs.
-    count(&key, |c| {
+    let add = |c: &mut RetransmitCounters| {
         c.retransmits += 1;
         c.segments += 1;
         c.kinds[RetransmitKind::SynAck as usize] += 1;
-    });
+    };
+    count(&key, &|flow: &mut FlowState| add(&mut flow.counters), &add);
+}
+
+/// The flow of a socket, from its `sock_common`: what the tracepoint record copies out.
+#[inline(always)]
+fn socket_flow_key<M: Memory>(sk: u64) -> FlowKey {
+    let family = M::at::<u16>(sk, offset!(sock.family)).unwrap_or(0);
+    let (local_addr, remote_addr) = if family == AF_INET6 {
+        (
+            v6::<M>(sk, offset!(sock.v6_rcv_saddr)),
+            v6::<M>(sk, offset!(sock.v6_daddr)),
+        )
+    } else {
+        (
+            v4_mapped(
+                M::at::<u32>(sk, offset!(sock.rcv_saddr))
+                    .unwrap_or(0)
+                    .to_ne_bytes(),
+            ),
+            v4_mapped(
+                M::at::<u32>(sk, offset!(sock.daddr))
+                    .unwrap_or(0)
+                    .to_ne_bytes(),
+            ),
+        )
+    };
+    let owner = owner::<M>(sk);
+    FlowKey {
+        netns: owner.netns,
+        family,
+        local_port: M::at::<u16>(sk, offset!(sock.num)).unwrap_or(0),
+        remote_port: u16::from_be(M::at::<u16>(sk, offset!(sock.dport)).unwrap_or(0)),
+        padding: [0; 6],
+        cgroup_id: owner.cgroup_id,
+        local_addr,
+        remote_addr,
+    }
+}
+
+/// An `in6_addr` member, as four 32-bit loads (its alignment).
+#[inline(always)]
+fn v6<M: Memory>(base: u64, offset: u32) -> [u8; 16] {
+    let word = |i: u32| {
+        if offset == ABSENT {
+            return [0; 4];
+        }
+        M::at::<u32>(base, offset + 4 * i)
+            .unwrap_or(0)
+            .to_ne_bytes()
+    };
+    let (a, b, c, d) = (word(0), word(1), word(2), word(3));
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
 }
 
 #[inline(always)]
@@ -184,7 +264,7 @@ fn flow_key(
         health::bump(HealthCounter::ReadError);
     }
     let local_addr = local_addr.unwrap_or([0; 16]);
-    let owner = owner(sk);
+    let owner = owner::<Probe>(sk);
     FlowKey {
         netns: owner.netns,
         // Before 5.12 there is no `family`; the addresses are v4-mapped for IPv4 sockets.
@@ -206,18 +286,18 @@ fn flow_key(
 
 /// The socket's network namespace inode and cgroup id.
 #[inline(always)]
-fn owner(sk: u64) -> OwnerKey {
-    let net = at::<u64>(sk, offset!(structs.sock_net)).unwrap_or(0);
-    let netns = at::<u32>(net, offset!(structs.net_inum));
+fn owner<M: Memory>(sk: u64) -> OwnerKey {
+    let net = M::at::<u64>(sk, offset!(structs.sock_net)).unwrap_or(0);
+    let netns = M::at::<u32>(net, offset!(structs.net_inum));
     if netns.is_none() {
         health::bump(HealthCounter::ReadError);
     }
-    let cgroup = at::<u64>(sk, offset!(structs.sock_cgroup)).unwrap_or(0);
-    let kernfs_node = at::<u64>(cgroup, offset!(structs.cgroup_kn)).unwrap_or(0);
+    let cgroup = M::at::<u64>(sk, offset!(structs.sock_cgroup)).unwrap_or(0);
+    let kernfs_node = M::at::<u64>(cgroup, offset!(structs.cgroup_kn)).unwrap_or(0);
     OwnerKey {
         netns: netns.unwrap_or(0),
         padding: 0,
-        cgroup_id: at::<u64>(kernfs_node, offset!(structs.kernfs_node_id)).unwrap_or(0),
+        cgroup_id: M::at::<u64>(kernfs_node, offset!(structs.kernfs_node_id)).unwrap_or(0),
     }
 }
 
@@ -226,11 +306,16 @@ fn is_v4_mapped(addr: &[u8; 16]) -> bool {
     addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
 }
 
-/// Applies `update` to the flow's counters, creating them if needed; when the flow map is
-/// full, to the owner's overflow counters; when both are full, counts the loss.
+/// Applies `flow_update` to the flow's entry, creating it if needed; when the flow map is
+/// full, `overflow_update` to the owner's overflow counters; when both are full, counts the
+/// loss.
 #[inline(always)]
-fn count(key: &FlowKey, update: impl Fn(&mut RetransmitCounters)) {
-    if maps::update(&RETRANSMIT_FLOWS, key, &update) {
+fn count(
+    key: &FlowKey,
+    flow_update: &impl Fn(&mut FlowState),
+    overflow_update: &impl Fn(&mut RetransmitCounters),
+) {
+    if maps::update(&RETRANSMIT_FLOWS, key, flow_update) {
         return;
     }
     health::bump(HealthCounter::FlowMapFull);
@@ -239,7 +324,7 @@ fn count(key: &FlowKey, update: impl Fn(&mut RetransmitCounters)) {
         padding: 0,
         cgroup_id: key.cgroup_id,
     };
-    if !maps::update(&RETRANSMIT_OVERFLOW, &owner, &update) {
+    if !maps::update(&RETRANSMIT_OVERFLOW, &owner, overflow_update) {
         health::bump(HealthCounter::OverflowMapFull);
     }
 }

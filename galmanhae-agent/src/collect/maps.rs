@@ -50,6 +50,33 @@ where
     Ok(out)
 }
 
+/// Every key of a shared (not per-CPU) hash map, its value mapped by `project`.
+pub fn read_hash<K, V, T>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    project: impl Fn(&V) -> T,
+) -> Result<HashMap<K, T>, ReadError>
+where
+    K: Pod + Eq + Hash,
+    V: Pod,
+{
+    let map = ebpf.map(name).ok_or(ReadError::NoMap(name))?;
+    let map: aya::maps::HashMap<&MapData, K, V> =
+        aya::maps::HashMap::try_from(map).map_err(|source| ReadError::Map { name, source })?;
+    let mut out = HashMap::new();
+    for entry in &map {
+        match entry {
+            Ok((key, value)) => {
+                out.insert(key, project(&value));
+            }
+            // The key was deleted between get_next_key and lookup: nothing to count.
+            Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(ReadError::Map { name, source }),
+        }
+    }
+    Ok(out)
+}
+
 /// Packets per key of a per-CPU hash of `u64` counters, cumulative since the program loaded.
 pub type Counts<K> = HashMap<K, u64>;
 
@@ -164,24 +191,39 @@ impl<K: Copy + Eq + Hash> IdleKeys<K> {
     }
 }
 
-/// Deletes `keys` from a per-CPU hash map; how many were there. A program that counts into an
-/// entry in the microseconds between our last read and the deletion loses that count, which
-/// is why only entries idle for a long time are deleted, and only when the map fills up.
+/// Deletes `keys` from a hash map (shared or per CPU); how many were there. A program that
+/// counts into an entry in the microseconds between our last read and the deletion loses that
+/// count, which is why only entries idle for a long time are deleted, and only when the map
+/// fills up.
 pub fn remove_keys<K: Pod, V: Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
     keys: &[K],
 ) -> Result<usize, ReadError> {
     let map = ebpf.map_mut(name).ok_or(ReadError::NoMap(name))?;
-    let mut map: PerCpuHashMap<&mut MapData, K, V> =
-        PerCpuHashMap::try_from(map).map_err(|source| ReadError::Map { name, source })?;
+    let error = |source| ReadError::Map { name, source };
+    if matches!(map, aya::maps::Map::PerCpuHashMap(_)) {
+        let mut map: PerCpuHashMap<&mut MapData, K, V> =
+            PerCpuHashMap::try_from(map).map_err(error)?;
+        remove_each(keys, |k| map.remove(k)).map_err(error)
+    } else {
+        let mut map: aya::maps::HashMap<&mut MapData, K, V> =
+            aya::maps::HashMap::try_from(map).map_err(error)?;
+        remove_each(keys, |k| map.remove(k)).map_err(error)
+    }
+}
+
+fn remove_each<K>(
+    keys: &[K],
+    mut remove: impl FnMut(&K) -> Result<(), MapError>,
+) -> Result<usize, MapError> {
     let mut removed = 0;
     for key in keys {
-        match map.remove(key) {
+        match remove(key) {
             Ok(()) => removed += 1,
             // Deleted meanwhile (nothing else deletes, but it is not an error either).
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(source) => return Err(ReadError::Map { name, source }),
+            Err(e) => return Err(e),
         }
     }
     Ok(removed)

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use aya::Ebpf;
 use galmanhae_common::{
     health::HealthCounter,
-    retransmit::{FlowKey, OwnerKey, RetransmitCounters},
+    retransmit::{FlowKey, FlowState, OwnerKey, RetransmitCounters},
 };
 
 pub use super::maps::ReadError;
-use super::maps::{delta, read_health, read_per_cpu_hash};
+use super::maps::{delta, read_hash, read_health, read_per_cpu_hash};
 
 /// Cumulative counters since the programs were loaded.
 #[derive(Clone, Debug, Default)]
@@ -64,7 +64,7 @@ impl RetransmitSample {
 /// Reads all retransmit maps (and the shared health counters) once.
 pub fn read(ebpf: &Ebpf) -> Result<RetransmitSample, ReadError> {
     Ok(RetransmitSample {
-        flows: read_per_cpu_hash(ebpf, "RETRANSMIT_FLOWS", RetransmitCounters::add)?,
+        flows: read_hash(ebpf, "RETRANSMIT_FLOWS", |state: &FlowState| state.counters)?,
         overflow: read_per_cpu_hash(ebpf, "RETRANSMIT_OVERFLOW", RetransmitCounters::add)?,
         health: read_health(ebpf)?,
     })

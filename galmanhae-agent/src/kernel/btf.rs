@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use btf_rs::{Backend, Btf, Member, Struct, Type};
-use galmanhae_common::offsets::{ABSENT, BitField, StructOffsets};
+use galmanhae_common::offsets::{ABSENT, BitField, SockOffsets, StructOffsets};
 
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -165,6 +165,23 @@ fn member_error(ty: &str, path: &str, reason: &str) -> BtfError {
 ///
 /// Members the programs can live without (the cgroup, the congestion state) come back as
 /// [`ABSENT`] with a note; the namespace is required.
+/// The `sock_common` members the retransmit programs build a flow from, as the tracepoint
+/// record would. <https://elixir.bootlin.com/linux/v6.18/source/include/net/sock.h>
+pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
+    let member = |path: &str| btf.offset_of("sock", &format!("__sk_common.{path}"));
+    Ok(SockOffsets {
+        family: member("skc_family")?,
+        state: member("skc_state")?,
+        num: member("skc_num")?,
+        dport: member("skc_dport")?,
+        rcv_saddr: member("skc_rcv_saddr")?,
+        daddr: member("skc_daddr")?,
+        // CONFIG_IPV6
+        v6_rcv_saddr: member("skc_v6_rcv_saddr").unwrap_or(ABSENT),
+        v6_daddr: member("skc_v6_daddr").unwrap_or(ABSENT),
+    })
+}
+
 pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), BtfError> {
     let mut notes = Vec::new();
     let mut optional = |result: Result<u32, BtfError>| {

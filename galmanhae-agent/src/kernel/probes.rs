@@ -11,12 +11,14 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::lpm_trie::{Key, LpmTrie},
-    programs::{FEntry, KProbe, ProgramError, SchedClassifier, TcAttachType, TracePoint},
+    programs::{
+        BtfTracePoint, FEntry, KProbe, ProgramError, SchedClassifier, TcAttachType, TracePoint,
+    },
 };
 use galmanhae_common::{
     drop::{DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY},
     leak::V4_MAPPED_PREFIX,
-    offsets::{ABSENT, KernelOffsets},
+    offsets::{ABSENT, KernelOffsets, KfreeSkbFields, RetransmitSkbFields, RetransmitSynackFields},
     retransmit::{FLOW_MAP_CAPACITY, OVERFLOW_MAP_CAPACITY},
 };
 use ipnet::IpNet;
@@ -137,6 +139,10 @@ const RETRANSMIT_SKB: TracepointSpec = TracepointSpec {
     category: "tcp",
     name: "tcp_retransmit_skb",
 };
+/// The BTF tracepoint program on `tcp_retransmit_skb` (the kernel keeps 15 characters of a
+/// name: the three retransmit programs must differ in those).
+const RETRANSMIT_SKB_BTF: &str = "tcp_rtx_skb_btf";
+const KFREE_SKB_BTF: &str = "kfree_skb_btf";
 const KFREE_SKB: TracepointSpec = TracepointSpec {
     program: "kfree_skb",
     category: "skb",
@@ -161,6 +167,7 @@ impl Probes {
 
         let mut offsets = KernelOffsets::UNRESOLVED;
         offsets.structs = structs;
+        offsets.sock = btf::sock_offsets(&btf)?;
         let skb = Format::read(&env.tracefs, RETRANSMIT_SKB.category, RETRANSMIT_SKB.name)
             .and_then(|f| f.retransmit_skb());
         let synack = Format::read(
@@ -194,35 +201,7 @@ impl Probes {
             .map_max_entries("DROP_OVERFLOW", DROP_OVERFLOW_CAPACITY)
             .load(PROGRAMS)?;
 
-        let skb_detail = match &skb {
-            Ok(f) if f.err == ABSENT => {
-                "no `err` field (kernel < 6.17): only sent retransmits fire".to_owned()
-            }
-            Ok(_) => "`err` field present: failed attempts are counted apart".to_owned(),
-            Err(_) => String::new(),
-        };
-        let mut hooks = vec![
-            attach_tracepoint(&mut ebpf, &RETRANSMIT_SKB, skb.map(|_| skb_detail)),
-            attach_tracepoint(
-                &mut ebpf,
-                &RETRANSMIT_SYNACK,
-                synack.map(|_| "listener SYN-ACK retransmits".to_owned()),
-            ),
-            attach_tracepoint(
-                &mut ebpf,
-                &KFREE_SKB,
-                drops.map(|f| {
-                    if f.reason == ABSENT {
-                        "no `reason` field (kernel < 5.17): drops are counted without a reason"
-                            .to_owned()
-                    } else {
-                        format!("reason names from {}", drop_reasons.source)
-                    }
-                }),
-            ),
-        ];
-
-        hooks.push(attach_conntrack_confirm(&mut ebpf));
+        let hooks = attach_all(&mut ebpf, skb, synack, drops, &drop_reasons);
 
         let stats = if options.bpf_stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -402,13 +381,106 @@ fn attach_tracepoint(
     hook
 }
 
+/// Attaches every tracing hook (the tc one comes later, see [`Probes::watch_uplinks`]), each
+/// with its status; the tracefs formats say which of them this kernel has.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    skb: Result<RetransmitSkbFields, FormatError>,
+    synack: Result<RetransmitSynackFields, FormatError>,
+    drops: Result<KfreeSkbFields, FormatError>,
+    drop_reasons: &DropReasons,
+) -> Vec<Hook> {
+    let skb_detail = match &skb {
+        Ok(f) if f.err == ABSENT => {
+            "no `err` field (kernel < 6.17): only sent retransmits fire".to_owned()
+        }
+        Ok(_) => "`err` field present: failed attempts are counted apart".to_owned(),
+        Err(_) => String::new(),
+    };
+    // aya's own parse of the kernel's BTF (it needs it to load BTF-typed programs); about
+    // 0.1 s and a few MB, freed on return.
+    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
+    vec![
+        attach_preferring_btf(
+            ebpf,
+            aya_btf.as_ref(),
+            &RETRANSMIT_SKB,
+            RETRANSMIT_SKB_BTF,
+            skb.map(|_| skb_detail),
+        ),
+        attach_tracepoint(
+            ebpf,
+            &RETRANSMIT_SYNACK,
+            synack.map(|_| "listener SYN-ACK retransmits".to_owned()),
+        ),
+        attach_preferring_btf(
+            ebpf,
+            aya_btf.as_ref(),
+            &KFREE_SKB,
+            KFREE_SKB_BTF,
+            drops.map(|f| {
+                if f.reason == ABSENT {
+                    "no `reason` field (kernel < 5.17): drops are counted without a reason"
+                        .to_owned()
+                } else {
+                    format!("reason names from {}", drop_reasons.source)
+                }
+            }),
+        ),
+        attach_conntrack_confirm(ebpf, aya_btf.as_ref()),
+    ]
+}
+
+/// A tracepoint hook through its BTF program (`tp_btf`: plain loads instead of a helper call
+/// per read, several times cheaper per event) when the kernel takes it, else through the
+/// classic tracepoint program, with why in the hook's detail. The tracefs format must exist
+/// either way: it says which arguments this kernel has.
+fn attach_preferring_btf(
+    ebpf: &mut Ebpf,
+    btf: Result<&aya::Btf, &String>,
+    spec: &TracepointSpec,
+    btf_program: &'static str,
+    format: Result<String, FormatError>,
+) -> Hook {
+    let Ok(detail) = format else {
+        return attach_tracepoint(ebpf, spec, format);
+    };
+    let attached = (|| -> Result<(), Box<dyn std::error::Error>> {
+        let btf = btf.map_err(|e| format!("kernel BTF for aya: {e}"))?;
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(btf_program)
+            .ok_or("no tp_btf program in the object")?
+            .try_into()?;
+        program.load(spec.name, btf)?;
+        program.attach()?;
+        Ok(())
+    })();
+    match attached {
+        Ok(()) => Hook {
+            name: format!("{}:{}", spec.category, spec.name),
+            kind: "tp_btf",
+            status: HookStatus::Attached,
+            detail,
+            program: btf_program,
+        },
+        Err(e) => {
+            let mut hook = attach_tracepoint(ebpf, spec, Ok(detail));
+            let _ = write!(
+                hook.detail,
+                "; as a classic tracepoint, tp_btf refused: {}",
+                error_chain(e.as_ref())
+            );
+            hook
+        }
+    }
+}
+
 /// The function the optional conntrack hook watches.
 const CONNTRACK_CONFIRM: &str = "__nf_conntrack_confirm";
 
 /// The optional conntrack hook: a kprobe, else an fentry program, else unavailable with both
-/// reasons. fentry needs the kernel's BTF parsed by aya (tens of MB, freed after), so it is
-/// only tried when kprobes are missing.
-fn attach_conntrack_confirm(ebpf: &mut Ebpf) -> Hook {
+/// reasons.
+fn attach_conntrack_confirm(ebpf: &mut Ebpf, btf: Result<&aya::Btf, &String>) -> Hook {
     let mut hook = Hook {
         name: CONNTRACK_CONFIRM.to_owned(),
         kind: "kprobe",
@@ -429,12 +501,12 @@ fn attach_conntrack_confirm(ebpf: &mut Ebpf) -> Hook {
         return hook;
     };
     let fentry = (|| -> Result<(), Box<dyn std::error::Error>> {
-        let btf = aya::Btf::from_sys_fs()?;
+        let btf = btf.map_err(|e| format!("kernel BTF for aya: {e}"))?;
         let program: &mut FEntry = ebpf
             .program_mut("conntrack_confirm_fentry")
             .ok_or("no fentry program in the object")?
             .try_into()?;
-        program.load(CONNTRACK_CONFIRM, &btf)?;
+        program.load(CONNTRACK_CONFIRM, btf)?;
         program.attach()?;
         Ok(())
     })();

@@ -110,6 +110,12 @@ fn encode_families(
     )?;
     counters(
         encoder,
+        "galmanhae_tcp_retransmit_segments",
+        "Retransmitted segments counted in the kernel, per server-side remote (sums to RetransSegs)",
+        &exporter.retransmit_segments,
+    )?;
+    counters(
+        encoder,
         "galmanhae_skb_drops",
         "Packets the kernel dropped (skb:kfree_skb), by drop reason and kernel function",
         &exporter.drops,

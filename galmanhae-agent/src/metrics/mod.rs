@@ -18,7 +18,7 @@ use std::{
 
 use galmanhae_common::{
     drop::DropKey,
-    retransmit::{FlowKey, RetransmitCounters, RetransmitKind},
+    retransmit::{FlowKey, FlowState, RetransmitCounters, RetransmitKind},
 };
 use prometheus_client::encoding::EncodeLabelSet;
 
@@ -57,6 +57,12 @@ impl WorkloadLabels {
             runtime: workload.runtime.clone(),
         }
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RemoteLabels {
+    pub workload: String,
+    pub remote: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -140,6 +146,7 @@ pub struct Families {
     pub sent: Series<WorkloadLabels>,
     pub retransmitted: Series<WorkloadLabels>,
     pub retransmits: Series<RetransmitLabels>,
+    pub retransmit_segments: Series<RemoteLabels>,
     pub drops: Series<DropLabels>,
     pub leaks: Series<LeakLabels>,
     pub conntrack_entries: Series<NamespaceLabels>,
@@ -154,6 +161,7 @@ impl Families {
         self.sent.expire(now, grace);
         self.retransmitted.expire(now, grace);
         self.retransmits.expire(now, grace);
+        self.retransmit_segments.expire(now, grace);
         self.drops.expire(now, grace);
         self.leaks.expire(now, grace);
         self.conntrack_entries.expire(now, grace);
@@ -167,6 +175,7 @@ impl Families {
         self.sent.len()
             + self.retransmitted.len()
             + self.retransmits.len()
+            + self.retransmit_segments.len()
             + self.drops.len()
             + self.leaks.len()
             + self.conntrack_entries.len()
@@ -384,6 +393,15 @@ impl Exporter {
             Some(remote) if slots.admit(remote.clone(), now) => remote,
             Some(_) => "other".to_owned(),
         };
+        if counters.segments > 0 {
+            let labels = RemoteLabels {
+                workload: workload.to_owned(),
+                remote: remote.clone(),
+            };
+            self.series
+                .retransmit_segments
+                .add(labels, counters.segments, now);
+        }
         let kinds = RetransmitKind::ALL
             .iter()
             .map(|k| (k.name(), counters.kinds[*k as usize]))
@@ -617,7 +635,7 @@ impl Exporter {
         let capacity = self.pipeline.probes.flow_capacity as usize;
         if flows.len() * 2 >= capacity {
             let idle = self.flows_idle.idle(now, FLOW_IDLE);
-            self.evict::<FlowKey, RetransmitCounters>("RETRANSMIT_FLOWS", &idle);
+            self.evict::<FlowKey, FlowState>("RETRANSMIT_FLOWS", &idle);
             for key in &idle {
                 self.last.retransmits.flows.remove(key);
                 self.flows_idle.forget(key);
