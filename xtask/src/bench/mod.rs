@@ -51,6 +51,8 @@ const TOOLS: [(&str, &str); 5] = [
 ];
 /// How often the scraped tools are scraped during the window (a busy Prometheus).
 const SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long after the storm a tool is stopped.
+const SETTLE: Duration = Duration::from_secs(1);
 /// Calibration stops when the achieved rate is this close to the target.
 const CALIBRATION_TOLERANCE: f64 = 0.08;
 const CALIBRATION_ROUNDS: usize = 4;
@@ -368,6 +370,11 @@ impl Bench {
         let programs_end = measure::programs()?;
         let after = self.counters()?;
         tool.scrape()?;
+        if run.peer != Peer::Baseline {
+            // As a user would stop it, a moment after the storm: what the tool still has in
+            // its buffers is counted.
+            std::thread::sleep(SETTLE);
+        }
 
         run.storm = Some(storm_result(&outcomes, &before, &after, elapsed));
         run.programs = program_runs(&programs_before, &programs_start, &programs_end, elapsed);

@@ -320,9 +320,21 @@ impl Running {
             Peer::Daemon => {
                 let (first, last) = self.first_and_last()?;
                 stopped.counts = daemon_counts(&first, &last, setup.containers);
-                stopped
-                    .notes
-                    .push(format!("{} scrapes of /metrics", self.scrapes.2));
+                let reasons: Vec<String> =
+                    lost_by_reason(&parse_samples(&first), &parse_samples(&last))
+                        .into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(reason, n)| format!("{reason} +{n}"))
+                        .collect();
+                stopped.notes.push(format!(
+                    "{} scrapes of /metrics; galmanhae_lost_events_total over the window: {}",
+                    self.scrapes.2,
+                    if reasons.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        reasons.join(", ")
+                    }
+                ));
             }
             Peer::Diagnose => {
                 let report: serde_json::Value = serde_json::from_str(&read(&self.stdout))
@@ -535,19 +547,7 @@ fn daemon_counts(first: &str, last: &str, containers: &[Container]) -> Counts {
             .map(|s| s.value)
             .sum()
     };
-    let lost_total = |samples: &[Sample]| -> f64 {
-        samples
-            .iter()
-            .filter(|s| s.name == "galmanhae_lost_events_total")
-            .filter(|s| {
-                matches!(
-                    s.label("reason"),
-                    Some("overflow_map_full" | "read_error" | "program_skipped")
-                )
-            })
-            .map(|s| s.value)
-            .sum()
-    };
+    let skipped = lost_by_reason(&first, &last);
     Counts {
         unit,
         per_container: Some(
@@ -559,10 +559,38 @@ fn daemon_counts(first: &str, last: &str, containers: &[Container]) -> Counts {
                 })
                 .collect(),
         ),
-        lost: Some(as_count(lost_total(&last) - lost_total(&first))),
+        // Retransmits the kernel side could not count per workload. `program_skipped` sums
+        // every program's skipped runs (drops and leaks too): it is in the run's notes.
+        lost: Some(
+            ["overflow_map_full", "read_error"]
+                .iter()
+                .filter_map(|r| skipped.get(*r))
+                .sum(),
+        ),
         host: None,
         alternative: None,
     }
+}
+
+/// The growth of `galmanhae_lost_events_total` by reason between two scrapes.
+fn lost_by_reason(first: &[Sample], last: &[Sample]) -> BTreeMap<String, u64> {
+    let value = |samples: &[Sample], reason: &str| -> f64 {
+        samples
+            .iter()
+            .filter(|s| {
+                s.name == "galmanhae_lost_events_total" && s.label("reason") == Some(reason)
+            })
+            .map(|s| s.value)
+            .sum()
+    };
+    last.iter()
+        .filter(|s| s.name == "galmanhae_lost_events_total")
+        .filter_map(|s| s.label("reason"))
+        .map(|reason| {
+            let delta = as_count(value(last, reason) - value(first, reason));
+            (reason.to_owned(), delta)
+        })
+        .collect()
 }
 
 /// The hook's retransmitted segments summed over each workload's flows.
@@ -845,7 +873,8 @@ mod tests {
                 "galmanhae_tcp_retransmits_total{{workload=\"storm-1\",remote=\"r\",kind=\"fast\"}} {n}\n\
                  galmanhae_tcp_retransmits_total{{workload=\"storm-1\",remote=\"r\",kind=\"failed\"}} {n}\n\
                  galmanhae_lost_events_total{{reason=\"read_error\"}} 1\n\
-                 galmanhae_lost_events_total{{reason=\"flow_map_full\"}} {n}\n"
+                 galmanhae_lost_events_total{{reason=\"overflow_map_full\"}} {n}\n\
+                 galmanhae_lost_events_total{{reason=\"program_skipped\"}} {n}\n"
             )
         };
         let counts = daemon_counts(&attempts(10), &attempts(25), &containers());
@@ -853,7 +882,11 @@ mod tests {
         let per = counts.per_container.unwrap();
         assert_eq!(per["storm-1"], 15);
         assert_eq!(per["storm-2"], 0);
-        assert_eq!(counts.lost, Some(0));
+        // overflow_map_full grew by 15; program_skipped is not per workload.
+        assert_eq!(counts.lost, Some(15));
+        let reasons = lost_by_reason(&parse_samples(&attempts(10)), &parse_samples(&attempts(25)));
+        assert_eq!(reasons["program_skipped"], 15);
+        assert_eq!(reasons["read_error"], 0);
 
         let segments = |n: u32| {
             format!(

@@ -844,10 +844,13 @@ fn daemon_cpu_floor(percent: f64, window_s: f64) -> f64 {
     percent.max(1.0 / window_s)
 }
 
-/// The daemon's `tcp:tcp_retransmit_skb` program: the retransmit hook with the most runs.
+/// The daemon's `tcp_retransmit_skb` hook (BTF or classic tracepoint): the retransmit
+/// program with the most runs.
 fn retransmit_hook(run: &Run) -> Option<&ProgramRun> {
     run.programs
         .iter()
-        .filter(|p| p.name.contains("retransmit") && !p.name.contains("synack"))
+        .filter(|p| {
+            (p.name.contains("retransmit") || p.name.contains("rtx")) && !p.name.contains("synack")
+        })
         .max_by_key(|p| p.runs)
 }
