@@ -126,7 +126,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let window = args.window.unwrap_or(if args.quick { 4.0 } else { 12.0 });
     let peers: Vec<Peer> = Peer::ALL
         .into_iter()
-        .filter(|p| *p == Peer::Baseline || args.peers.is_empty() || args.peers.contains(p))
+        .filter(|p| p.is_baseline() || args.peers.is_empty() || args.peers.contains(p))
         .collect();
     let specs: Vec<&LevelSpec> = LEVELS
         .iter()
@@ -370,7 +370,7 @@ impl Bench {
         let programs_end = measure::programs()?;
         let after = self.counters()?;
         tool.scrape()?;
-        if run.peer != Peer::Baseline {
+        if !run.peer.is_baseline() {
             // As a user would stop it, a moment after the storm: what the tool still has in
             // its buffers is counted.
             std::thread::sleep(SETTLE);
@@ -401,7 +401,7 @@ impl Bench {
         if let Some(total) = stopped.total {
             run.peak_rss_kib = Some(run.peak_rss_kib.unwrap_or(0).max(total.peak_rss_kib));
         }
-        if run.peer != Peer::Baseline {
+        if !run.peer.is_baseline() {
             run.accuracy = Some(accuracy(&stopped.counts, &self.containers, &before, &after));
         }
         Ok(())

@@ -59,10 +59,13 @@ pub enum Peer {
     Tcpdump,
     /// Debian's prometheus-node-exporter, netstat collector only, scraped every 5 s.
     NodeExporter,
+    /// No tool again, after the others: how much the storm varies by itself.
+    #[value(skip)]
+    BaselineAgain,
 }
 
 impl Peer {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Baseline,
         Self::Daemon,
         Self::Diagnose,
@@ -70,7 +73,13 @@ impl Peer {
         Self::BpftraceEvents,
         Self::Tcpdump,
         Self::NodeExporter,
+        Self::BaselineAgain,
     ];
+
+    /// Runs no tool.
+    pub fn is_baseline(self) -> bool {
+        matches!(self, Self::Baseline | Self::BaselineAgain)
+    }
 
     /// Scraped during the window like a Prometheus would.
     pub fn scraped(self) -> bool {
@@ -82,6 +91,7 @@ impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Baseline => "none (baseline)",
+            Self::BaselineAgain => "none (baseline, again after the tools)",
             Self::Daemon => "galmanhae run",
             Self::Diagnose => "galmanhae diagnose",
             Self::BpftraceCounts => "bpftrace, count per flow in kernel",
@@ -187,7 +197,7 @@ impl Peer {
         };
         let galmanhae = setup.galmanhae.display().to_string();
         match self {
-            Self::Baseline => return Ok(running),
+            Self::Baseline | Self::BaselineAgain => return Ok(running),
             Peer::Daemon => {
                 let address = free_loopback_address()?;
                 running.spawn(
@@ -316,7 +326,7 @@ impl Running {
             ..Stopped::default()
         };
         match self.peer {
-            Peer::Baseline => {}
+            Peer::Baseline | Peer::BaselineAgain => {}
             Peer::Daemon => {
                 let (first, last) = self.first_and_last()?;
                 stopped.counts = daemon_counts(&first, &last, setup.containers);
@@ -761,8 +771,8 @@ fn tcpdump_dropped(stderr: &str) -> Option<u64> {
 
 /// Per source address: the frames tshark marks as retransmissions and the segments they hold,
 /// and the segments of every frame marked as a retransmission or as out of order. On a path
-/// with a round trip below tshark's 3 ms out-of-order threshold most retransmissions come out
-/// as out of order; the storm's senders never reorder, so both are retransmissions here.
+/// with a round trip below tshark's 3 ms out-of-order threshold part of the retransmissions
+/// come out as out of order; the storm's senders never reorder, so both are retransmissions.
 #[derive(Debug, Default, PartialEq)]
 struct Retransmissions {
     frames: BTreeMap<String, u64>,

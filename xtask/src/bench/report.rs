@@ -339,21 +339,35 @@ impl Report {
     fn throughput_goals(&self) -> Vec<Goal> {
         let mut goals = Vec::new();
         for level in ["10k/s", "max"] {
+            let run = |peer| self.run(level, peer);
             let goodput = |peer| {
-                self.run(level, peer)
+                run(peer)
                     .and_then(|r| r.storm.as_ref())
                     .map(|s| s.goodput_mb_s)
             };
+            let noise = goodput(Peer::Baseline)
+                .zip(goodput(Peer::BaselineAgain))
+                .map_or(String::new(), |(a, b)| {
+                    format!(
+                        "; the two baselines differ by {:+.2} %",
+                        (b / a - 1.0) * 100.0
+                    )
+                });
             goals.push(goal(
                 &format!("Storm throughput with the daemon running ({level})"),
-                "within 1 % of baseline",
-                goodput(Peer::Daemon)
-                    .zip(goodput(Peer::Baseline))
+                "within 1 % of baseline (no more than 1 % below the mean of the baselines)",
+                run(Peer::Daemon)
+                    .and_then(|daemon| {
+                        Some((
+                            daemon.storm.as_ref()?.goodput_mb_s,
+                            self.baseline_goodput(daemon)?,
+                        ))
+                    })
                     .map(|(with, without)| {
                         let change = (with / without - 1.0) * 100.0;
                         (
-                            format!("{with:.1} vs {without:.1} MB/s ({change:+.2} %)"),
-                            change.abs() <= 1.0,
+                            format!("{with:.1} vs {without:.1} MB/s ({change:+.2} %){noise}"),
+                            change >= -1.0,
                         )
                     }),
             ));
@@ -367,51 +381,39 @@ impl Report {
         let mut met = true;
         let mut any = false;
         for level in &self.levels {
-            for peer in [Peer::Daemon, Peer::Diagnose] {
-                if let Some(accuracy) = level
-                    .runs
-                    .iter()
-                    .find(|r| r.peer == peer)
-                    .and_then(|r| r.accuracy.as_ref())
-                {
-                    any = true;
-                    met &= accuracy.exact();
-                    measured.push(format!(
-                        "{} {}: {}",
-                        level.name,
-                        short(peer),
-                        if accuracy.exact() {
-                            "exact".to_owned()
-                        } else {
-                            format!(
-                                "{} {} of {} segments",
-                                accuracy.counted_total().unwrap_or(0),
-                                accuracy.unit,
-                                accuracy.retrans_segs_total()
-                            )
-                        }
-                    ));
-                } else {
-                    met = false;
-                }
-            }
+            let mut parts = Vec::new();
             for run in &level.runs {
                 let Some(accuracy) = &run.accuracy else {
+                    if matches!(run.peer, Peer::Daemon | Peer::Diagnose) {
+                        met = false;
+                    }
                     continue;
                 };
-                if matches!(run.peer, Peer::BpftraceEvents | Peer::Tcpdump)
-                    && let Some(lost) = accuracy.lost.filter(|&l| l > 0)
-                {
-                    measured.push(format!("{} {} lost {lost}", level.name, short(run.peer)));
-                }
-                if run.peer == Peer::NodeExporter {
-                    measured.push(format!(
-                        "{} node_exporter: 0 of {} (host namespace only)",
-                        level.name,
-                        accuracy.retrans_segs_total()
-                    ));
+                let total = accuracy.retrans_segs_total();
+                match run.peer {
+                    Peer::Daemon | Peer::Diagnose => {
+                        any = true;
+                        met &= accuracy.exact() && accuracy.unit == "segments";
+                        let counted = accuracy.counted_total().unwrap_or(0);
+                        parts.push(format!(
+                            "{} {:+} of {total} {}",
+                            short(run.peer),
+                            i128::from(counted) - i128::from(total),
+                            accuracy.unit
+                        ));
+                    }
+                    Peer::BpftraceEvents | Peer::Tcpdump => {
+                        if let Some(lost) = accuracy.lost.filter(|&l| l > 0) {
+                            parts.push(format!("{} lost {lost}", short(run.peer)));
+                        }
+                    }
+                    Peer::NodeExporter => {
+                        parts.push(format!("node_exporter sees 0 of {total}"));
+                    }
+                    _ => {}
                 }
             }
+            measured.push(format!("{}: {}", level.name, parts.join(", ")));
         }
         Goal {
             name: "Exact counts against RetransSegs at every rate".to_owned(),
@@ -568,15 +570,19 @@ impl Report {
         md.push('\n');
     }
 
-    /// A table with a row per peer and a cell per level.
+    /// A section with a table of a row per peer and a cell per level.
     fn peer_table(
         &self,
         md: &mut String,
-        title: &str,
+        (title, intro): (&str, &str),
         levels: &[&str],
         cell: impl Fn(&Run) -> String,
     ) {
-        let _ = writeln!(md, "## {title}\n\n| Peer | {} |", levels.join(" | "));
+        let _ = writeln!(md, "## {title}\n");
+        if !intro.is_empty() {
+            let _ = writeln!(md, "{intro}\n");
+        }
+        let _ = writeln!(md, "| Peer | {} |", levels.join(" | "));
         let _ = writeln!(md, "|---|{}", "---|".repeat(levels.len()));
         for peer in Peer::ALL {
             let cells: Vec<String> = self
@@ -604,22 +610,26 @@ impl Report {
     }
 
     fn write_cpu(&self, md: &mut String, levels: &[&str]) {
-        let _ = writeln!(
-            md,
-            "CPU of the tool's processes (user + system) over the storm window, in % of one \
-             core; in brackets its start-up CPU (load, attach) and, for the capture, tshark's \
-             analysis afterwards, which the capture row's percentage includes (its CPU seconds \
-             over the window).\n"
-        );
-        self.peer_table(md, "CPU", levels, |r| match &r.cpu {
+        let intro = "CPU of the tool's processes (user + system) over the storm window, in % of \
+                     one core. In brackets: the kernel time of the BPF programs it loaded over \
+                     the same window (apart: not process CPU), its start-up CPU (load, attach) \
+                     and, for the capture, tcpdump's share and tshark's analysis afterwards, \
+                     which the capture's percentage includes (tshark's CPU seconds over the \
+                     window).";
+        self.peer_table(md, ("CPU", intro), levels, |r| match &r.cpu {
             None => "-".to_owned(),
             Some(cpu) => {
                 let mut cell =
                     format!("{:.2} %", capture_percent(r).unwrap_or(cpu.percent_of_core));
-                let mut extra = vec![format!("start-up {:.2} s", cpu.startup_s)];
+                let mut extra = Vec::new();
+                if !r.programs.is_empty() {
+                    let kernel: f64 = r.programs.iter().map(|p| p.percent_of_core).sum();
+                    extra.push(format!("BPF {kernel:.2} %"));
+                }
+                extra.push(format!("start-up {:.2} s", cpu.startup_s));
                 if let Some(a) = &cpu.analysis {
                     extra.push(format!(
-                        "tcpdump {:.2} % + tshark {:.2} s CPU",
+                        "tcpdump {:.2} % + tshark {:.2} s",
                         cpu.percent_of_core, a.usage.cpu_s
                     ));
                 }
@@ -630,7 +640,9 @@ impl Report {
     }
 
     fn write_rss(&self, md: &mut String, levels: &[&str]) {
-        self.peer_table(md, "Peak RSS (MiB)", levels, |r| {
+        let intro = "The largest `VmHWM` of the tool's processes, or its `wait4` maximum; \
+                     tshark's for the capture's analysis in brackets.";
+        self.peer_table(md, ("Peak RSS (MiB)", intro), levels, |r| {
             let mut cell = r
                 .peak_rss_kib
                 .map_or("-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0));
@@ -699,16 +711,16 @@ impl Report {
     }
 
     fn write_accuracy(&self, md: &mut String, levels: &[&str]) {
-        let _ = writeln!(
-            md,
-            "Each tool's count of the storm containers' retransmits against the kernel's \
-             RetransSegs of their namespaces over the same window: counted / RetransSegs \
-             (difference; the largest per-container difference), lost events the tool reports. \
-             Units differ: galmanhae counts segments (the daemon attempts where its segment \
-             family is absent), bpftrace events (one per tracepoint hit, which may carry several \
-             segments), tshark frames (a GSO frame on the bridge holds several segments).\n"
-        );
-        self.peer_table(md, "Accuracy", levels, |r| {
+        let intro = "Each tool's count of the storm containers' retransmits against the \
+                     kernel's `RetransSegs` of their namespaces over the same window: counted / \
+                     `RetransSegs` (difference; the largest per-container difference), and the \
+                     events the tool reports lost. Units differ: galmanhae counts segments (the \
+                     daemon attempts where its segment family is absent), bpftrace events (one \
+                     per tracepoint hit: one segment at the paced levels, a GSO skb of several \
+                     at max), tshark frames (likewise). On this sub-millisecond path tshark \
+                     marks part of the retransmissions as out of order instead (its threshold \
+                     is 3 ms), so its cell also counts both marks, as segments of 1448 bytes.";
+        self.peer_table(md, ("Accuracy", intro), levels, |r| {
             let Some(a) = &r.accuracy else {
                 return "-".to_owned();
             };
@@ -754,24 +766,16 @@ impl Report {
     }
 
     fn write_throughput(&self, md: &mut String, levels: &[&str]) {
-        let _ = writeln!(
-            md,
-            "The storm's goodput (bytes acknowledged) and segments sent with each tool running, \
-             against the baseline of the same level.\n"
-        );
-        let baseline = |run: &Run| {
-            self.levels
-                .iter()
-                .find(|l| l.runs.iter().any(|r| std::ptr::eq(r, run)))
-                .and_then(|l| l.runs.iter().find(|r| r.peer == Peer::Baseline))
-                .and_then(|r| r.storm.as_ref())
-                .map(|s| s.goodput_mb_s)
-        };
-        self.peer_table(md, "Storm throughput", levels, |r| {
+        let intro = "The storm's goodput (bytes acknowledged) and segments sent (`OutSegs`) \
+                     with each tool running, against the mean of the two runs without a tool \
+                     of the same level (the second baseline's own difference is the storm's \
+                     noise).";
+        self.peer_table(md, ("Storm throughput", intro), levels, |r| {
             let Some(s) = &r.storm else {
                 return "-".to_owned();
             };
-            let change = baseline(r)
+            let change = self
+                .baseline_goodput(r)
                 .filter(|_| r.peer != Peer::Baseline)
                 .map_or(String::new(), |b| {
                     format!(" ({:+.2} %)", (s.goodput_mb_s / b - 1.0) * 100.0)
@@ -781,6 +785,29 @@ impl Report {
                 s.goodput_mb_s, s.segments_per_s
             )
         });
+    }
+
+    /// The mean goodput of the baselines of `run`'s level; the first baseline's alone for the
+    /// second, so that its difference is the noise.
+    fn baseline_goodput(&self, run: &Run) -> Option<f64> {
+        let level = self
+            .levels
+            .iter()
+            .find(|l| l.runs.iter().any(|r| std::ptr::eq(r, run)))?;
+        let goodput = |peer| {
+            level
+                .runs
+                .iter()
+                .find(|r| r.peer == peer)
+                .and_then(|r| r.storm.as_ref())
+                .map(|s| s.goodput_mb_s)
+        };
+        let first = goodput(Peer::Baseline);
+        match (run.peer, first, goodput(Peer::BaselineAgain)) {
+            (Peer::BaselineAgain, first, _) => first,
+            (_, Some(a), Some(b)) => Some(f64::midpoint(a, b)),
+            (_, a, b) => a.or(b),
+        }
     }
 
     fn write_render(&self, md: &mut String) {
@@ -818,6 +845,7 @@ fn goal(name: &str, target: &str, measured: Option<(String, bool)>) -> Goal {
 fn short(peer: Peer) -> &'static str {
     match peer {
         Peer::Baseline => "baseline",
+        Peer::BaselineAgain => "baseline again",
         Peer::Daemon => "run",
         Peer::Diagnose => "diagnose",
         Peer::BpftraceCounts => "bpftrace-counts",
@@ -853,4 +881,138 @@ fn retransmit_hook(run: &Run) -> Option<&ProgramRun> {
             (p.name.contains("retransmit") || p.name.contains("rtx")) && !p.name.contains("synack")
         })
         .max_by_key(|p| p.runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(peer: Peer, goodput: f64, counted: Option<u64>, truth: u64) -> Run {
+        let mut run = Run::new(peer);
+        run.storm = Some(StormResult {
+            window_s: 10.0,
+            retransmits_per_s: 10_000.0,
+            segments_per_s: 50_000.0,
+            goodput_mb_s: goodput,
+            reset_flows: 0,
+        });
+        if !peer.is_baseline() {
+            run.cpu = Some(Cpu {
+                window_s: 0.05,
+                proc_stat_window_s: 0.05,
+                percent_of_core: 0.5,
+                startup_s: 0.1,
+                total: None,
+                analysis: None,
+            });
+            run.accuracy = Some(Accuracy {
+                unit: "segments",
+                containers: vec![ContainerCount {
+                    container: "storm-1".to_owned(),
+                    counted,
+                    retrans_segs: truth,
+                    difference: counted
+                        .map(|c| i64::try_from(c).unwrap() - i64::try_from(truth).unwrap()),
+                }],
+                lost: Some(0),
+                host: None,
+                alternative: None,
+            });
+        }
+        run
+    }
+
+    fn report(runs: Vec<Run>) -> Report {
+        Report {
+            schema: "galmanhae.bench/v1",
+            mode: "quick",
+            date: "today".to_owned(),
+            machine: Machine {
+                cpu: "x".to_owned(),
+                cores: 2,
+                ram_gib: 24.0,
+                kernel: "6.18".to_owned(),
+            },
+            tools: Vec::new(),
+            storm: StormSettings {
+                containers: vec!["storm-1".to_owned()],
+                flows_per_container: 1,
+                loss_percent: 20.0,
+                window_s: 10.0,
+                remote: "198.19.0.2:5432".to_owned(),
+                paced_write: "one MSS",
+                unpaced_write_bytes: 65_536,
+            },
+            levels: vec![Level {
+                name: "10k/s".to_owned(),
+                target_retransmits_per_s: Some(10_000.0),
+                segments_per_s: Some(50_000.0),
+                calibration: Vec::new(),
+                runs,
+            }],
+            render: vec![Render {
+                series: 10_000,
+                format: "prometheus".to_owned(),
+                median_ms: 1.2,
+                max_ms: 1.8,
+                bytes: 1_000_000,
+            }],
+            goals: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn status<'a>(report: &'a Report, name: &str) -> &'a str {
+        report
+            .goals
+            .iter()
+            .find(|g| g.name.starts_with(name))
+            .unwrap()
+            .status
+    }
+
+    #[test]
+    fn goals_from_one_run() {
+        let mut report = report(vec![
+            run(Peer::Baseline, 100.0, None, 0),
+            run(Peer::Daemon, 98.5, Some(1000), 1000),
+            run(Peer::Diagnose, 100.0, Some(999), 1000),
+            run(Peer::BaselineAgain, 96.0, None, 0),
+        ]);
+        report.evaluate_goals();
+        // 98.5 against the mean of 100 and 96: +0.51 %.
+        assert_eq!(
+            status(&report, "Storm throughput with the daemon running (10k/s)"),
+            "met"
+        );
+        assert_eq!(
+            status(&report, "Storm throughput with the daemon running (max)"),
+            "n/a"
+        );
+        // diagnose missed one segment.
+        assert_eq!(status(&report, "Exact counts"), "missed");
+        assert_eq!(status(&report, "Daemon CPU"), "met");
+        assert_eq!(status(&report, "/metrics render"), "met");
+        let markdown = report.markdown();
+        assert!(markdown.contains("| galmanhae run | 98.5 MB/s (+0.51 %), 50000 segments/s |"));
+        assert!(
+            markdown
+                .contains("| galmanhae diagnose | 999 / 1000 segments (-1; worst -1), lost 0 |")
+        );
+    }
+
+    #[test]
+    fn a_slower_storm_misses_the_throughput_goal() {
+        let mut report = report(vec![
+            run(Peer::Baseline, 100.0, None, 0),
+            run(Peer::Daemon, 97.0, Some(10), 10),
+            run(Peer::Diagnose, 100.0, Some(10), 10),
+        ]);
+        report.evaluate_goals();
+        assert_eq!(
+            status(&report, "Storm throughput with the daemon running (10k/s)"),
+            "missed"
+        );
+        assert_eq!(status(&report, "Exact counts"), "met");
+    }
 }
