@@ -196,6 +196,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 .to_owned(),
         ],
     };
+    if window < SCRAPE_INTERVAL.as_secs_f64() {
+        report.notes.push(format!(
+            "The window ({window} s) is shorter than the scrape interval ({} s): galmanhae run \
+             and node_exporter were scraped only at its ends, so their CPU holds no scrape.",
+            SCRAPE_INTERVAL.as_secs()
+        ));
+    }
     report.evaluate_goals();
     std::fs::create_dir_all(&out)?;
     report.write(&out)
