@@ -98,6 +98,12 @@ pub struct KernelArgs {
     /// [default: 16384].
     #[arg(long, value_parser = range(config::FLOW_CAPACITY), env = "GALMANHAE_FLOW_MAP_CAPACITY")]
     pub flow_map_capacity: Option<u32>,
+
+    /// Load the classic tracepoint programs (a helper call per kernel read) even where the
+    /// BTF ones (plain loads, several times cheaper) load: for a kernel whose verifier
+    /// misjudges the BTF ones, or to compare.
+    #[arg(long, env = "GALMANHAE_CLASSIC_TRACEPOINTS")]
+    pub classic_tracepoints: bool,
 }
 
 /// `30s`, `2m`, `1m30s`, `500ms`; at least 1 s, at most a day.

@@ -59,6 +59,8 @@ pub struct KernelSettings {
     pub tracefs: Option<PathBuf>,
     pub docker_socket: PathBuf,
     pub flow_map_capacity: u32,
+    /// Classic tracepoint programs even where the BTF ones load.
+    pub classic_tracepoints: bool,
 }
 
 /// Everything `galmanhae run` needs, resolved.
@@ -102,6 +104,7 @@ struct FileKernel {
     docker_socket: Option<PathBuf>,
     #[serde(default, deserialize_with = "flow_capacity")]
     flow_map_capacity: Option<u32>,
+    classic_tracepoints: Option<bool>,
 }
 
 impl KernelArgs {
@@ -118,6 +121,8 @@ impl KernelArgs {
                 .flow_map_capacity
                 .or(file.flow_map_capacity)
                 .unwrap_or(galmanhae_common::retransmit::FLOW_MAP_CAPACITY),
+            classic_tracepoints: self.classic_tracepoints
+                || file.classic_tracepoints.unwrap_or(false),
         }
     }
 

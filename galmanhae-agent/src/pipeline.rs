@@ -185,8 +185,9 @@ impl Window {
         let delta = self.latest.retransmits.since(&self.start.retransmits);
         let mut workloads: HashMap<Workload, WorkloadTotals> = HashMap::new();
 
-        let mut flows = Vec::with_capacity(delta.flows.len());
-        for (key, counters) in &delta.flows {
+        let by_flow = delta.by_flow();
+        let mut flows = Vec::with_capacity(by_flow.len());
+        for (key, counters) in &by_flow {
             let workload = attributor.workload(key.netns, key.cgroup_id);
             totals(&mut workloads, workload.clone())
                 .hooked
@@ -244,7 +245,7 @@ impl Window {
                 .saturating_duration_since(self.start.taken),
             workloads: workloads.into_values().collect(),
             flows,
-            flow_entries: self.latest.retransmits.flows.len(),
+            flow_entries: self.latest.retransmits.entries(),
             retransmits: delta,
         }
     }

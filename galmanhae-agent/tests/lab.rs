@@ -126,6 +126,20 @@ fn flow_segments(report: &Value, workload: &str) -> u64 {
 
 #[test]
 fn lossy_container_is_named_and_counts_are_exact() {
+    lossy_container_counts(&[], "tp_btf");
+}
+
+/// The classic tracepoint programs, the fallback where the BTF ones are refused, count the same.
+#[test]
+fn classic_tracepoints_count_exactly_too() {
+    lossy_container_counts(&["--classic-tracepoints"], "tracepoint");
+}
+
+#[expect(
+    clippy::unwrap_used,
+    reason = "the body of two tests, which it fails with a message"
+)]
+fn lossy_container_counts(options: &[&str], hook_kind: &str) {
     if !privileged() {
         return;
     }
@@ -139,11 +153,23 @@ fn lossy_container_is_named_and_counts_are_exact() {
     );
     let before = (retrans_segs(lossy_pid), retrans_segs(healthy_pid));
 
-    let run = Diagnose::start(&["--duration", "60s", "--top", "1000"]);
+    let mut args = vec!["--duration", "60s", "--top", "1000"];
+    args.extend_from_slice(options);
+    let run = Diagnose::start(&args);
     let lossy = thread::spawn(|| stream_from("t-lossy", DB_V4, 20_000_000));
     stream_from("t-healthy", DB_V4, 20_000_000);
     lossy.join().expect("lossy stream");
     let report = run.stop();
+    for hook in ["tcp:tcp_retransmit_skb", "skb:kfree_skb"] {
+        let attached = report["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == hook)
+            .unwrap_or_else(|| panic!("no hook {hook}: {:#}", report["hooks"]));
+        assert_eq!(attached["status"], "attached", "{attached:#}");
+        assert_eq!(attached["kind"], hook_kind, "{attached:#}");
+    }
     let after = (retrans_segs(lossy_pid), retrans_segs(healthy_pid));
 
     let w = workload(&report, "t-lossy");

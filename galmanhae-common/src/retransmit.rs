@@ -5,7 +5,8 @@ pub const AF_INET: u16 = 2;
 /// `AF_INET6`.
 pub const AF_INET6: u16 = 10;
 
-/// Default capacity of `RETRANSMIT_FLOWS`; the agent may change it before load.
+/// Default capacity of `RETRANSMIT_SOCKETS` and `RETRANSMIT_FLOWS`; the agent may change it
+/// before load.
 pub const FLOW_MAP_CAPACITY: u32 = 16_384;
 /// Capacity of `RETRANSMIT_OVERFLOW` (one entry per namespace and cgroup).
 pub const OVERFLOW_MAP_CAPACITY: u32 = 4_096;
@@ -14,7 +15,7 @@ pub const OVERFLOW_MAP_CAPACITY: u32 = 4_096;
 ///
 /// Addresses are IPv6 or v4-mapped IPv6 (`::ffff:a.b.c.d`), ports in host byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Inode of the socket's network namespace.
     pub netns: u32,
@@ -161,4 +162,21 @@ pub struct FlowState {
 
 const _: () = assert!(size_of::<FlowState>() == size_of::<RetransmitCounters>() + 16);
 
-crate::impl_pod!(FlowKey, OwnerKey, RetransmitCounters, FlowState);
+/// An entry of `RETRANSMIT_SOCKETS`, keyed by the socket's cookie (unique for the boot, never
+/// reused): the flow, built once at the socket's first retransmit, and its state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketState {
+    pub flow: FlowKey,
+    pub state: FlowState,
+}
+
+const _: () = assert!(size_of::<SocketState>() == size_of::<FlowKey>() + size_of::<FlowState>());
+
+crate::impl_pod!(
+    FlowKey,
+    OwnerKey,
+    RetransmitCounters,
+    FlowState,
+    SocketState
+);

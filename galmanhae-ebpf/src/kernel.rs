@@ -2,7 +2,9 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::bpf_probe_read_kernel,
+    helpers::{
+        bpf_probe_read_kernel, generated::bpf_probe_read_kernel as bpf_probe_read_kernel_raw,
+    },
     programs::{BtfTracePointContext, TracePointContext},
 };
 use galmanhae_common::offsets::{ABSENT, BitField, KernelOffsets};
@@ -35,7 +37,9 @@ pub trait Memory {
     }
 }
 
-/// `bpf_probe_read_kernel`: any address, one helper call (tens of ns) per read.
+/// `bpf_probe_read_kernel`: any address, one helper call (tens of ns) per read. A read that
+/// fails reads zeros (the helper clears its buffer), as a [`Direct`] load that faults does:
+/// no branch per read, or the verifier explores every combination of them.
 pub struct Probe;
 
 impl Memory for Probe {
@@ -44,8 +48,17 @@ impl Memory for Probe {
         if base == 0 || offset == ABSENT {
             return None;
         }
-        // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
-        unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+        let mut value = core::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes `size_of::<T>()` bytes into `value` (zeros on failure)
+        // and checks the source address instead of faulting.
+        unsafe {
+            bpf_probe_read_kernel_raw(
+                value.as_mut_ptr().cast(),
+                u32::try_from(size_of::<T>()).unwrap_or(0),
+                (base + u64::from(offset)) as *const core::ffi::c_void,
+            );
+            Some(value.assume_init())
+        }
     }
 }
 

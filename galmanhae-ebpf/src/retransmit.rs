@@ -4,7 +4,8 @@
 //! everything is read from the socket: its network namespace and its cgroup.
 
 use aya_ebpf::{
-    helpers::bpf_skc_to_tcp_sock,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     macros::map,
     maps::{HashMap, PerCpuHashMap},
     programs::{BtfTracePointContext, TracePointContext},
@@ -14,7 +15,7 @@ use galmanhae_common::{
     offsets::ABSENT,
     retransmit::{
         AF_INET, AF_INET6, FLOW_MAP_CAPACITY, FlowKey, FlowState, OVERFLOW_MAP_CAPACITY, OwnerKey,
-        RetransmitCounters, RetransmitKind,
+        RetransmitCounters, RetransmitKind, SocketState,
     },
     v4_mapped,
 };
@@ -25,11 +26,19 @@ use crate::{
     maps,
 };
 
-/// Per-flow counters and the state that counts segments exactly. Shared by the CPUs (a
-/// flow's events run under its socket's lock), not LRU: an LRU would evict counts silently.
+/// Per-socket (by cookie) flow, counters and the state that counts segments exactly: the BTF
+/// program's. Shared by the CPUs (a socket's retransmits run under its lock); not LRU: an LRU
+/// would evict counts silently. The agent frees the entries of sockets idle for a minute.
+#[map]
+static RETRANSMIT_SOCKETS: HashMap<u64, SocketState> =
+    HashMap::with_max_entries(FLOW_MAP_CAPACITY, 0);
+
+/// The same per flow, for the classic tracepoint program (which has no socket cookie) and
+/// SYN-ACKs (a request socket is not a full socket). Allocated on insert: it stays small
+/// where the BTF program runs.
 #[map]
 static RETRANSMIT_FLOWS: HashMap<FlowKey, FlowState> =
-    HashMap::with_max_entries(FLOW_MAP_CAPACITY, 0);
+    HashMap::with_max_entries(FLOW_MAP_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Where a retransmit goes when `RETRANSMIT_FLOWS` is full: per namespace and cgroup, so
 /// per-workload totals stay exact even when the flow detail is lost.
@@ -53,18 +62,81 @@ const EINVAL: i32 = 22;
 const EHOSTUNREACH: i32 = 113;
 
 /// `tp_btf/tcp_retransmit_skb(sk, skb[, err])`: the socket and the packet themselves, read
-/// with plain loads. The flow is built from the socket, as the tracepoint record would be.
+/// with plain loads, counted per socket cookie. The flow is built from the socket (as the
+/// tracepoint record would be) only at a socket's first retransmit: the pointer chases to its
+/// namespace and cgroup and the hashing of a 56-byte key are not paid per event.
 pub fn on_retransmit_skb_btf(ctx: &BtfTracePointContext) {
     let sk: u64 = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
     // Since 6.17 (commit ad892e912b84): the tracepoint also fires for failed attempts.
     let err = optional_arg(ctx, 2, offset!(retransmit_skb.err) != ABSENT)
         .map_or(0, |e| low_32(e).cast_signed());
-    let key = socket_flow_key::<Direct>(sk);
-    // SAFETY: the helper checks that `sk` is a full TCP socket and returns null otherwise.
-    let tcp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
+    // SAFETY: both helpers take any socket; the second returns null for one that is not a
+    // full TCP socket.
+    let (cookie, tcp) = unsafe {
+        (
+            bpf_get_socket_cookie(sk as *mut _),
+            bpf_skc_to_tcp_sock(sk as *mut _) as u64,
+        )
+    };
     let state = Direct::at::<u8>(sk, offset!(sock.state)).map(i32::from);
-    on_retransmit::<Direct>(&key, sk, tcp, skb, state, err);
+    let event = Event::read::<Direct>(tcp, skb, state, err);
+    match RETRANSMIT_SOCKETS.get_ptr_mut(cookie) {
+        // SAFETY: the socket's entry; only this socket's events, serialised by its lock,
+        // write it.
+        Some(socket) => event.count(unsafe { &mut (*socket).state }, sk),
+        None => first_retransmit(cookie, sk, &event),
+    }
+}
+
+/// What a socket's entry is created from: zeros, from memory, not from the 512-byte stack.
+static EMPTY_SOCKET: SocketState = SocketState {
+    flow: FlowKey {
+        netns: 0,
+        family: 0,
+        local_port: 0,
+        remote_port: 0,
+        padding: [0; 6],
+        cgroup_id: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+    },
+    state: FlowState {
+        counters: RetransmitCounters {
+            retransmits: 0,
+            segments: 0,
+            failed: 0,
+            failed_segments: 0,
+            bytes: 0,
+            kinds: [0; RetransmitKind::COUNT],
+        },
+        socket: 0,
+        last_total_retrans: 0,
+        has_total: 0,
+    },
+};
+
+/// A socket's first retransmit: its entry is created, then its flow built in place.
+#[inline(always)]
+fn first_retransmit(cookie: u64, sk: u64, event: &Event) {
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the 160 bytes would be copied to the stack first"
+    )]
+    let created = RETRANSMIT_SOCKETS.insert(cookie, &EMPTY_SOCKET, u64::from(BPF_NOEXIST));
+    let socket = match created {
+        Ok(()) => RETRANSMIT_SOCKETS.get_ptr_mut(cookie),
+        Err(_) => None,
+    };
+    let Some(socket) = socket else {
+        health::bump(HealthCounter::FlowMapFull);
+        overflow(&owner::<Direct>(sk), &|c| event.add(c, event.fallback));
+        return;
+    };
+    // SAFETY: the entry just created; only this socket's events write it.
+    let socket = unsafe { &mut *socket };
+    socket.flow = socket_flow_key::<Direct>(sk);
+    event.count(&mut socket.state, sk);
 }
 
 /// `tcp:tcp_retransmit_skb`, where `tp_btf` is not available: the same reads, each through
@@ -82,60 +154,75 @@ pub fn on_retransmit_skb(ctx: &TracePointContext) {
     let key = socket_flow_key::<Probe>(sk);
     let skb = tp_field::<u64>(ctx, offset!(retransmit_skb.skbaddr)).unwrap_or(0);
     let state = tp_field::<i32>(ctx, offset!(retransmit_skb.state));
-    on_retransmit::<Probe>(&key, sk, sk, skb, state, err);
+    let event = Event::read::<Probe>(sk, skb, state, err);
+    count(&key, &|flow: &mut FlowState| event.count(flow, sk), &|c| {
+        event.add(c, event.fallback);
+    });
 }
 
-/// Counts one retransmit attempt of `sk` (`tcp`: the same socket as a `tcp_sock`, 0 if it is
-/// not one) into its flow.
-#[inline(always)]
-fn on_retransmit<M: Memory>(
-    key: &FlowKey,
-    sk: u64,
-    tcp: u64,
-    skb: u64,
-    state: Option<i32>,
+/// One retransmit attempt, as read from the socket and the skb.
+struct Event {
+    segments: u64,
+    bytes: u64,
+    kind: RetransmitKind,
     err: i32,
-) {
-    let segments =
-        M::at::<u16>(skb, offset!(structs.skb_tcp_gso_segs)).map_or(1, |s| u64::from(s.max(1)));
-    let bytes = M::at::<u32>(skb, offset!(structs.skb_len)).map_or(0, u64::from);
-    let kind = match state {
-        Some(TCP_SYN_SENT) => RetransmitKind::Syn,
-        Some(TCP_SYN_RECV) => RetransmitKind::SynAck,
-        _ => match M::bits(tcp, offset!(structs.icsk_ca_state)) {
-            Some(TCP_CA_LOSS) => RetransmitKind::Rto,
-            Some(TCP_CA_RECOVERY) => RetransmitKind::Fast,
-            Some(TCP_CA_OPEN | TCP_CA_DISORDER) => RetransmitKind::Tlp,
-            _ => RetransmitKind::Other,
-        },
-    };
-    let total = M::at::<u32>(tcp, offset!(structs.tcp_total_retrans));
-    // For a socket not seen before: the skb's count, unless the attempt failed before the
-    // kernel counted it.
-    let fallback = if err == 0 || !failed_before_transmit(err) {
-        segments
-    } else {
-        0
-    };
-    let add = |c: &mut RetransmitCounters, counted: u64| {
+    /// The socket's `tcp_sock.total_retrans`, `None` if it is not a TCP socket.
+    total: Option<u32>,
+    /// The segments to count for a socket not seen before: the skb's, unless the attempt
+    /// failed before the kernel counted it.
+    fallback: u64,
+}
+
+impl Event {
+    /// `tcp`: the same socket as a `tcp_sock`, 0 if it is not one.
+    #[inline(always)]
+    fn read<M: Memory>(tcp: u64, skb: u64, state: Option<i32>, err: i32) -> Self {
+        let segments =
+            M::at::<u16>(skb, offset!(structs.skb_tcp_gso_segs)).map_or(1, |s| u64::from(s.max(1)));
+        let kind = match state {
+            Some(TCP_SYN_SENT) => RetransmitKind::Syn,
+            Some(TCP_SYN_RECV) => RetransmitKind::SynAck,
+            _ => match M::bits(tcp, offset!(structs.icsk_ca_state)) {
+                Some(TCP_CA_LOSS) => RetransmitKind::Rto,
+                Some(TCP_CA_RECOVERY) => RetransmitKind::Fast,
+                Some(TCP_CA_OPEN | TCP_CA_DISORDER) => RetransmitKind::Tlp,
+                _ => RetransmitKind::Other,
+            },
+        };
+        Self {
+            segments,
+            bytes: M::at::<u32>(skb, offset!(structs.skb_len)).map_or(0, u64::from),
+            kind,
+            err,
+            total: M::at::<u32>(tcp, offset!(structs.tcp_total_retrans)),
+            fallback: if err == 0 || !failed_before_transmit(err) {
+                segments
+            } else {
+                0
+            },
+        }
+    }
+
+    /// Counts the event into the state of its socket `sk` (exactly, from `total_retrans`).
+    #[inline(always)]
+    fn count(&self, flow: &mut FlowState, sk: u64) {
+        let counted = segments_counted(flow, sk, self.total).unwrap_or(self.fallback);
+        self.add(&mut flow.counters, counted);
+    }
+
+    /// Adds the event, with `counted` segments, to `c`.
+    #[inline(always)]
+    fn add(&self, c: &mut RetransmitCounters, counted: u64) {
         c.segments += counted;
-        if err == 0 {
+        if self.err == 0 {
             c.retransmits += 1;
-            c.bytes += bytes;
-            c.kinds[kind as usize] += 1;
+            c.bytes += self.bytes;
+            c.kinds[self.kind as usize] += 1;
         } else {
             c.failed += 1;
-            c.failed_segments += segments;
+            c.failed_segments += self.segments;
         }
-    };
-    count(
-        key,
-        &|flow: &mut FlowState| {
-            let counted = segments_counted(flow, sk, total).unwrap_or(fallback);
-            add(&mut flow.counters, counted);
-        },
-        &|c: &mut RetransmitCounters| add(c, fallback),
-    );
+    }
 }
 
 /// The segments this event added to `RetransSegs`: the growth of the socket's
@@ -307,8 +394,7 @@ fn is_v4_mapped(addr: &[u8; 16]) -> bool {
 }
 
 /// Applies `flow_update` to the flow's entry, creating it if needed; when the flow map is
-/// full, `overflow_update` to the owner's overflow counters; when both are full, counts the
-/// loss.
+/// full, `overflow_update` to the owner's overflow counters.
 #[inline(always)]
 fn count(
     key: &FlowKey,
@@ -324,7 +410,14 @@ fn count(
         padding: 0,
         cgroup_id: key.cgroup_id,
     };
-    if !maps::update(&RETRANSMIT_OVERFLOW, &owner, overflow_update) {
+    overflow(&owner, overflow_update);
+}
+
+/// Counts per owner what did not fit in a flow or socket map; when that is full too, counts
+/// the loss.
+#[inline(always)]
+fn overflow(owner: &OwnerKey, update: &impl Fn(&mut RetransmitCounters)) {
+    if !maps::update(&RETRANSMIT_OVERFLOW, owner, update) {
         health::bump(HealthCounter::OverflowMapFull);
     }
 }

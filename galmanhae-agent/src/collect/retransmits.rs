@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use aya::Ebpf;
 use galmanhae_common::{
     health::HealthCounter,
-    retransmit::{FlowKey, FlowState, OwnerKey, RetransmitCounters},
+    retransmit::{FlowKey, FlowState, OwnerKey, RetransmitCounters, SocketState},
 };
 
 pub use super::maps::ReadError;
@@ -14,6 +14,9 @@ use super::maps::{delta, read_hash, read_health, read_per_cpu_hash};
 /// Cumulative counters since the programs were loaded.
 #[derive(Clone, Debug, Default)]
 pub struct RetransmitSample {
+    /// Per socket cookie (the BTF program): the socket's flow and counters.
+    pub sockets: HashMap<u64, (FlowKey, RetransmitCounters)>,
+    /// Per flow (the classic tracepoint program, SYN-ACKs).
     pub flows: HashMap<FlowKey, RetransmitCounters>,
     /// Counted per owner because the flow map was full.
     pub overflow: HashMap<OwnerKey, RetransmitCounters>,
@@ -31,6 +34,12 @@ impl RetransmitSample {
             *now = now.saturating_sub(then);
         }
         Self {
+            sockets: delta(
+                &self.sockets,
+                &earlier.sockets,
+                |(flow, now), (_, then)| (*flow, now.since(then)),
+                |(_, counters)| counters.is_zero(),
+            ),
             flows: delta(
                 &self.flows,
                 &earlier.flows,
@@ -47,10 +56,28 @@ impl RetransmitSample {
         }
     }
 
-    /// Sum of every flow and overflow bucket.
+    /// Per flow, sockets folded in (two sockets can have had the same tuple).
+    pub fn by_flow(&self) -> HashMap<FlowKey, RetransmitCounters> {
+        let mut flows = self.flows.clone();
+        for (flow, counters) in self.sockets.values() {
+            flows.entry(*flow).or_default().add(counters);
+        }
+        flows
+    }
+
+    /// Entries in the kernel's socket and flow maps.
+    pub fn entries(&self) -> usize {
+        self.sockets.len() + self.flows.len()
+    }
+
+    /// Sum of every socket, flow and overflow bucket.
     pub fn total(&self) -> RetransmitCounters {
         let mut total = RetransmitCounters::default();
-        for counters in self.flows.values().chain(self.overflow.values()) {
+        let sockets = self.sockets.values().map(|(_, counters)| counters);
+        for counters in sockets
+            .chain(self.flows.values())
+            .chain(self.overflow.values())
+        {
             total.add(counters);
         }
         total
@@ -64,6 +91,9 @@ impl RetransmitSample {
 /// Reads all retransmit maps (and the shared health counters) once.
 pub fn read(ebpf: &Ebpf) -> Result<RetransmitSample, ReadError> {
     Ok(RetransmitSample {
+        sockets: read_hash(ebpf, "RETRANSMIT_SOCKETS", |s: &SocketState| {
+            (s.flow, s.state.counters)
+        })?,
         flows: read_hash(ebpf, "RETRANSMIT_FLOWS", |state: &FlowState| state.counters)?,
         overflow: read_per_cpu_hash(ebpf, "RETRANSMIT_OVERFLOW", RetransmitCounters::add)?,
         health: read_health(ebpf)?,

@@ -166,7 +166,7 @@ impl Progress {
             so_far.retransmits,
             so_far.segments,
             so_far.failed,
-            window.latest().retransmits.flows.len()
+            window.latest().retransmits.entries()
         );
         let mut stderr = std::io::stderr().lock();
         if self.terminal {

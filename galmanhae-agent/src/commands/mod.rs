@@ -40,6 +40,7 @@ pub fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
         &LoadOptions {
             flow_capacity: kernel.flow_map_capacity,
             bpf_stats: true,
+            classic_tracepoints: kernel.classic_tracepoints,
         },
     )
     .context("loading the eBPF programs")?;

@@ -96,6 +96,8 @@ pub struct LoadOptions {
     pub flow_capacity: u32,
     /// Enable kernel run-time statistics (`BPF_ENABLE_STATS`) while loaded.
     pub bpf_stats: bool,
+    /// Never the BTF tracepoint programs.
+    pub classic_tracepoints: bool,
 }
 
 impl Default for LoadOptions {
@@ -103,6 +105,7 @@ impl Default for LoadOptions {
         Self {
             flow_capacity: FLOW_MAP_CAPACITY,
             bpf_stats: true,
+            classic_tracepoints: false,
         }
     }
 }
@@ -195,13 +198,26 @@ impl Probes {
             // not parse the kernel's BTF a second time (~30 MB at start-up).
             .btf(None)
             .override_global("KERNEL_OFFSETS", &offsets, true)
+            .map_max_entries("RETRANSMIT_SOCKETS", options.flow_capacity)
             .map_max_entries("RETRANSMIT_FLOWS", options.flow_capacity)
             .map_max_entries("RETRANSMIT_OVERFLOW", OVERFLOW_MAP_CAPACITY)
             .map_max_entries("DROPS", DROP_MAP_CAPACITY)
             .map_max_entries("DROP_OVERFLOW", DROP_OVERFLOW_CAPACITY)
             .load(PROGRAMS)?;
 
-        let hooks = attach_all(&mut ebpf, skb, synack, drops, &drop_reasons);
+        // aya's own parse of the kernel's BTF (it needs it to load BTF-typed programs); about
+        // 0.1 s and a few MB, freed on return.
+        let aya_btf = if options.classic_tracepoints {
+            Err("--classic-tracepoints asked for the classic ones".to_owned())
+        } else {
+            aya::Btf::from_sys_fs().map_err(|e| e.to_string())
+        };
+        let hooks = attach_all(
+            &mut ebpf,
+            aya_btf.as_ref(),
+            (skb, synack, drops),
+            &drop_reasons,
+        );
 
         let stats = if options.bpf_stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -385,9 +401,12 @@ fn attach_tracepoint(
 /// with its status; the tracefs formats say which of them this kernel has.
 fn attach_all(
     ebpf: &mut Ebpf,
-    skb: Result<RetransmitSkbFields, FormatError>,
-    synack: Result<RetransmitSynackFields, FormatError>,
-    drops: Result<KfreeSkbFields, FormatError>,
+    aya_btf: Result<&aya::Btf, &String>,
+    (skb, synack, drops): (
+        Result<RetransmitSkbFields, FormatError>,
+        Result<RetransmitSynackFields, FormatError>,
+        Result<KfreeSkbFields, FormatError>,
+    ),
     drop_reasons: &DropReasons,
 ) -> Vec<Hook> {
     let skb_detail = match &skb {
@@ -397,13 +416,10 @@ fn attach_all(
         Ok(_) => "`err` field present: failed attempts are counted apart".to_owned(),
         Err(_) => String::new(),
     };
-    // aya's own parse of the kernel's BTF (it needs it to load BTF-typed programs); about
-    // 0.1 s and a few MB, freed on return.
-    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
     vec![
         attach_preferring_btf(
             ebpf,
-            aya_btf.as_ref(),
+            aya_btf,
             &RETRANSMIT_SKB,
             RETRANSMIT_SKB_BTF,
             skb.map(|_| skb_detail),
@@ -415,7 +431,7 @@ fn attach_all(
         ),
         attach_preferring_btf(
             ebpf,
-            aya_btf.as_ref(),
+            aya_btf,
             &KFREE_SKB,
             KFREE_SKB_BTF,
             drops.map(|f| {
@@ -427,7 +443,7 @@ fn attach_all(
                 }
             }),
         ),
-        attach_conntrack_confirm(ebpf, aya_btf.as_ref()),
+        attach_conntrack_confirm(ebpf, aya_btf),
     ]
 }
 
@@ -467,7 +483,7 @@ fn attach_preferring_btf(
             let mut hook = attach_tracepoint(ebpf, spec, Ok(detail));
             let _ = write!(
                 hook.detail,
-                "; as a classic tracepoint, tp_btf refused: {}",
+                "; as a classic tracepoint (tp_btf not used: {})",
                 error_chain(e.as_ref())
             );
             hook

@@ -18,7 +18,7 @@ use std::{
 
 use galmanhae_common::{
     drop::DropKey,
-    retransmit::{FlowKey, FlowState, RetransmitCounters, RetransmitKind},
+    retransmit::{FlowKey, FlowState, RetransmitCounters, RetransmitKind, SocketState},
 };
 use prometheus_client::encoding::EncodeLabelSet;
 
@@ -196,6 +196,7 @@ pub struct Exporter {
     limits: Limits,
     /// The maps as of the last pass: the next pass counts from here.
     last: Snapshot,
+    sockets_idle: IdleKeys<u64>,
     flows_idle: IdleKeys<FlowKey>,
     drops_idle: IdleKeys<DropKey>,
     /// Last segment counters per namespace and when the namespace was last seen.
@@ -245,6 +246,7 @@ impl Exporter {
             pipeline,
             limits,
             last,
+            sockets_idle: IdleKeys::default(),
             flows_idle: IdleKeys::default(),
             drops_idle: IdleKeys::default(),
             netns_tcp: HashMap::new(),
@@ -622,47 +624,39 @@ impl Exporter {
         self.locations.expire(now, grace);
     }
 
-    /// Frees kernel entries of flows idle for a minute once their map is half full, so that
-    /// a daemon that runs for months keeps per-flow detail. Their counts are already folded.
+    /// Frees kernel entries of sockets and flows idle for a minute once their map is half
+    /// full, so that a daemon that runs for months keeps per-flow detail. Their counts are
+    /// already folded.
     fn free_idle_entries(&mut self, summary: &Summary, now: Instant) {
-        let flows = &self.last.retransmits.flows;
-        self.flows_idle
-            .observe(flows.keys(), summary.flows.iter().map(|f| &f.key), now);
-        let changed_drops: Vec<DropKey> = summary.drops.iter().filter_map(|d| d.key).collect();
-        self.drops_idle
-            .observe(self.last.drops.flows.keys(), changed_drops.iter(), now);
-
+        let ebpf = &mut self.pipeline.probes.ebpf;
         let capacity = self.pipeline.probes.flow_capacity as usize;
-        if flows.len() * 2 >= capacity {
-            let idle = self.flows_idle.idle(now, FLOW_IDLE);
-            self.evict::<FlowKey, FlowState>("RETRANSMIT_FLOWS", &idle);
-            for key in &idle {
-                self.last.retransmits.flows.remove(key);
-                self.flows_idle.forget(key);
-            }
-        }
-        let drop_capacity = galmanhae_common::drop::DROP_MAP_CAPACITY as usize;
-        if self.last.drops.flows.len() * 2 >= drop_capacity {
-            let idle = self.drops_idle.idle(now, FLOW_IDLE);
-            self.evict::<DropKey, u64>("DROPS", &idle);
-            for key in &idle {
-                self.last.drops.flows.remove(key);
-                self.drops_idle.forget(key);
-            }
-        }
-    }
-
-    fn evict<K: aya::Pod, V: aya::Pod>(&mut self, map: &'static str, keys: &[K]) {
-        if keys.is_empty() {
-            return;
-        }
-        match remove_keys::<K, V>(&mut self.pipeline.probes.ebpf, map, keys) {
-            Ok(n) => {
-                self.evicted += n as u64;
-                log::debug!("freed {n} idle entries of {map}");
-            }
-            Err(e) => log::warn!("freeing idle entries of {map}: {e}"),
-        }
+        let changed: Vec<u64> = summary.retransmits.sockets.keys().copied().collect();
+        self.evicted += free_idle::<u64, SocketState, _>(
+            ebpf,
+            ("RETRANSMIT_SOCKETS", capacity),
+            &mut self.sockets_idle,
+            &mut self.last.retransmits.sockets,
+            &changed,
+            now,
+        );
+        let changed: Vec<FlowKey> = summary.retransmits.flows.keys().copied().collect();
+        self.evicted += free_idle::<FlowKey, FlowState, _>(
+            ebpf,
+            ("RETRANSMIT_FLOWS", capacity),
+            &mut self.flows_idle,
+            &mut self.last.retransmits.flows,
+            &changed,
+            now,
+        );
+        let changed: Vec<DropKey> = summary.drops.iter().filter_map(|d| d.key).collect();
+        self.evicted += free_idle::<DropKey, u64, _>(
+            ebpf,
+            ("DROPS", galmanhae_common::drop::DROP_MAP_CAPACITY as usize),
+            &mut self.drops_idle,
+            &mut self.last.drops.flows,
+            &changed,
+            now,
+        );
     }
 
     /// `None` while healthy; else why not (for `/healthz`).
@@ -672,6 +666,41 @@ impl Exporter {
         }
         let age = now.saturating_duration_since(self.last_pass);
         (age > max_age).then(|| format!("no collection for {}s", age.as_secs()))
+    }
+}
+
+/// Records a pass of one kernel map (`changed`: its keys that counted, `last`: its last read),
+/// then, once the map (name, capacity) is half full, deletes its keys idle for [`FLOW_IDLE`]
+/// from the kernel and from `last`; returns how many were deleted.
+fn free_idle<K: Copy + Eq + std::hash::Hash + aya::Pod, V: aya::Pod, T>(
+    ebpf: &mut aya::Ebpf,
+    (map, capacity): (&'static str, usize),
+    idle: &mut IdleKeys<K>,
+    last: &mut HashMap<K, T>,
+    changed: &[K],
+    now: Instant,
+) -> u64 {
+    idle.observe(last.keys(), changed.iter(), now);
+    if last.len() * 2 < capacity {
+        return 0;
+    }
+    let keys = idle.idle(now, FLOW_IDLE);
+    if keys.is_empty() {
+        return 0;
+    }
+    for key in &keys {
+        last.remove(key);
+        idle.forget(key);
+    }
+    match remove_keys::<K, V>(ebpf, map, &keys) {
+        Ok(n) => {
+            log::debug!("freed {n} idle entries of {map}");
+            n as u64
+        }
+        Err(e) => {
+            log::warn!("freeing idle entries of {map}: {e}");
+            0
+        }
     }
 }
 
