@@ -77,8 +77,11 @@ impl ToolCgroup {
 
 impl Drop for ToolCgroup {
     fn drop(&mut self) {
-        // Empty once the tool has exited; the parent stays for the next tool.
+        // Empty once the tool has exited; so is the parent, unless another tool's group is in.
         let _ = fs::remove_dir(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
     }
 }
 

@@ -122,6 +122,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             workspace_root()
         }
     });
+    // The last bench's files would mix with this one's.
+    let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let window = args.window.unwrap_or(if args.quick { 4.0 } else { 12.0 });
     let peers: Vec<Peer> = Peer::ALL
@@ -272,7 +274,7 @@ impl Bench {
                 bail!("interrupted");
             }
             eprintln!("xtask: bench: {} / {peer}", spec.name);
-            let run = self.run(peer, segments_per_s, self.window);
+            let run = self.run(peer, segments_per_s, self.window, spec.name);
             if let Some(error) = &run.error {
                 eprintln!("xtask: bench: {} / {peer} failed: {error}", spec.name);
             }
@@ -293,7 +295,12 @@ impl Bench {
         let mut rate = target / (self.loss / 100.0);
         let mut steps = Vec::new();
         for _ in 0..CALIBRATION_ROUNDS {
-            let run = self.run(Peer::Baseline, Some(rate), self.calibration_window);
+            let run = self.run(
+                Peer::Baseline,
+                Some(rate),
+                self.calibration_window,
+                "calibration",
+            );
             let achieved = match (&run.error, &run.storm) {
                 (None, Some(storm)) => storm.retransmits_per_s,
                 (error, _) => bail!(
@@ -326,10 +333,15 @@ impl Bench {
         Ok((rate, steps))
     }
 
-    /// One tool under one storm; failures end up in the row.
-    fn run(&self, peer: Peer, segments_per_s: Option<f64>, window: Duration) -> Run {
+    /// One tool under one storm; failures end up in the row. The tool's files go to
+    /// target/bench/LEVEL/PEER.
+    fn run(&self, peer: Peer, segments_per_s: Option<f64>, window: Duration, level: &str) -> Run {
         let mut run = Run::new(peer);
-        if let Err(e) = self.measure(&mut run, segments_per_s, window) {
+        let dir = self
+            .work
+            .join(level.trim_end_matches("/s"))
+            .join(format!("{peer:?}").to_lowercase());
+        if let Err(e) = self.measure(&mut run, segments_per_s, window, &dir) {
             run.error = Some(format!("{e:#}"));
         }
         run
@@ -340,12 +352,12 @@ impl Bench {
         run: &mut Run,
         segments_per_s: Option<f64>,
         window: Duration,
+        dir: &Path,
     ) -> anyhow::Result<()> {
-        let dir = self.work.join(format!("{:?}", run.peer).to_lowercase());
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let setup = Setup {
             galmanhae: &self.galmanhae,
-            dir: &dir,
+            dir,
             containers: &self.containers,
         };
         let programs_before = measure::programs()?;

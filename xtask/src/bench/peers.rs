@@ -603,7 +603,8 @@ fn lost_by_reason(first: &[Sample], last: &[Sample]) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The hook's retransmitted segments summed over each workload's flows.
+/// The hook's retransmitted segments summed over each workload's flows; lost: what the kernel
+/// side could not count, and the runs the kernel skipped of the TCP retransmit hooks.
 fn diagnose_counts(report: &serde_json::Value, containers: &[Container]) -> Counts {
     let flows = report["flows"].as_array().map_or(&[][..], Vec::as_slice);
     let health = &report["health"];
@@ -623,7 +624,15 @@ fn diagnose_counts(report: &serde_json::Value, containers: &[Container]) -> Coun
                 .collect(),
         ),
         lost: Some(
-            health["lost"].as_u64().unwrap_or(0) + health["read_errors"].as_u64().unwrap_or(0),
+            health["lost"].as_u64().unwrap_or(0)
+                + health["read_errors"].as_u64().unwrap_or(0)
+                + report["hooks"]
+                    .as_array()
+                    .map_or(&[][..], Vec::as_slice)
+                    .iter()
+                    .filter(|h| h["name"].as_str().is_some_and(|n| n.starts_with("tcp:")))
+                    .filter_map(|h| h["missed"].as_u64())
+                    .sum::<u64>(),
         ),
         host: None,
         alternative: None,
@@ -919,11 +928,16 @@ mod tests {
                 {"workload": "host", "retransmitted_segments": 100},
             ],
             "health": {"lost": 2, "read_errors": 1},
+            "hooks": [
+                {"name": "tcp:tcp_retransmit_skb", "missed": 4},
+                {"name": "skb:kfree_skb", "missed": 100},
+                {"name": "tcp:tcp_retransmit_synack", "missed": null},
+            ],
         });
         let counts = diagnose_counts(&report, &containers());
         let per = counts.per_container.unwrap();
         assert_eq!((per["storm-1"], per["storm-2"]), (12, 1));
-        assert_eq!(counts.lost, Some(3));
+        assert_eq!(counts.lost, Some(7));
     }
 
     #[test]

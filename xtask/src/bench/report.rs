@@ -714,7 +714,10 @@ impl Report {
         let intro = "Each tool's count of the storm containers' retransmits against the \
                      kernel's `RetransSegs` of their namespaces over the same window: counted / \
                      `RetransSegs` (difference; the largest per-container difference), and the \
-                     events the tool reports lost. Units differ: galmanhae counts segments (the \
+                     events the tool reports lost (diagnose: its lost counters and the runs the \
+                     kernel skipped of its retransmit hooks; the daemon has no per-program \
+                     skipped count, its total is in the notes; tcpdump: packets dropped by the \
+                     kernel). Units differ: galmanhae counts segments (the \
                      daemon attempts where its segment family is absent), bpftrace events (one \
                      per tracepoint hit: one segment at the paced levels, a GSO skb of several \
                      at max), tshark frames (likewise). On this sub-millisecond path tshark \
