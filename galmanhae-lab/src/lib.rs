@@ -5,9 +5,11 @@
 //! Only `198.18.0.0/15` and `2001:2::/48` are used. [`down`] removes everything [`up`] created and
 //! is safe to run at any time, also after a failed run.
 
+pub mod cgroup;
 mod cmd;
 pub mod docker;
 pub mod fault;
+pub mod storm;
 pub mod traffic;
 
 use std::{path::Path, time::Duration};
@@ -28,6 +30,9 @@ pub const HOST_ON_DB_LINK_V6: &str = "2001:2:0:1::1";
 pub const DB_PORT: u16 = 5432;
 /// Host processes stream here, so a fault can target them alone.
 pub const DB_HOST_PORT: u16 = 5433;
+/// The db sinks' listen backlog: the bench's storm connects dozens of flows at once, which
+/// overflow socat's default of 5 (dropped handshakes, then resets).
+const SINK_BACKLOG: u32 = 1024;
 pub const HOST_VETH: &str = "gmh-db-host";
 pub const DB_VETH: &str = "gmh-db";
 pub const IMAGE: &str = "galmanhae-lab/busybox:latest";
@@ -138,14 +143,22 @@ fn ensure_db() -> anyhow::Result<()> {
     ensure_db_servers()
 }
 
-/// `socat` sinks in the db namespace (IPv4 and IPv6), one per port.
+/// `socat` sinks in the db namespace (IPv4 and IPv6), one per port. Sinks of an older lab
+/// (socat's default backlog of 5) are replaced.
 fn ensure_db_servers() -> anyhow::Result<()> {
-    let pids = run("ip", &["netns", "pids", DB_NETNS]).unwrap_or_default();
-    if !pids.trim().is_empty() {
+    let listening = run("ip", &["netns", "exec", DB_NETNS, "ss", "-Htln"]).unwrap_or_default();
+    if [DB_PORT, DB_HOST_PORT]
+        .iter()
+        .all(|&port| listen_backlog(&listening, port).is_some_and(|b| b >= SINK_BACKLOG))
+    {
         return Ok(());
     }
+    let pids = run("ip", &["netns", "pids", DB_NETNS]).unwrap_or_default();
+    for pid in pids.split_whitespace() {
+        let _ = run("kill", &["-9", pid]);
+    }
     for port in [DB_PORT, DB_HOST_PORT] {
-        let listen = format!("TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr");
+        let listen = format!("TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr,backlog={SINK_BACKLOG}");
         spawn_detached(
             "ip",
             &[
@@ -162,8 +175,19 @@ fn ensure_db_servers() -> anyhow::Result<()> {
     }
     wait_for(Duration::from_secs(5), "the db servers to listen", || {
         run("ip", &["netns", "exec", DB_NETNS, "ss", "-Htln"]).is_ok_and(|out| {
-            out.contains(&format!(":{DB_HOST_PORT}")) && out.contains(&format!(":{DB_PORT}"))
+            listen_backlog(&out, DB_HOST_PORT).is_some() && listen_backlog(&out, DB_PORT).is_some()
         })
+    })
+}
+
+/// The backlog of the socket listening on `port`, from `ss -Htln` (its Send-Q column).
+fn listen_backlog(ss: &str, port: u16) -> Option<u32> {
+    ss.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local = fields.get(3)?;
+        local
+            .ends_with(&format!(":{port}"))
+            .then(|| fields.get(2)?.parse().ok())?
     })
 }
 
@@ -211,4 +235,18 @@ pub fn wait_for(
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_listen_backlog_from_ss() {
+        let ss = "LISTEN 0      5                  *:5433            *:*          \n\
+                  LISTEN 0      1024               *:5432            *:*          \n";
+        assert_eq!(listen_backlog(ss, 5432), Some(1024));
+        assert_eq!(listen_backlog(ss, 5433), Some(5));
+        assert_eq!(listen_backlog(ss, 5434), None);
+    }
 }

@@ -126,7 +126,7 @@ fn race_side(
     thread::sleep(Duration::from_millis(1500));
     Ok(sockets
         .iter()
-        .filter(|s| total_retrans(s).is_ok_and(|n| n > 0))
+        .filter(|s| tcp_info(s).is_ok_and(|i| i.total_retrans > 0))
         .count()
         .try_into()
         .unwrap_or(u32::MAX))
@@ -251,10 +251,33 @@ fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn total_retrans(socket: &Socket) -> io::Result<u32> {
-    // SAFETY: tcp_info is plain data; zeroed is valid.
-    let mut info: libc::tcp_info = unsafe { MaybeUninit::zeroed().assume_init() };
-    let mut len = libc::socklen_t::try_from(size_of::<libc::tcp_info>()).unwrap_or(0);
+/// The part of the kernel's `struct tcp_info` (include/uapi/linux/tcp.h) up to
+/// `tcpi_data_segs_out`; libc's copy ends at `tcpi_total_retrans`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct TcpInfo {
+    head: [u8; 8],
+    rto: u32,
+    ato: u32,
+    pub(crate) snd_mss: u32,
+    rest_u32: [u32; 20],
+    pub(crate) total_retrans: u32,
+    pacing_rate: u64,
+    max_pacing_rate: u64,
+    pub(crate) bytes_acked: u64,
+    bytes_received: u64,
+    segs_out: u32,
+    segs_in: u32,
+    notsent_bytes: u32,
+    min_rtt: u32,
+    data_segs_in: u32,
+    pub(crate) data_segs_out: u32,
+}
+
+pub(crate) fn tcp_info(socket: &Socket) -> anyhow::Result<TcpInfo> {
+    // SAFETY: TcpInfo is plain data; zeroed is valid.
+    let mut info: TcpInfo = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut len = libc::socklen_t::try_from(size_of::<TcpInfo>())?;
     // SAFETY: the buffer and its length match; the fd is open for the call.
     let rc = unsafe {
         libc::getsockopt(
@@ -265,11 +288,13 @@ fn total_retrans(socket: &Socket) -> io::Result<u32> {
             &raw mut len,
         )
     };
-    if rc == 0 {
-        Ok(info.tcpi_total_retrans)
-    } else {
-        Err(io::Error::last_os_error())
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("getsockopt(TCP_INFO)");
     }
+    if usize::try_from(len)? < size_of::<TcpInfo>() {
+        bail!("this kernel's tcp_info is too short ({len} bytes) for tcpi_data_segs_out");
+    }
+    Ok(info)
 }
 
 #[cfg(test)]
@@ -291,5 +316,13 @@ mod tests {
         // A correct checksum makes the sum over everything all ones.
         assert_eq!(internet_checksum(&pseudo), 0);
         assert_eq!(segment[13], 0x03);
+    }
+
+    #[test]
+    fn tcp_info_layout_matches_the_kernel() {
+        // include/uapi/linux/tcp.h: tcpi_bytes_acked at 120, tcpi_data_segs_out at 156.
+        assert_eq!(std::mem::offset_of!(TcpInfo, total_retrans), 100);
+        assert_eq!(std::mem::offset_of!(TcpInfo, bytes_acked), 120);
+        assert_eq!(std::mem::offset_of!(TcpInfo, data_segs_out), 156);
     }
 }

@@ -1,5 +1,6 @@
-//! Developer tasks: `cargo xtask setup | lab | demo | test | lint | install`.
+//! Developer tasks: `cargo xtask setup | lab | demo | test | lint | install | bench`.
 
+mod bench;
 mod demo;
 mod install;
 mod lab;
@@ -31,6 +32,15 @@ enum Task {
     Lint,
     /// Build the agent in release and install it as a systemd service (or stage it with --root).
     Install(install::InstallArgs),
+    /// Overhead and accuracy of galmanhae beside the tools users would reach for instead,
+    /// under a retransmit storm in the lab; writes BENCHMARKS.md and BENCHMARKS.json.
+    Bench(bench::BenchArgs),
+    /// One sender of the bench's storm (the bench starts it): joins a container, sends.
+    #[command(hide = true)]
+    StormSender {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +52,9 @@ fn main() -> std::process::ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Lint => test::lint(),
         Task::Install(args) => install::run(&args),
+        Task::Bench(args) => bench::run(&args),
+        Task::StormSender { args } => galmanhae_lab::storm::SenderArgs::parse(&args)
+            .and_then(|args| galmanhae_lab::storm::sender_main(&args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -70,19 +83,23 @@ fn sh(program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()>
 
 /// Builds the agent in release; returns the binary's path.
 fn build_agent() -> anyhow::Result<std::path::PathBuf> {
-    sh(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--manifest-path",
-            &manifest(),
-            "-p",
-            "galmanhae-agent",
-        ],
-        &[],
-    )?;
+    build_agent_targets(&[])?;
     Ok(agent_binary())
+}
+
+/// `cargo build --release -p galmanhae-agent` with `targets` (e.g. `--example render`).
+fn build_agent_targets(targets: &[&str]) -> anyhow::Result<()> {
+    let manifest = manifest();
+    let mut args = vec![
+        "build",
+        "--release",
+        "--manifest-path",
+        &manifest,
+        "-p",
+        "galmanhae-agent",
+    ];
+    args.extend_from_slice(targets);
+    sh("cargo", &args, &[])
 }
 
 /// Where `build_agent` leaves the binary.

@@ -31,15 +31,27 @@ const PACKAGES: &[&str] = &[
 /// Prometheus's readiness.
 const DEPLOY_CHECK_PACKAGES: &[&str] = &["systemd", "prometheus", "python3-yaml", "curl"];
 
+/// The tools `cargo xtask bench` measures galmanhae against, and bpftool for the kernel-side
+/// run time of every BPF program.
+const BENCH_PACKAGES: &[&str] = &[
+    "bpftrace",
+    "tcpdump",
+    "tshark",
+    "prometheus-node-exporter",
+    "bpftool",
+];
+
 /// Packages whose maintainer scripts would start a service on a systemd host (Debian's
 /// prometheus serves :9090 and scrapes from then on): installed with service starts refused.
-/// The package still enables its unit, so it would start at the next boot.
-const NO_START: &[&str] = &["prometheus"];
+/// prometheus-node-exporter likewise serves :9100. The package still enables its unit, so it
+/// would start at the next boot.
+const NO_START: &[&str] = &["prometheus", "prometheus-node-exporter"];
 
 pub fn run() -> anyhow::Result<()> {
     let (held, plain): (Vec<&str>, Vec<&str>) = PACKAGES
         .iter()
         .chain(DEPLOY_CHECK_PACKAGES)
+        .chain(BENCH_PACKAGES)
         .copied()
         .filter(|p| !installed(p))
         .partition(|p| NO_START.contains(p));
