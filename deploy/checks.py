@@ -157,7 +157,8 @@ def cmd_config(path):
         "log_level": None,
         "limits": {"max_remotes_per_workload": 20, "max_workloads": 500,
                    "max_drop_locations": 50, "series_grace_period": "5m"},
-        "kernel": {"flow_map_capacity": 16384, "docker_socket": "/var/run/docker.sock"},
+        "kernel": {"flow_map_capacity": 16384, "docker_socket": "/var/run/docker.sock",
+                   "classic_tracepoints": False},
     }
     problems = []
 
@@ -397,6 +398,8 @@ def fixture_series():
     for remote, kind, rate in [("10.0.0.5:3306", "rto", 1.0), ("10.0.0.5:3306", "fast", 2.0),
                                ("10.0.0.5:3306", "failed", 0.1), ("other", "tlp", 0.2)]:
         s.append(("galmanhae_tcp_retransmits_total", {"workload": "app", "remote": remote, "kind": kind}, rate))
+    for remote, rate in [("10.0.0.5:3306", 3.0), ("other", 0.2)]:
+        s.append(("galmanhae_tcp_retransmit_segments_total", {"workload": "app", "remote": remote}, rate))
     s.append(("galmanhae_skb_drops_total", {"workload": "app", "reason": "NETFILTER_DROP", "location": "nf_hook_slow"}, 2.0))
     s.append(("galmanhae_skb_drops_total", {"workload": "host", "reason": "NO_SOCKET", "location": "tcp_v4_rcv"}, 5.0))
     for ns, entries in [("host", 950.0), ("app", 20.0)]:
