@@ -55,11 +55,22 @@ impl Default for Snapshot {
 pub struct Pipeline {
     pub probes: Probes,
     pub attributor: Attributor,
+    /// Each process's network namespace at the last scan, and when all were last checked.
+    namespaces: HashMap<i32, u32>,
+    last_restat: Option<Instant>,
 }
+
+/// Every process's namespace is checked again this often (see [`procfs::scan`]).
+const RESTAT_EVERY: Duration = Duration::from_secs(10);
 
 impl Pipeline {
     pub fn new(probes: Probes, attributor: Attributor) -> Self {
-        Self { probes, attributor }
+        Self {
+            probes,
+            attributor,
+            namespaces: HashMap::new(),
+            last_restat: None,
+        }
     }
 
     /// Reads the maps, then scans namespaces and reads their counters.
@@ -67,7 +78,13 @@ impl Pipeline {
         let retransmits = retransmits::read(&self.probes.ebpf)?;
         let drops = drops::read(&self.probes.ebpf)?;
         let leaks = nat_leaks::read(&self.probes.ebpf)?;
-        let processes = procfs::scan();
+        let restat = self
+            .last_restat
+            .is_none_or(|last| last.elapsed() >= RESTAT_EVERY);
+        if restat {
+            self.last_restat = Some(Instant::now());
+        }
+        let processes = procfs::scan(&mut self.namespaces, restat);
         self.attributor.observe(&processes);
         Ok(Snapshot {
             taken: Instant::now(),

@@ -29,7 +29,16 @@ pub fn ns_inode(path: &Path) -> Option<u32> {
 }
 
 /// Lists every process's network namespace. Processes that exit mid-scan are skipped.
-pub fn scan() -> ProcessTable {
+///
+/// `known` (pid -> namespace, from the last scan, updated here) spares a `stat` per process
+/// per pass, which is most of a pass's cost on a host with thousands of processes. A process
+/// keeps its namespace unless it calls `setns`/`unshare` (`ip netns exec`): `restat` (every few
+/// seconds) checks every process again.
+#[expect(
+    clippy::implicit_hasher,
+    reason = "the pipeline's own cache, with the default hasher"
+)]
+pub fn scan(known: &mut HashMap<i32, u32>, restat: bool) -> ProcessTable {
     let mut table = ProcessTable {
         host_netns: ns_inode(Path::new("/proc/self/ns/net")),
         netns: BTreeMap::new(),
@@ -37,6 +46,7 @@ pub fn scan() -> ProcessTable {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return table;
     };
+    let mut seen = HashMap::with_capacity(known.len());
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -45,10 +55,16 @@ pub fn scan() -> ProcessTable {
         else {
             continue;
         };
-        if let Some(netns) = ns_inode(&entry.path().join("ns/net")) {
+        let netns = match known.get(&pid) {
+            Some(netns) if !restat => Some(*netns),
+            _ => ns_inode(&entry.path().join("ns/net")),
+        };
+        if let Some(netns) = netns {
+            seen.insert(pid, netns);
             table.netns.entry(netns).or_default().pids.push(pid);
         }
     }
+    *known = seen;
     for info in table.netns.values_mut() {
         info.pids.sort_unstable();
     }

@@ -1,92 +1,130 @@
 //! Kernel text addresses to function names, from `/proc/kallsyms` (addresses are visible to
 //! root; with `kptr_restrict` they read as zero and locations stay numeric).
 //!
-//! The file has ~200k lines; rather than keep it in memory, each lookup of new addresses scans
-//! it once and the answers are cached.
+//! Reading the file costs ~40 ms of kernel time (it formats ~120k lines on every read), so it
+//! is read once, at the first address to name, into a compact table of text symbols (~5 MB),
+//! instead of once per new drop location: a storm that drops at new places would otherwise
+//! re-read it several times a minute.
 
 use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader},
+    time::{Duration, Instant},
 };
 
 pub const KALLSYMS: &str = "/proc/kallsyms";
+
+/// An address further than this above its nearest text symbol is in none we know (a module
+/// loaded after the table was read).
+const MAX_FUNCTION_SIZE: u64 = 1 << 20;
+/// A table this old is read again when an address falls outside it.
+const REFRESH_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default)]
 pub struct Symbolizer {
     /// `None` for an address kallsyms did not name.
     cache: HashMap<u64, Option<String>>,
+    table: Option<(TextSymbols, Instant)>,
 }
 
 impl Symbolizer {
-    /// Names every address in `addresses` not seen before (one scan of kallsyms for all).
+    /// Names every address in `addresses` not seen before.
     pub fn learn(&mut self, addresses: impl IntoIterator<Item = u64>) {
-        let mut wanted: Vec<u64> = addresses
-            .into_iter()
-            .filter(|a| !self.cache.contains_key(a))
-            .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        if wanted.is_empty() {
-            return;
-        }
-        let named = match std::fs::File::open(KALLSYMS) {
-            Ok(file) => {
-                nearest_symbols(BufReader::new(file).lines().map_while(Result::ok), &wanted)
+        for address in addresses {
+            if self.cache.contains_key(&address) {
+                continue;
             }
-            Err(e) => {
-                log::debug!("{KALLSYMS}: {e}");
-                HashMap::new()
+            let lookup =
+                |me: &mut Self| me.table().and_then(|t| t.name(address)).map(str::to_owned);
+            let mut name = lookup(self);
+            let stale = |me: &Self| {
+                me.table
+                    .as_ref()
+                    .is_some_and(|(_, read)| read.elapsed() >= REFRESH_AFTER)
+            };
+            if name.is_none() && stale(self) {
+                self.table = None;
+                name = lookup(self);
             }
-        };
-        for address in wanted {
-            self.cache.insert(address, named.get(&address).cloned());
+            self.cache.insert(address, name);
         }
     }
 
-    /// The function containing `address` (after [`Self::learn`]), else the address in hex.
+    /// The table, read now if it was not yet.
+    fn table(&mut self) -> Option<&TextSymbols> {
+        if self.table.is_none() {
+            match std::fs::File::open(KALLSYMS) {
+                Ok(file) => {
+                    let lines = BufReader::new(file).lines().map_while(Result::ok);
+                    self.table = Some((TextSymbols::parse(lines), Instant::now()));
+                }
+                Err(e) => log::debug!("{KALLSYMS}: {e}"),
+            }
+        }
+        self.table.as_ref().map(|(table, _)| table)
+    }
+
+    /// The function `address` is in, else the address in hex.
     pub fn name(&self, address: u64) -> String {
         self.resolved(address)
             .map_or_else(|| format!("{address:#x}"), str::to_owned)
     }
 
-    /// The function containing `address`, if kallsyms named it (it shows no addresses without
-    /// `CAP_SYSLOG`).
+    /// The function `address` is in, if kallsyms named it.
     pub fn resolved(&self, address: u64) -> Option<&str> {
         self.cache.get(&address).and_then(Option::as_deref)
     }
 }
 
-/// For each sorted address, the text symbol with the greatest start at or below it.
-fn nearest_symbols(lines: impl Iterator<Item = String>, wanted: &[u64]) -> HashMap<u64, String> {
-    let mut best: Vec<Option<(u64, String)>> = vec![None; wanted.len()];
-    for line in lines {
-        let mut parts = line.split_whitespace();
-        let (Some(address), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if !matches!(kind, "t" | "T") {
-            continue;
-        }
-        let Ok(start) = u64::from_str_radix(address, 16) else {
-            continue;
-        };
-        if start == 0 {
-            continue;
-        }
-        // Addresses at or above `start`: those this symbol may contain.
-        let first = wanted.partition_point(|w| *w < start);
-        for (slot, _) in best.iter_mut().zip(wanted).skip(first) {
-            if slot.as_ref().is_none_or(|(s, _)| start > *s) {
-                *slot = Some((start, name.to_owned()));
+/// Text (`t`, `T`) symbols by start address, names in one arena.
+#[derive(Debug, Default)]
+struct TextSymbols {
+    /// (start, where its name begins in `names` and ends), sorted by start.
+    starts: Vec<(u64, u32, u32)>,
+    names: String,
+}
+
+impl TextSymbols {
+    fn parse(lines: impl Iterator<Item = String>) -> Self {
+        let mut table = Self::default();
+        for line in lines {
+            let mut parts = line.split_whitespace();
+            let (Some(address), Some(kind), Some(name)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if !matches!(kind, "t" | "T") {
+                continue;
+            }
+            match u64::from_str_radix(address, 16) {
+                Ok(start) if start != 0 => {
+                    let offset = |names: &String| u32::try_from(names.len()).unwrap_or(u32::MAX);
+                    let begin = offset(&table.names);
+                    table.names.push_str(name);
+                    table.starts.push((start, begin, offset(&table.names)));
+                }
+                _ => {}
             }
         }
+        // Stable: of symbols at the same address (aliases), the first listed stays first.
+        table.starts.sort_by_key(|(start, _, _)| *start);
+        table.starts.shrink_to_fit();
+        table.names.shrink_to_fit();
+        table
     }
-    wanted
-        .iter()
-        .zip(best)
-        .filter_map(|(address, found)| found.map(|(_, name)| (*address, name)))
-        .collect()
+
+    /// The nearest text symbol at or below `address`, if `address` can be inside it.
+    fn name(&self, address: u64) -> Option<&str> {
+        let index = self
+            .starts
+            .partition_point(|(start, _, _)| *start <= address);
+        let (start, begin, end) = *self.starts.get(index.checked_sub(1)?)?;
+        if address - start > MAX_FUNCTION_SIZE {
+            return None;
+        }
+        self.names.get(begin as usize..end as usize)
+    }
 }
 
 #[cfg(test)]
@@ -96,18 +134,16 @@ mod tests {
     #[test]
     fn nearest_text_symbol_below_each_address() {
         let kallsyms = "ffffffff81000000 T _stext
+ffffffff81b00000 T ip_forward
 ffffffff81a00000 t nf_hook_slow
 ffffffff81a00400 D some_data
-ffffffff81b00000 T ip_forward
 ffffffff81b00800 t ip_forward_finish [vmlinux]";
-        let wanted = [0xffff_ffff_81a0_0123, 0xffff_ffff_81b0_0900, 0x10];
-        let named = nearest_symbols(kallsyms.lines().map(str::to_owned), &{
-            let mut w = wanted;
-            w.sort_unstable();
-            w
-        });
-        assert_eq!(named[&0xffff_ffff_81a0_0123], "nf_hook_slow");
-        assert_eq!(named[&0xffff_ffff_81b0_0900], "ip_forward_finish");
-        assert!(!named.contains_key(&0x10));
+        let table = TextSymbols::parse(kallsyms.lines().map(str::to_owned));
+        assert_eq!(table.name(0xffff_ffff_81a0_0123), Some("nf_hook_slow"));
+        assert_eq!(table.name(0xffff_ffff_81b0_0900), Some("ip_forward_finish"));
+        assert_eq!(table.name(0xffff_ffff_81b0_0000), Some("ip_forward"));
+        assert_eq!(table.name(0x10), None);
+        // Far above the last symbol: in a module loaded later, not in ip_forward_finish.
+        assert_eq!(table.name(0xffff_ffff_c000_0000), None);
     }
 }
