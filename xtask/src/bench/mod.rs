@@ -68,7 +68,8 @@ pub struct BenchArgs {
     /// Only these levels: 1k, 10k, max (default: all three; 10k with --quick).
     #[arg(long, value_delimiter = ',')]
     levels: Vec<String>,
-    /// Seconds of storm per run (default 12, 4 with --quick).
+    /// Seconds of storm per run (default 12; 6 with --quick, long enough for one scrape).
+    /// The scraped tools are scraped every 5 s.
     #[arg(long)]
     window: Option<f64>,
     /// Loss injected on each storm container's path, in percent (high enough that the paced
@@ -125,7 +126,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // The last bench's files would mix with this one's.
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let window = args.window.unwrap_or(if args.quick { 4.0 } else { 12.0 });
+    let window = args.window.unwrap_or(if args.quick { 6.0 } else { 12.0 });
     let peers: Vec<Peer> = Peer::ALL
         .into_iter()
         .filter(|p| p.is_baseline() || args.peers.is_empty() || args.peers.contains(p))
