@@ -313,7 +313,8 @@ fn loss_at_the_remote_end_is_beyond_the_host() {
         f["evidence"]
             .to_string()
             .contains("0 of its packets dropped on this host"),
-        "{f:#}"
+        "{f:#}\ndrops: {:#?}",
+        drops(&report, "t-remote")
     );
     assert!(
         report["findings"]

@@ -2,9 +2,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{
-        bpf_probe_read_kernel, generated::bpf_probe_read_kernel as bpf_probe_read_kernel_raw,
-    },
+    helpers::generated::bpf_probe_read_kernel,
     programs::{BtfTracePointContext, TracePointContext},
 };
 use galmanhae_common::offsets::{ABSENT, BitField, KernelOffsets};
@@ -52,7 +50,7 @@ impl Memory for Probe {
         // SAFETY: the helper writes `size_of::<T>()` bytes into `value` (zeros on failure)
         // and checks the source address instead of faulting.
         unsafe {
-            bpf_probe_read_kernel_raw(
+            bpf_probe_read_kernel(
                 value.as_mut_ptr().cast(),
                 u32::try_from(size_of::<T>()).unwrap_or(0),
                 (base + u64::from(offset)) as *const core::ffi::c_void,
@@ -91,14 +89,16 @@ pub fn tp_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
 
-/// A value at `base + offset` in kernel memory, read with [`Probe`].
+/// A value at `base + offset` in kernel memory through `bpf_probe_read_kernel`; `None` if absent,
+/// null or unreadable. The drop program's packet and conntrack reads, which stop at the first
+/// failure (with [`Probe`]'s zeros instead, LLVM's stack for `kfree_skb` outgrows 512 bytes).
 #[inline(always)]
 pub fn at<T>(base: u64, offset: u32) -> Option<T> {
     if base == 0 || offset == ABSENT {
         return None;
     }
     // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }
 
 /// Argument `n` of a BTF tracepoint that only some kernels have; `present` must come from

@@ -33,28 +33,17 @@ macro_rules! impl_slots {
 impl_slots!(HashMap, PerCpuHashMap);
 
 /// Applies `update` to the value of `key` (this CPU's, for a per-CPU map), creating it from
-/// `V::default()` if needed. `true` if counted; `false` only when the map is full.
+/// `V::default()` if needed. `true` if counted; `false` only when the map is full. The value
+/// goes to `create` by reference: one more copy would overflow the 512-byte BPF stack.
 #[inline(always)]
 pub fn update<K, V: Default>(map: &impl Slots<K, V>, key: &K, update: &impl Fn(&mut V)) -> bool {
-    update_or_create(map, key, V::default, update)
-}
-
-/// [`update`], creating a missing value from `init` (called only then). The value goes to
-/// `create` by reference: one more copy would overflow the 512-byte BPF stack.
-#[inline(always)]
-pub fn update_or_create<K, V>(
-    map: &impl Slots<K, V>,
-    key: &K,
-    init: impl FnOnce() -> V,
-    update: &impl Fn(&mut V),
-) -> bool {
     if let Some(value) = map.slot(key) {
         // SAFETY: per CPU, this CPU's slot; shared, a key whose updates never race (the
         // caller's contract). Nothing else writes it while the program runs.
         update(unsafe { &mut *value });
         return true;
     }
-    let mut fresh = init();
+    let mut fresh = V::default();
     update(&mut fresh);
     match map.create(key, &fresh) {
         Ok(()) => true,

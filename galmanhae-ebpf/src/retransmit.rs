@@ -90,31 +90,8 @@ pub fn on_retransmit_skb_btf(ctx: &BtfTracePointContext) {
 }
 
 /// What a socket's entry is created from: zeros, from memory, not from the 512-byte stack.
-static EMPTY_SOCKET: SocketState = SocketState {
-    flow: FlowKey {
-        netns: 0,
-        family: 0,
-        local_port: 0,
-        remote_port: 0,
-        padding: [0; 6],
-        cgroup_id: 0,
-        local_addr: [0; 16],
-        remote_addr: [0; 16],
-    },
-    state: FlowState {
-        counters: RetransmitCounters {
-            retransmits: 0,
-            segments: 0,
-            failed: 0,
-            failed_segments: 0,
-            bytes: 0,
-            kinds: [0; RetransmitKind::COUNT],
-        },
-        socket: 0,
-        last_total_retrans: 0,
-        has_total: 0,
-    },
-};
+// SAFETY: every field is an integer or an array of them: all zeros is a valid value.
+static EMPTY_SOCKET: SocketState = unsafe { core::mem::zeroed() };
 
 /// A socket's first retransmit: its entry is created, then its flow built in place.
 #[inline(always)]

@@ -9,6 +9,7 @@ pub mod cgroup;
 mod cmd;
 pub mod docker;
 pub mod fault;
+pub mod snmp;
 pub mod storm;
 pub mod traffic;
 

@@ -32,22 +32,13 @@ where
     let map = ebpf.map(name).ok_or(ReadError::NoMap(name))?;
     let map: PerCpuHashMap<&MapData, K, V> =
         PerCpuHashMap::try_from(map).map_err(|source| ReadError::Map { name, source })?;
-    let mut out = HashMap::new();
-    for entry in &map {
-        match entry {
-            Ok((key, values)) => {
-                let mut total = V::default();
-                for v in values.iter() {
-                    add(&mut total, v);
-                }
-                out.insert(key, total);
-            }
-            // The key was deleted between get_next_key and lookup: nothing to count.
-            Err(MapError::KeyNotFound) => {}
-            Err(source) => return Err(ReadError::Map { name, source }),
+    collect(name, &map, |values| {
+        let mut total = V::default();
+        for v in values.iter() {
+            add(&mut total, v);
         }
-    }
-    Ok(out)
+        total
+    })
 }
 
 /// Every key of a shared (not per-CPU) hash map, its value mapped by `project`.
@@ -63,11 +54,20 @@ where
     let map = ebpf.map(name).ok_or(ReadError::NoMap(name))?;
     let map: aya::maps::HashMap<&MapData, K, V> =
         aya::maps::HashMap::try_from(map).map_err(|source| ReadError::Map { name, source })?;
+    collect(name, &map, |value| project(&value))
+}
+
+/// The entries of a map iteration, each value mapped by `value`.
+fn collect<K: Eq + Hash, V, T>(
+    name: &'static str,
+    entries: impl IntoIterator<Item = Result<(K, V), MapError>>,
+    value: impl Fn(V) -> T,
+) -> Result<HashMap<K, T>, ReadError> {
     let mut out = HashMap::new();
-    for entry in &map {
+    for entry in entries {
         match entry {
-            Ok((key, value)) => {
-                out.insert(key, project(&value));
+            Ok((key, v)) => {
+                out.insert(key, value(v));
             }
             // The key was deleted between get_next_key and lookup: nothing to count.
             Err(MapError::KeyNotFound) => {}

@@ -34,20 +34,27 @@ impl Symbolizer {
             if self.cache.contains_key(&address) {
                 continue;
             }
-            let lookup =
-                |me: &mut Self| me.table().and_then(|t| t.name(address)).map(str::to_owned);
-            let mut name = lookup(self);
-            let stale = |me: &Self| {
-                me.table
-                    .as_ref()
-                    .is_some_and(|(_, read)| read.elapsed() >= REFRESH_AFTER)
-            };
-            if name.is_none() && stale(self) {
+            let mut name = self.lookup(address);
+            if name.is_none() && self.table_is_stale() {
                 self.table = None;
-                name = lookup(self);
+                name = self.lookup(address);
             }
             self.cache.insert(address, name);
         }
+    }
+
+    /// The name of the function `address` is in, from the table.
+    fn lookup(&mut self, address: u64) -> Option<String> {
+        self.table()
+            .and_then(|table| table.name(address))
+            .map(str::to_owned)
+    }
+
+    /// Whether the table is old enough to be read again for an address outside it.
+    fn table_is_stale(&self) -> bool {
+        self.table
+            .as_ref()
+            .is_some_and(|(_, read)| read.elapsed() >= REFRESH_AFTER)
     }
 
     /// The table, read now if it was not yet.

@@ -93,20 +93,7 @@ pub fn stream_from(container: &str, host: &str, bytes: u64) {
 
 /// `Tcp: RetransSegs` of a process's network namespace, read independently of galmanhae.
 pub fn retrans_segs(pid: u32) -> u64 {
-    let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("reading snmp");
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (
-        tcp.next().expect("Tcp header"),
-        tcp.next().expect("Tcp values"),
-    );
-    let column = names
-        .split_whitespace()
-        .position(|n| n == "RetransSegs")
-        .expect("RetransSegs column");
-    values
-        .split_whitespace()
-        .nth(column)
-        .expect("value")
-        .parse()
-        .expect("a number")
+    galmanhae_lab::snmp::read(pid)
+        .expect("reading snmp")
+        .retrans_segs
 }

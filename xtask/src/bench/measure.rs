@@ -264,33 +264,6 @@ fn parse_programs(json: &str) -> anyhow::Result<BTreeMap<u32, Program>> {
         .collect()
 }
 
-/// A namespace's `Tcp:` counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Snmp {
-    pub retrans_segs: u64,
-    pub out_segs: u64,
-}
-
-/// The counters of the network namespace of `pid`.
-pub fn snmp(pid: u32) -> anyhow::Result<Snmp> {
-    let path = format!("/proc/{pid}/net/snmp");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_snmp(&text).with_context(|| format!("no Tcp: RetransSegs/OutSegs in {path}"))
-}
-
-fn parse_snmp(text: &str) -> Option<Snmp> {
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next()?, tcp.next()?);
-    let value = |name: &str| -> Option<u64> {
-        let column = names.split_whitespace().position(|n| n == name)?;
-        values.split_whitespace().nth(column)?.parse().ok()
-    };
-    Some(Snmp {
-        retrans_segs: value("RetransSegs")?,
-        out_segs: value("OutSegs")?,
-    })
-}
-
 /// `GET path` over HTTP/1.0 (a complete body without chunked encoding); the body of a 200.
 pub fn http_get(address: SocketAddr, path: &str) -> anyhow::Result<String> {
     let timeout = Duration::from_secs(10);
@@ -362,21 +335,5 @@ mod tests {
         assert_eq!(programs[&7].run_cnt, 0);
         assert_eq!(programs[&7].name, "");
         assert!(parse_programs("not json").is_err());
-    }
-
-    #[test]
-    fn parses_snmp() {
-        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
-                    Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\n\
-                    Tcp: 1 200 120000 -1 64 0 0 0 64 1000 95182 4636 0 64 0\n\
-                    Udp: InDatagrams\nUdp: 0\n";
-        assert_eq!(
-            parse_snmp(text),
-            Some(Snmp {
-                retrans_segs: 4636,
-                out_segs: 95_182
-            })
-        );
-        assert_eq!(parse_snmp("Ip: 1\n"), None);
     }
 }

@@ -28,11 +28,12 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use galmanhae_lab::{
     DB_PORT, DB_V4, docker, fault,
+    snmp::{self, Snmp},
     storm::{SenderOutcome, Storm, StormPlan},
 };
 
 use self::{
-    measure::{BpfStats, Snmp},
+    measure::BpfStats,
     peers::{Container, Peer, Running, Setup},
     report::{
         Accuracy, AlternativeCount, Calibration, ContainerCount, Cpu, HostCount, Level, Machine,
@@ -433,9 +434,9 @@ impl Bench {
             containers: self
                 .containers
                 .iter()
-                .map(|c| Ok((c.name.clone(), measure::snmp(c.pid)?)))
+                .map(|c| Ok((c.name.clone(), snmp::read(c.pid)?)))
                 .collect::<anyhow::Result<_>>()?,
-            host: measure::snmp(std::process::id())?,
+            host: snmp::read(std::process::id())?,
         })
     }
 }
