@@ -77,16 +77,25 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting galmanhae run");
-        let daemon = Self {
+        let mut daemon = Self {
             child: Some(child),
             url: format!("http://{listen}"),
         };
+        let healthz = format!("{}/healthz", daemon.url);
+        let mut exited = None;
         galmanhae_lab::wait_for(
             Duration::from_secs(30),
             "galmanhae run to be healthy",
-            || http_get(&format!("{}/healthz", daemon.url), None).0 == 200,
+            || {
+                exited = daemon
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                exited.is_some() || http_get(&healthz, None).0 == 200
+            },
         )
         .expect("galmanhae run serves /healthz");
+        assert!(exited.is_none(), "galmanhae run exited: {exited:?}");
         daemon
     }
 
@@ -312,6 +321,7 @@ fn prometheus_sees_the_lossy_containers_ratio_and_not_the_healthy_ones() {
         !remotes.iter().any(|(l, _)| l["workload"] == "t-healthy"),
         "t-healthy has retransmit series: {remotes:?}"
     );
+    kernel_entries_are_served(&daemon);
     // Workload labels of the segment counters.
     let labels = prometheus.query("galmanhae_tcp_sent_segments_total{workload=\"t-lossy\"}");
     assert_eq!(labels.len(), 1, "{labels:?}");
@@ -404,6 +414,89 @@ fn concurrent_scrapes_are_consistent(daemon: &Daemon) {
             assert!(a_le_b || b_le_a, "two scrapes saw interleaved states");
         }
     }
+}
+
+/// The BTF program counts per socket: its map's fill is served (unless the classic programs
+/// ran instead, which count per flow).
+fn kernel_entries_are_served(daemon: &Daemon) {
+    let served = samples(&daemon.metrics());
+    let entries = |map: &str| {
+        let series = format!("galmanhae_bpf_map_entries{{map=\"{map}\"}}");
+        *served
+            .get(&series)
+            .unwrap_or_else(|| panic!("{series} is not served"))
+    };
+    assert!(
+        entries("retransmit_sockets") + entries("retransmit_flows") > 0.0,
+        "no kernel entries for the lossy stream's sockets or flows"
+    );
+}
+
+/// The series of a workload, as the daemon serves them now.
+fn series_of(daemon: &Daemon, workload: &str) -> BTreeMap<String, f64> {
+    let label = format!("workload=\"{workload}\"");
+    samples(&daemon.metrics())
+        .into_iter()
+        .filter(|(series, _)| series.contains(&label))
+        .collect()
+}
+
+/// The shortest grace period allowed: shorter than a scrape interval, series would flap.
+const GRACE: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_new_container_is_served_at_once_and_a_removed_one_after_the_grace_period() {
+    if !privileged() {
+        return;
+    }
+    let mut scenario = Scenario::new();
+    let daemon = Daemon::start(&["--series-grace-period", "30s"]);
+
+    // Started after the daemon: named (Docker API) and labelled in the first scrape's pass.
+    scenario.container("t-late", &[]);
+    let id = galmanhae_lab::docker::id("t-late").expect("the container id");
+    let sent = format!(
+        "galmanhae_tcp_sent_segments_total{{workload=\"t-late\",workload_kind=\"container\",\
+         container_id=\"{id}\",runtime=\"docker\"}}"
+    );
+    let started = Instant::now();
+    galmanhae_lab::wait_for(Duration::from_secs(5), "t-late's series", || {
+        series_of(&daemon, "t-late").contains_key(&sent)
+    })
+    .expect("a new container's series within a scrape or two");
+    eprintln!("t-late served {:?} after it started", started.elapsed());
+    stream_from("t-late", DB_V4, 1_000_000);
+    let before = series_of(&daemon, "t-late");
+    assert!(
+        before[&sent] > 0.0,
+        "t-late's traffic is not counted: {before:?}"
+    );
+
+    // Removed: its series keep their last value for the grace period, then go.
+    galmanhae_lab::docker::remove_container("t-late").expect("removing t-late");
+    let removed = Instant::now();
+    let kept = series_of(&daemon, "t-late");
+    assert_eq!(
+        kept.get(&sent),
+        before.get(&sent),
+        "t-late's series right after removal"
+    );
+    galmanhae_lab::wait_for(
+        GRACE + Duration::from_secs(15),
+        "t-late's series to expire",
+        || series_of(&daemon, "t-late").is_empty(),
+    )
+    .expect("a removed container's series expire after the grace period");
+    let gone = removed.elapsed();
+    eprintln!("t-late's series went {gone:?} after its removal (grace {GRACE:?})");
+    // The namespace was last seen by the scrape just before the removal.
+    assert!(
+        gone + Duration::from_secs(1) >= GRACE,
+        "expired after {gone:?}"
+    );
+
+    let (status, _) = daemon.terminate();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
 fn describe(output: &Output) -> String {

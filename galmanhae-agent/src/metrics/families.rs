@@ -253,7 +253,12 @@ fn encode_maps(
 ) -> Result<(), std::fmt::Error> {
     let probes = &exporter.pipeline.probes;
     let sample = &exporter.last;
-    let maps: [(&str, usize, u32); 5] = [
+    let maps: [(&str, usize, u32); 6] = [
+        (
+            "retransmit_sockets",
+            sample.retransmits.sockets.len(),
+            probes.flow_capacity,
+        ),
         (
             "retransmit_flows",
             sample.retransmits.flows.len(),
