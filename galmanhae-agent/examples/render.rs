@@ -45,6 +45,7 @@ fn families(series: usize) -> Families {
         }
         workload += 1;
     }
+    families.settle();
     families
 }
 

@@ -322,6 +322,7 @@ fn prometheus_sees_the_lossy_containers_ratio_and_not_the_healthy_ones() {
         "t-healthy has retransmit series: {remotes:?}"
     );
     kernel_entries_are_served(&daemon);
+    new_counters_start_at_zero(&prometheus);
     // Workload labels of the segment counters.
     let labels = prometheus.query("galmanhae_tcp_sent_segments_total{workload=\"t-lossy\"}");
     assert_eq!(labels.len(), 1, "{labels:?}");
@@ -429,6 +430,21 @@ fn kernel_entries_are_served(daemon: &Daemon) {
     assert!(
         entries("retransmit_sockets") + entries("retransmit_flows") > 0.0,
         "no kernel entries for the lossy stream's sockets or flows"
+    );
+}
+
+/// Retransmit series appeared with the daemon running: each was first scraped at zero, so that
+/// `increase()` sees its first retransmits.
+fn new_counters_start_at_zero(prometheus: &Prometheus) {
+    let first = prometheus
+        .query("min_over_time(galmanhae_tcp_retransmit_segments_total{workload=\"t-lossy\"}[10m])");
+    assert!(
+        !first.is_empty(),
+        "no retransmit segment series for t-lossy"
+    );
+    assert!(
+        first.iter().all(|(_, v)| *v == 0.0),
+        "a new counter was first served with its count in it: {first:?}"
     );
 }
 

@@ -70,6 +70,7 @@ impl Collector for ExporterCollector {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         exporter.collect(false);
+        exporter.series.mark_shown();
         let render = Duration::from_nanos(self.0.render_ns.load(Ordering::Relaxed));
         encode_exporter(&exporter, render, &mut encoder)
     }

@@ -22,7 +22,7 @@ use galmanhae_common::{
 };
 use prometheus_client::encoding::EncodeLabelSet;
 
-use self::series::{Series, Slots};
+use self::series::{Lifecycle, Series, Slots};
 use crate::{
     addr::endpoints,
     attribute::{Workload, WorkloadKind, nat::NatIndex},
@@ -157,32 +157,70 @@ pub struct Families {
 }
 
 impl Families {
+    fn all(&self) -> [&dyn Lifecycle; 11] {
+        [
+            &self.sent,
+            &self.retransmitted,
+            &self.retransmits,
+            &self.retransmit_segments,
+            &self.drops,
+            &self.leaks,
+            &self.conntrack_entries,
+            &self.conntrack_max,
+            &self.conntrack_events,
+            &self.nat_info,
+            &self.path_mtu,
+        ]
+    }
+
+    fn all_mut(&mut self) -> [&mut dyn Lifecycle; 11] {
+        [
+            &mut self.sent,
+            &mut self.retransmitted,
+            &mut self.retransmits,
+            &mut self.retransmit_segments,
+            &mut self.drops,
+            &mut self.leaks,
+            &mut self.conntrack_entries,
+            &mut self.conntrack_max,
+            &mut self.conntrack_events,
+            &mut self.nat_info,
+            &mut self.path_mtu,
+        ]
+    }
+
+    /// Series inactive for longer than `grace` go (a NAT binding goes at once when the table
+    /// no longer has it; if the table cannot be read, after `grace`).
     fn expire(&mut self, now: Instant, grace: Duration) {
-        self.sent.expire(now, grace);
-        self.retransmitted.expire(now, grace);
-        self.retransmits.expire(now, grace);
-        self.retransmit_segments.expire(now, grace);
-        self.drops.expire(now, grace);
-        self.leaks.expire(now, grace);
-        self.conntrack_entries.expire(now, grace);
-        self.conntrack_max.expire(now, grace);
-        self.conntrack_events.expire(now, grace);
-        self.path_mtu.expire(now, grace);
+        for series in self.all_mut() {
+            series.expire(now, grace);
+        }
+    }
+
+    /// A scrape is about to serve every series: new counters are shown at zero.
+    pub fn mark_shown(&mut self) {
+        for series in self.all_mut() {
+            series.mark_shown();
+        }
+    }
+
+    /// New counters already shown at zero get what they held.
+    fn release(&mut self) {
+        for series in self.all_mut() {
+            series.release();
+        }
+    }
+
+    /// Counts from before the agent started: served at once.
+    pub fn settle(&mut self) {
+        for series in self.all_mut() {
+            series.settle();
+        }
     }
 
     /// Series in all families.
     pub fn len(&self) -> usize {
-        self.sent.len()
-            + self.retransmitted.len()
-            + self.retransmits.len()
-            + self.retransmit_segments.len()
-            + self.drops.len()
-            + self.leaks.len()
-            + self.conntrack_entries.len()
-            + self.conntrack_max.len()
-            + self.conntrack_events.len()
-            + self.nat_info.len()
-            + self.path_mtu.len()
+        self.all().iter().map(|s| s.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -264,7 +302,10 @@ impl Exporter {
             last_pass: now,
             last_error: None,
         };
+        // The baseline: what namespaces counted before the agent started is served at once.
         exporter.fold_segments(now);
+        exporter.fold_conntrack(now);
+        exporter.series.settle();
         Ok(exporter)
     }
 
@@ -296,6 +337,7 @@ impl Exporter {
         if full {
             self.refresh_nat(now);
         }
+        self.series.release();
         let mut window = Window::new(std::mem::take(&mut self.last));
         window.update(snapshot);
         let summary = window.summarize(&mut self.pipeline.attributor, &self.nat);

@@ -1,6 +1,13 @@
 //! Series kept between scrapes, and the caps that keep their labels bounded. A series lives
 //! while it is active (its counter grows, or what it describes is still there) and for the
 //! grace period after; then it is removed and Prometheus marks it stale.
+//!
+//! A counter that first appears with its count already in it shows `rate()` and `increase()`
+//! nothing: they need two samples. So a new counter is served at zero first, and what it
+//! counted is added in the first pass after a scrape has shown that zero. One-off bursts (a
+//! first retransmit to a new remote, a NAT leak) are then visible as an increase, one pass
+//! later. Counts from before the agent started are a baseline and are served at once
+//! ([`Series::settle`]).
 
 use std::{
     collections::HashMap,
@@ -16,7 +23,12 @@ pub struct Series<L> {
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
+    /// What is served.
     value: u64,
+    /// Counted but not yet served: the series has not been shown at zero yet.
+    held: u64,
+    /// A scrape has served this series.
+    shown: bool,
     active: Instant,
 }
 
@@ -43,17 +55,52 @@ impl<L: Eq + Hash> Series<L> {
     fn grow(&mut self, labels: L, delta: u64, now: Instant, active: bool) {
         let entry = self.entries.entry(labels).or_insert(Entry {
             value: 0,
+            held: 0,
+            shown: false,
             active: now,
         });
-        entry.value += delta;
+        if entry.shown {
+            entry.value += entry.held + delta;
+            entry.held = 0;
+        } else {
+            entry.held += delta;
+        }
         if active {
             entry.active = now;
         }
     }
 
+    /// A scrape serves the series now: the held counts of new series go out on the next
+    /// [`Self::release`].
+    pub fn mark_shown(&mut self) {
+        for entry in self.entries.values_mut() {
+            entry.shown = true;
+        }
+    }
+
+    /// Adds what series already shown at zero have held.
+    pub fn release(&mut self) {
+        for entry in self.entries.values_mut().filter(|e| e.shown) {
+            entry.value += entry.held;
+            entry.held = 0;
+        }
+    }
+
+    /// Serves every count at once: the baseline taken when the agent starts.
+    pub fn settle(&mut self) {
+        self.mark_shown();
+        self.release();
+    }
+
     /// Sets a gauge; it is active.
     pub fn set(&mut self, labels: L, value: u64, now: Instant) {
-        self.entries.insert(labels, Entry { value, active: now });
+        let entry = Entry {
+            value,
+            held: 0,
+            shown: true,
+            active: now,
+        };
+        self.entries.insert(labels, entry);
     }
 
     /// Removes the series inactive for longer than `grace`; how many went.
@@ -81,8 +128,43 @@ impl<L: Eq + Hash> Series<L> {
         self.entries.is_empty()
     }
 
+    /// The value served now.
     pub fn get(&self, labels: &L) -> Option<u64> {
         self.entries.get(labels).map(|e| e.value)
+    }
+}
+
+/// What a family's series do between passes, whatever their labels.
+pub trait Lifecycle {
+    fn mark_shown(&mut self);
+    fn release(&mut self);
+    fn settle(&mut self);
+    fn expire(&mut self, now: Instant, grace: Duration) -> usize;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<L: Eq + Hash> Lifecycle for Series<L> {
+    fn mark_shown(&mut self) {
+        Self::mark_shown(self);
+    }
+
+    fn release(&mut self) {
+        Self::release(self);
+    }
+
+    fn settle(&mut self) {
+        Self::settle(self);
+    }
+
+    fn expire(&mut self, now: Instant, grace: Duration) -> usize {
+        Self::expire(self, now, grace)
+    }
+
+    fn len(&self) -> usize {
+        Self::len(self)
     }
 }
 
@@ -139,6 +221,7 @@ mod tests {
         let grace = Duration::from_secs(60);
         let mut series = Series::default();
         series.add("a", 5, t0);
+        series.settle();
         series.add("a", 3, t0 + Duration::from_secs(10));
         series.add("b", 0, t0);
         assert_eq!(series.get(&"a"), Some(8));
@@ -149,6 +232,29 @@ mod tests {
         assert_eq!(series.get(&"a"), Some(8));
         assert_eq!(series.expire(t0 + Duration::from_secs(161), grace), 1);
         assert!(series.is_empty());
+    }
+
+    #[test]
+    fn a_new_counter_is_served_at_zero_before_its_count() {
+        let t0 = Instant::now();
+        let mut series = Series::default();
+        series.add("old", 7, t0);
+        series.settle();
+        assert_eq!(series.get(&"old"), Some(7), "a baseline is served at once");
+        // A pass before any scrape: still zero, however many passes count.
+        series.release();
+        series.add("new", 3, t0);
+        series.release();
+        series.add("new", 2, t0);
+        assert_eq!(series.get(&"new"), Some(0));
+        // A scrape serves it at zero; the next pass adds what it held.
+        series.mark_shown();
+        assert_eq!(series.get(&"new"), Some(0));
+        series.release();
+        assert_eq!(series.get(&"new"), Some(5));
+        series.add("new", 1, t0);
+        series.add("old", 1, t0);
+        assert_eq!((series.get(&"new"), series.get(&"old")), (Some(6), Some(8)));
     }
 
     #[test]
