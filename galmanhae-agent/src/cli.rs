@@ -40,7 +40,8 @@ pub struct RunArgs {
     #[arg(long, env = "GALMANHAE_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
 
-    /// Remotes with their own retransmit series per workload; the rest are `other` [default: 20].
+    /// Remotes with their own retransmit series per workload, the heaviest by recent retransmits;
+    /// the rest are `other` [default: 20].
     #[arg(long, env = "GALMANHAE_MAX_REMOTES_PER_WORKLOAD", value_parser = range(config::REMOTES))]
     pub max_remotes_per_workload: Option<u32>,
 
@@ -48,7 +49,8 @@ pub struct RunArgs {
     #[arg(long, env = "GALMANHAE_MAX_WORKLOADS", value_parser = range(config::WORKLOADS))]
     pub max_workloads: Option<u32>,
 
-    /// Distinct drop locations (kernel functions); the rest are `other` [default: 50].
+    /// Distinct drop locations (kernel functions), the heaviest by recent drops; the rest are
+    /// `other` [default: 50].
     #[arg(long, env = "GALMANHAE_MAX_DROP_LOCATIONS", value_parser = range(config::LOCATIONS))]
     pub max_drop_locations: Option<u32>,
 

@@ -22,7 +22,7 @@ use galmanhae_common::{
 };
 use prometheus_client::encoding::EncodeLabelSet;
 
-use self::series::{Lifecycle, Series, Slots};
+use self::series::{Admission, Lifecycle, Series, Slots, TopK};
 use crate::{
     addr::endpoints,
     attribute::{Workload, WorkloadKind, nat::NatIndex},
@@ -247,8 +247,8 @@ pub struct Exporter {
     pub series: Families,
 
     workloads: Slots<String>,
-    remotes: HashMap<String, Slots<String>>,
-    locations: Slots<String>,
+    remotes: HashMap<String, TopK<String>>,
+    locations: TopK<String>,
     /// Series refused by a cap, per family, counted per pass.
     pub series_dropped: BTreeMap<&'static str, u64>,
     /// Kernel map entries freed because their flow went idle.
@@ -295,7 +295,7 @@ impl Exporter {
             series: Families::default(),
             workloads: Slots::new(limits.max_workloads),
             remotes: HashMap::new(),
-            locations: Slots::new(limits.max_drop_locations),
+            locations: TopK::new(limits.max_drop_locations),
             series_dropped: BTreeMap::new(),
             evicted: 0,
             collectors: COLLECTORS.iter().map(|c| (*c, true)).collect(),
@@ -428,14 +428,27 @@ impl Exporter {
             return;
         }
         let max = self.limits.max_remotes_per_workload;
-        let slots = self
+        let top = self
             .remotes
             .entry(workload.to_owned())
-            .or_insert_with(|| Slots::new(max));
+            .or_insert_with(|| TopK::new(max));
         let remote = match remote {
             None => "unknown".to_owned(),
-            Some(remote) if slots.admit(remote.clone(), now) => remote,
-            Some(_) => "other".to_owned(),
+            Some(remote) => match top.admit(&remote, counters.retransmits + counters.failed, now) {
+                Admission::Kept => remote,
+                Admission::Promoted { demoted } => {
+                    // From now on it is counted in `other`: its own series stop (stale).
+                    let demoted_series = |w: &str, r: &str| w == workload && r == demoted;
+                    self.series
+                        .retransmits
+                        .remove_where(|l| demoted_series(&l.workload, &l.remote));
+                    self.series
+                        .retransmit_segments
+                        .remove_where(|l| demoted_series(&l.workload, &l.remote));
+                    remote
+                }
+                Admission::Refused => "other".to_owned(),
+            },
         };
         if counters.segments > 0 {
             let labels = RemoteLabels {
@@ -477,10 +490,13 @@ impl Exporter {
             let location = probes.symbols.resolved(drop.location);
             kallsyms_ok &= location.is_some();
             let location = location.unwrap_or("unknown").to_owned();
-            let location = if self.locations.admit(location.clone(), now) {
-                location
-            } else {
-                "other".to_owned()
+            let location = match self.locations.admit(&location, drop.packets, now) {
+                Admission::Kept => location,
+                Admission::Promoted { demoted } => {
+                    self.series.drops.remove_where(|l| l.location == demoted);
+                    location
+                }
+                Admission::Refused => "other".to_owned(),
             };
             let labels = DropLabels {
                 workload: drop.workload.name.clone(),

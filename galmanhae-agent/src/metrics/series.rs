@@ -128,6 +128,11 @@ impl<L: Eq + Hash> Series<L> {
         self.entries.is_empty()
     }
 
+    /// Removes the series whose labels match.
+    pub fn remove_where(&mut self, matches: impl Fn(&L) -> bool) {
+        self.entries.retain(|labels, _| !matches(labels));
+    }
+
     /// The value served now.
     pub fn get(&self, labels: &L) -> Option<u64> {
         self.entries.get(labels).map(|e| e.value)
@@ -211,6 +216,139 @@ impl<K: Eq + Hash> Slots<K> {
     }
 }
 
+/// How fast a remote's weight in [`TopK`] fades: a steady rate `r` weighs about `r × 87 s`.
+const TOP_K_HALF_LIFE: Duration = Duration::from_secs(60);
+
+/// A newcomer takes the slot of the lightest kept key only when it weighs this many times as
+/// much: ranks do not flap between two remotes of about the same weight.
+const TOP_K_HYSTERESIS: f64 = 2.0;
+
+/// Candidates remembered per kept slot: enough to notice a riser, bounded whatever comes.
+const TOP_K_CANDIDATES_PER_SLOT: usize = 4;
+
+/// The `max` heaviest keys by recent weight (an exponentially decayed count), with hysteresis.
+/// Kept keys get series of their own; the others are counted in an `other` bucket.
+#[derive(Debug)]
+pub struct TopK<K> {
+    max: usize,
+    kept: HashMap<K, Weight>,
+    candidates: HashMap<K, Weight>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Weight {
+    value: f64,
+    at: Instant,
+}
+
+impl Weight {
+    fn new(now: Instant) -> Self {
+        Self {
+            value: 0.0,
+            at: now,
+        }
+    }
+
+    fn at(&self, now: Instant) -> f64 {
+        let age = now.saturating_duration_since(self.at).as_secs_f64();
+        self.value * (-age / TOP_K_HALF_LIFE.as_secs_f64()).exp2()
+    }
+
+    fn add(&mut self, weight: u64, now: Instant) {
+        #[expect(clippy::cast_precision_loss, reason = "a ranking weight")]
+        let weight = weight as f64;
+        self.value = self.at(now) + weight;
+        self.at = now;
+    }
+}
+
+/// What [`TopK::admit`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission<K> {
+    /// The key has a slot (it may have just taken a free one).
+    Kept,
+    /// The key took the slot of `demoted`, which is counted in `other` from now on.
+    Promoted { demoted: K },
+    /// No slot: count it in `other`.
+    Refused,
+}
+
+impl<K: Clone + Eq + Hash> TopK<K> {
+    pub fn new(max: u32) -> Self {
+        Self {
+            max: max as usize,
+            kept: HashMap::new(),
+            candidates: HashMap::new(),
+        }
+    }
+
+    /// Adds `weight` to `key` and decides whether it has a slot.
+    pub fn admit(&mut self, key: &K, weight: u64, now: Instant) -> Admission<K> {
+        if let Some(kept) = self.kept.get_mut(key) {
+            kept.add(weight, now);
+            return Admission::Kept;
+        }
+        let mut candidate = self
+            .candidates
+            .remove(key)
+            .unwrap_or_else(|| Weight::new(now));
+        candidate.add(weight, now);
+        if self.kept.len() < self.max {
+            self.kept.insert(key.clone(), candidate);
+            return Admission::Kept;
+        }
+        let lightest = self
+            .kept
+            .iter()
+            .map(|(k, w)| (k, w.at(now)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(k, w)| (k.clone(), w));
+        match lightest {
+            Some((demoted, weight)) if candidate.value > TOP_K_HYSTERESIS * weight => {
+                if let Some(w) = self.kept.remove(&demoted) {
+                    self.candidates.insert(demoted.clone(), w);
+                }
+                self.kept.insert(key.clone(), candidate);
+                self.bound_candidates(now);
+                Admission::Promoted { demoted }
+            }
+            _ => {
+                self.candidates.insert(key.clone(), candidate);
+                self.bound_candidates(now);
+                Admission::Refused
+            }
+        }
+    }
+
+    /// Forgets the lightest candidates beyond the bound.
+    fn bound_candidates(&mut self, now: Instant) {
+        let bound = self.max.max(1) * TOP_K_CANDIDATES_PER_SLOT;
+        if self.candidates.len() <= bound {
+            return;
+        }
+        let mut weights: Vec<(K, f64)> = self
+            .candidates
+            .iter()
+            .map(|(k, w)| (k.clone(), w.at(now)))
+            .collect();
+        weights.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        for (key, _) in weights.into_iter().skip(bound) {
+            self.candidates.remove(&key);
+        }
+    }
+
+    /// Frees the slots (and forgets the candidates) not counted for longer than `grace`.
+    pub fn expire(&mut self, now: Instant, grace: Duration) {
+        let recent = |w: &mut Weight| now.saturating_duration_since(w.at) <= grace;
+        self.kept.retain(|_, w| recent(w));
+        self.candidates.retain(|_, w| recent(w));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty() && self.candidates.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +406,39 @@ mod tests {
         slots.expire(t0 + Duration::from_secs(61), Duration::from_secs(60));
         assert_eq!(slots.len(), 1);
         assert!(slots.admit("c", t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn top_k_keeps_the_heaviest_with_hysteresis() {
+        let t0 = Instant::now();
+        let mut top = TopK::new(2);
+        assert_eq!(top.admit(&"a", 10, t0), Admission::Kept);
+        assert_eq!(top.admit(&"b", 5, t0), Admission::Kept);
+        // Lighter than twice the lightest kept: counted in `other`, but remembered.
+        assert_eq!(top.admit(&"c", 8, t0), Admission::Refused);
+        assert_eq!(top.admit(&"c", 1, t0), Admission::Refused);
+        // Its weight grows: it takes the lightest slot.
+        assert_eq!(top.admit(&"c", 2, t0), Admission::Promoted { demoted: "b" });
+        // "b" comes back a little heavier than "c": hysteresis keeps the ranks.
+        assert_eq!(top.admit(&"b", 7, t0), Admission::Refused);
+        // Weights fade: an hour later "a" and "c" weigh nothing, and a newcomer takes a slot.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(
+            top.admit(&"d", 1, later),
+            Admission::Promoted { demoted: "a" }
+        );
+    }
+
+    #[test]
+    fn top_k_candidates_are_bounded_and_expire() {
+        let t0 = Instant::now();
+        let mut top = TopK::new(1);
+        assert_eq!(top.admit(&1000, 1_000, t0), Admission::Kept);
+        for key in 0..100 {
+            assert_eq!(top.admit(&key, 1, t0), Admission::Refused);
+        }
+        assert_eq!(top.candidates.len(), TOP_K_CANDIDATES_PER_SLOT);
+        top.expire(t0 + Duration::from_secs(61), Duration::from_secs(60));
+        assert!(top.is_empty());
     }
 }
