@@ -31,8 +31,11 @@ fn main() -> ExitCode {
         .filter_level(level)
         .format_target(false)
         .init();
+    // Scrapes and passes run on the blocking pool, serialised on one lock: a few threads
+    // are enough, and a scrape storm queues instead of starting hundreds.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(4)
         .build()
     {
         Ok(runtime) => runtime,
@@ -48,6 +51,9 @@ fn main() -> ExitCode {
             (Command::Run(_), None) => unreachable!("settings are resolved for run"),
         }
     });
+    // A blocking task still running (a pass waiting on a slow source) does not hold up the
+    // exit: what it would finish is not needed any more.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

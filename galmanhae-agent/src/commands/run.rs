@@ -1,10 +1,7 @@
 //! `galmanhae run`: the diagnose engine running forever, its counters served to Prometheus
 //! on `/metrics`. Exits 0 on SIGTERM or SIGINT with every program detached.
 
-use std::{
-    sync::{Arc, Mutex, atomic::AtomicU64},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -23,6 +20,9 @@ use crate::{
 const TICK: Duration = Duration::from_secs(10);
 /// In-flight scrapes get this long after a signal; then the agent exits regardless.
 const DRAIN: Duration = Duration::from_secs(1);
+/// Then a timer pass in progress gets this long: exit stays under 2 s (what systemd and the
+/// `DaemonSet`'s grace period can count on).
+const PASS_WAIT: Duration = Duration::from_millis(500);
 
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     // Listen before loading anything: a port in use fails fast and leaves nothing behind.
@@ -36,10 +36,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let attached = started.attached;
     let hooks = started.pipeline.probes.hooks.len();
     let exporter = Exporter::new(started, settings.limits).context("first reading of the maps")?;
-    let shared = Arc::new(Shared {
-        exporter: Mutex::new(exporter),
-        render_ns: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Shared::new(exporter));
     let registry = families::registry(Arc::clone(&shared));
     let app = http::router(Arc::clone(&shared), registry, TICK * 3);
     log::info!(
@@ -73,11 +70,14 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         }
     }
     // The ticker finishes its pass (if one runs), then returns; the last reference to the
-    // exporter goes with it, and with it the programs (aya detaches on drop).
-    let _ = ticker.await;
-    log::debug!("collection stopped; detaching");
+    // exporter goes with it, and with it the programs (aya detaches on drop). A pass stuck
+    // on a slow source (the Docker API) is not waited for: the programs are links and perf
+    // events held by file descriptors, which the kernel closes, and detaches, at exit.
+    if tokio::time::timeout(PASS_WAIT, ticker).await.is_err() {
+        log::info!("a collection pass still runs after {PASS_WAIT:?}: exiting without it");
+    }
     drop(shared);
-    log::debug!("detached");
+    log::debug!("collection stopped");
     Ok(())
 }
 
@@ -91,11 +91,7 @@ async fn collect_forever(shared: Arc<Shared>, mut stop: tokio::sync::watch::Rece
             _ = ticks.tick() => {
                 let shared = Arc::clone(&shared);
                 let pass = tokio::task::spawn_blocking(move || {
-                    shared
-                        .exporter
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .collect(true);
+                    drop(shared.pass(true));
                 });
                 if let Err(e) = pass.await {
                     log::error!("collection pass: {e}");

@@ -5,10 +5,10 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use galmanhae_common::{
@@ -27,12 +27,77 @@ use prometheus_client::{
 use super::{Exporter, Families, series::Series};
 use crate::kernel::probes::{HookStatus, RunStats};
 
-/// What the HTTP handlers share.
+/// Scrapes within this long of a pass serve that pass: a scrape storm costs no more than
+/// one pass a second.
+const MIN_PASS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the HTTP handlers and the timer share.
 #[derive(Debug)]
 pub struct Shared {
-    pub exporter: Mutex<Exporter>,
+    exporter: Mutex<Exporter>,
     /// How long the previous `/metrics` render took, in nanoseconds.
     pub render_ns: AtomicU64,
+    /// The last pass's outcome: `/healthz` reads it without waiting for a pass in progress.
+    health: Mutex<PassHealth>,
+}
+
+/// When the last pass completed, and why it failed if it did.
+#[derive(Clone, Debug)]
+pub struct PassHealth {
+    at: Instant,
+    error: Option<String>,
+}
+
+impl PassHealth {
+    /// `None` while healthy; else why not.
+    pub fn problem(&self, now: Instant, max_age: Duration) -> Option<String> {
+        if let Some(e) = &self.error {
+            return Some(format!("the last collection failed: {e}"));
+        }
+        let age = now.saturating_duration_since(self.at);
+        (age > max_age).then(|| format!("no collection for {}s", age.as_secs()))
+    }
+}
+
+/// Locks, or takes the state a panicking holder left: it is still the best there is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    pub fn new(exporter: Exporter) -> Self {
+        let health = PassHealth {
+            at: exporter.last_pass,
+            error: None,
+        };
+        Self {
+            exporter: Mutex::new(exporter),
+            render_ns: AtomicU64::new(0),
+            health: Mutex::new(health),
+        }
+    }
+
+    /// Runs a pass (`full`: the timer's) and records its outcome; returns the exporter still
+    /// locked, so that the caller sees that pass's state. A light pass is skipped when one
+    /// completed less than [`MIN_PASS_INTERVAL`] ago.
+    pub fn pass(&self, full: bool) -> MutexGuard<'_, Exporter> {
+        let mut exporter = lock(&self.exporter);
+        if full || exporter.last_pass.elapsed() >= MIN_PASS_INTERVAL {
+            exporter.collect(full);
+            let outcome = PassHealth {
+                at: exporter.last_pass,
+                error: exporter.last_error.clone(),
+            };
+            *lock(&self.health) = outcome;
+        }
+        exporter
+    }
+
+    pub fn health(&self) -> PassHealth {
+        lock(&self.health).clone()
+    }
 }
 
 /// A registry whose only collector is the exporter.
@@ -63,13 +128,7 @@ struct MasqueradeLabels {
 
 impl Collector for ExporterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // A poisoned lock means a pass panicked: its state is still the best there is.
-        let mut exporter = self
-            .0
-            .exporter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        exporter.collect(false);
+        let mut exporter = self.0.pass(false);
         exporter.series.mark_shown();
         let render = Duration::from_nanos(self.0.render_ns.load(Ordering::Relaxed));
         encode_exporter(&exporter, render, &mut encoder)

@@ -716,15 +716,6 @@ impl Exporter {
             now,
         );
     }
-
-    /// `None` while healthy; else why not (for `/healthz`).
-    pub fn unhealthy(&self, now: Instant, max_age: Duration) -> Option<String> {
-        if let Some(e) = &self.last_error {
-            return Some(format!("the last collection failed: {e}"));
-        }
-        let age = now.saturating_duration_since(self.last_pass);
-        (age > max_age).then(|| format!("no collection for {}s", age.as_secs()))
-    }
 }
 
 /// Records a pass of one kernel map (`changed`: its keys that counted, `last`: its last read),
