@@ -536,6 +536,66 @@ fn a_new_container_is_served_at_once_and_a_removed_one_after_the_grace_period() 
     }
 }
 
+/// A pod's log directory under /var/log/pods, removed (with /var/log/pods if the test made
+/// it) when the test ends.
+struct PodLogDir {
+    made_root: bool,
+    dir: PathBuf,
+}
+
+impl PodLogDir {
+    fn new(namespace: &str, name: &str, uid: &str) -> Self {
+        let root = PathBuf::from("/var/log/pods");
+        let made_root = !root.exists();
+        let dir = root.join(format!("{namespace}_{name}_{uid}"));
+        std::fs::create_dir_all(&dir).expect("a pod log directory");
+        Self { made_root, dir }
+    }
+}
+
+impl Drop for PodLogDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        if self.made_root {
+            let _ = std::fs::remove_dir("/var/log/pods");
+        }
+    }
+}
+
+#[test]
+fn a_kubernetes_pod_is_named_by_namespace_and_name() {
+    if !privileged() {
+        return;
+    }
+    // What the kubelet makes: the pod's cgroup under kubepods (cgroupfs driver), its log
+    // directory `<namespace>_<name>_<uid>`. A container placed in such a cgroup is a pod's.
+    let uid = format!("5ca1ab1e-0000-4000-8000-{:012x}", std::process::id());
+    let _logs = PodLogDir::new("lab", "checkout-0", &uid);
+    let mut scenario = Scenario::new();
+    let parent = format!("/kubepods/besteffort/pod{uid}");
+    scenario.container("t-pod", &["--cgroup-parent", &parent]);
+    let daemon = Daemon::start(&[]);
+    let sent = format!(
+        "galmanhae_tcp_sent_segments_total{{workload=\"lab/checkout-0\",workload_kind=\"pod\",\
+         container_id=\"{uid}\",runtime=\"kubernetes\"}}"
+    );
+    let mut served = BTreeMap::new();
+    let named = galmanhae_lab::wait_for(Duration::from_secs(5), "the pod's series", || {
+        served = samples(&daemon.metrics());
+        served.contains_key(&sent)
+    });
+    assert!(
+        named.is_ok(),
+        "no {sent}: {:?}",
+        served
+            .keys()
+            .filter(|k| k.contains("sent_segments"))
+            .collect::<Vec<_>>()
+    );
+    let (status, _) = daemon.terminate();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
 fn describe(output: &Output) -> String {
     format!(
         "{}\n{}{}",

@@ -5,6 +5,7 @@
 pub mod addresses;
 pub mod cgroup_path;
 pub mod docker;
+pub mod kubernetes;
 pub mod nat;
 pub mod procfs;
 
@@ -46,6 +47,8 @@ pub struct Attributor {
     by_netns: HashMap<u32, Option<CgroupIdentity>>,
     netns_names: HashMap<u32, String>,
     containers: HashMap<String, ContainerInfo>,
+    /// Pod uid → `namespace/name` (from the kubelet's pod log directories).
+    pods: HashMap<String, String>,
     host_netns: Option<u32>,
     /// One process per namespace, to read its /proc/PID/net files.
     pids: HashMap<u32, i32>,
@@ -65,6 +68,7 @@ impl Attributor {
             by_netns: HashMap::new(),
             netns_names: HashMap::new(),
             containers: HashMap::new(),
+            pods: HashMap::new(),
             host_netns: None,
             addresses: HashMap::new(),
             addressed: HashSet::new(),
@@ -137,10 +141,12 @@ impl Attributor {
         self.host_netns
     }
 
-    /// Refreshes container names (Docker Engine API) and namespace names (/run/netns).
+    /// Refreshes container names (Docker Engine API), pod names (/var/log/pods) and namespace
+    /// names (/run/netns).
     /// `false` when the Docker socket exists but could not be asked.
     pub fn refresh_names(&mut self) -> bool {
         self.netns_names = procfs::netns_names();
+        self.pods = kubernetes::pod_names(Path::new(kubernetes::POD_LOG_DIR));
         if !self.docker_socket.exists() {
             return true;
         }
@@ -211,7 +217,9 @@ impl Attributor {
             (_, Some(info)) => info.name.clone(),
             (WorkloadKind::Container, None) => identity.id.chars().take(12).collect(),
             (WorkloadKind::Pod, None) => {
-                format!("pod-{}", identity.id.chars().take(8).collect::<String>())
+                self.pods.get(&identity.id).cloned().unwrap_or_else(|| {
+                    format!("pod-{}", identity.id.chars().take(8).collect::<String>())
+                })
             }
             _ => identity.id.clone(),
         };
