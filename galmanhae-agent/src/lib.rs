@@ -20,3 +20,4 @@ pub mod netlink;
 pub mod path;
 pub mod pipeline;
 pub mod report;
+pub mod systemd;

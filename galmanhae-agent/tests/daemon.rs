@@ -67,12 +67,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let child = Command::new(GALMANHAE)
             .args(["run", "--log-level", "info", "--listen", &listen])
             .args(extra)
             .env_remove("GALMANHAE_CONFIG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -534,6 +539,42 @@ fn a_new_container_is_served_at_once_and_a_removed_one_after_the_grace_period() 
     for scraper in scrapers {
         scraper.join().expect("a scraper");
     }
+}
+
+#[test]
+fn systemd_hears_ready_and_the_watchdog() {
+    if !privileged() {
+        return;
+    }
+    // systemd's side of Type=notify and WatchdogSec=2s: a datagram socket.
+    let socket = std::env::temp_dir().join(format!("galmanhae-notify-{}", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let systemd = std::os::unix::net::UnixDatagram::bind(&socket).expect("a notify socket");
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    let path = socket.to_str().expect("a UTF-8 temp path");
+    let daemon = Daemon::start_with_env(
+        &[],
+        &[("NOTIFY_SOCKET", path), ("WATCHDOG_USEC", "2000000")],
+    );
+    let mut heard = Vec::new();
+    let mut buffer = [0u8; 256];
+    while heard
+        .iter()
+        .filter(|m: &&String| *m == "WATCHDOG=1")
+        .count()
+        < 2
+    {
+        let n = systemd.recv(&mut buffer).expect("a message from the agent");
+        heard.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    assert!(heard[0].starts_with("READY=1"), "{heard:?}");
+    let (status, _) = daemon.terminate();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let n = systemd.recv(&mut buffer).expect("a message from the agent");
+    assert_eq!(&buffer[..n], b"STOPPING=1");
+    std::fs::remove_file(&socket).expect("removing the notify socket");
 }
 
 /// A pod's log directory under /var/log/pods, removed (with /var/log/pods if the test made

@@ -13,6 +13,7 @@ use crate::{
         families::{self, Shared},
         http,
     },
+    systemd::{self, Notifier},
 };
 
 /// How often a full pass runs between scrapes: names, NAT table, path MTUs, vanished
@@ -53,12 +54,19 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
             })
             .await
     });
-    let ticker = tokio::spawn(collect_forever(Arc::clone(&shared), stop_rx));
+    let notifier = Notifier::from_env();
+    let ticker = tokio::spawn(collect_forever(
+        Arc::clone(&shared),
+        stop_rx,
+        notifier.clone(),
+    ));
+    notifier.ready();
 
     tokio::select! {
         _ = terminate.recv() => log::info!("SIGTERM: detaching and exiting"),
         _ = interrupt.recv() => log::info!("SIGINT: detaching and exiting"),
     }
+    notifier.stopping();
     let _ = stop_tx.send(true);
     match tokio::time::timeout(DRAIN, &mut server).await {
         Ok(Ok(Ok(()))) => {}
@@ -81,20 +89,28 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A full pass every [`TICK`], on the blocking pool, until told to stop.
-async fn collect_forever(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+/// A full pass every [`TICK`] (more often if systemd's watchdog wants it), on the blocking
+/// pool, until told to stop. Each healthy pass pets the watchdog: a stuck or failing loop gets
+/// the agent restarted.
+async fn collect_forever(
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    notifier: Notifier,
+) {
+    let every = systemd::watchdog_interval().map_or(TICK, |w| TICK.min(w / 2));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = ticks.tick() => {
                 let shared = Arc::clone(&shared);
-                let pass = tokio::task::spawn_blocking(move || {
-                    drop(shared.pass(true));
-                });
-                if let Err(e) = pass.await {
-                    log::error!("collection pass: {e}");
+                let pass =
+                    tokio::task::spawn_blocking(move || shared.pass(true).last_error.is_none());
+                match pass.await {
+                    Ok(true) => notifier.alive(),
+                    Ok(false) => {}
+                    Err(e) => log::error!("collection pass: {e}"),
                 }
             }
         }
