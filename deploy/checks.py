@@ -99,6 +99,27 @@ def caps(value):
     return {c.removeprefix("CAP_") for c in value.split()}
 
 
+def path_list(values):
+    """The paths of a list setting (ReadOnlyPaths=, InaccessiblePaths=) over all its lines,
+    as systemd reads them: lines add, an empty one resets; the "-" and "+" prefixes dropped."""
+    paths = []
+    for value in values:
+        if not value:
+            paths = []
+            continue
+        paths += [p.lstrip("-+").rstrip("/") or "/" for p in value.split()]
+    return paths
+
+
+def covers(paths, target):
+    """Whether one of `paths` is `target` or a directory above it."""
+    return any(target == p or target.startswith(p.rstrip("/") + "/") for p in paths)
+
+
+# systemd's spellings of a true boolean.
+TRUE = {"yes", "true", "on", "1"}
+
+
 def cmd_unit(unit):
     settings = {}
     for key, value in unit_lines(unit):
@@ -120,7 +141,7 @@ def cmd_unit(unit):
         "PrivateTmp": "yes", "ProtectKernelModules": "yes", "ProtectControlGroups": "yes",
         "LockPersonality": "yes", "MemoryDenyWriteExecute": "yes",
         "SystemCallArchitectures": "native", "Restart": "on-failure", "Type": "simple",
-        "User": "galmanhae",
+        "User": "galmanhae", "PrivateIPC": "yes",
     }
     for key, value in expected.items():
         if one(key) != value:
@@ -138,10 +159,28 @@ def cmd_unit(unit):
     }.items():
         if one(key) not in (None, "no", "default", "all"):
             problems.append(f"{key}={one(key)}: {why}")
+    # Drop locations are symbolised from /proc/kallsyms: hiding it turns every one "unknown".
+    # ProtectKernelTunables=yes hides it (systemd.exec(5)); its read-only /proc/sys and /sys
+    # must then be spelt out instead.
+    read_only = path_list(settings.get("ReadOnlyPaths", []))
+    inaccessible = path_list(settings.get("InaccessiblePaths", []))
+    if (one("ProtectKernelTunables") or "no").lower() in TRUE:
+        problems.append("ProtectKernelTunables=yes makes /proc/kallsyms inaccessible (drop locations)")
+    if covers(inaccessible, "/proc/kallsyms"):
+        problems.append("InaccessiblePaths= hides /proc/kallsyms (drop locations)")
+    for path in ("/proc/sys", "/sys"):
+        if not covers(read_only, path):
+            problems.append(f"ReadOnlyPaths= lacks {path}: the agent only reads it")
+    for path in ("/proc/kcore", "/etc/shadow"):
+        if not covers(inaccessible, path):
+            problems.append(f"InaccessiblePaths= lacks {path}")
+    for key in ("MemoryMax", "TasksMax"):
+        if not one(key) or one(key) == "infinity":
+            problems.append(f"{key}= unset: a leak would be the host's")
     if "/usr/local/bin/galmanhae run --config /etc/galmanhae/galmanhae.toml" not in (one("ExecStart") or ""):
         problems.append(f"ExecStart={one('ExecStart')}")
     fail_if(problems, f"{unit}: least privilege")
-    print(f"unit: {os.path.relpath(unit)}: capabilities {' '.join(sorted(ambient))}; no CAP_SYS_ADMIN; sandbox settings present")
+    print(f"unit: {os.path.relpath(unit)}: capabilities {' '.join(sorted(ambient))}; no CAP_SYS_ADMIN; sandbox settings present; /proc/kallsyms readable")
 
 
 # --- config --------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ const DOCS: &[(&str, &str)] = &[
 ];
 
 #[derive(Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one field per command-line switch, which clap checks against each other"
+)]
 pub struct InstallArgs {
     /// Stage the files into DIR instead of / (no user, no systemctl; no root needed).
     #[arg(long, value_name = "DIR")]
@@ -49,6 +53,10 @@ pub struct InstallArgs {
     /// /etc/galmanhae.
     #[arg(long, conflicts_with_all = ["no_build", "binary"])]
     uninstall: bool,
+    /// Add the galmanhae user to the `docker` group so that containers are named from the
+    /// Docker API. That group is as good as root; without it they are named by short id.
+    #[arg(long, conflicts_with_all = ["root", "uninstall"])]
+    docker_names: bool,
 }
 
 /// Where the files go: this host (`/`, with the user and systemd steps) or a staging
@@ -110,6 +118,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<()> {
     install_files(&dest, &binary)?;
     if dest.host {
         service_user()?;
+        docker_group(args.docker_names)?;
         systemd_install(&dest, args.enable)?;
     } else {
         eprintln!(
@@ -200,51 +209,109 @@ fn create_dirs(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
-/// The system user and group, and its membership of `docker` where there is one (container
-/// names come from the Docker API; the unit's comments explain why not `SupplementaryGroups=`).
+/// The system user and its group.
 fn service_user() -> anyhow::Result<()> {
     if succeeds("getent", &["passwd", USER]) {
         eprintln!("xtask: user {USER} exists");
-    } else {
-        let mut args = vec![
-            "--system",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-        ];
-        // useradd creates the group with --user-group, and refuses to when it exists.
-        if succeeds("getent", &["group", USER]) {
-            args.extend(["--gid", USER]);
-        } else {
-            args.push("--user-group");
-        }
-        args.push(USER);
-        sh("useradd", &args, &[])?;
-    }
-    if !succeeds("getent", &["group", "docker"]) {
-        eprintln!("xtask: no docker group here: containers will be named by their short id");
         return Ok(());
+    }
+    let mut args = vec![
+        "--system",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        "/usr/sbin/nologin",
+    ];
+    // useradd creates the group with --user-group, and refuses to when it exists.
+    if succeeds("getent", &["group", USER]) {
+        args.extend(["--gid", USER]);
+    } else {
+        args.push("--user-group");
+    }
+    args.push(USER);
+    sh("useradd", &args, &[])
+}
+
+/// What to do about the user's membership of `docker`, which container names need (the
+/// Docker socket is root:docker 0660) and which is as good as root.
+#[derive(Debug, PartialEq, Eq)]
+enum DockerGroup {
+    /// No `docker` group on this host: nothing to join.
+    Absent { wanted: bool },
+    /// `--docker-names`, not a member yet.
+    Join,
+    /// A member already (asked for now, or before by hand or by an older install).
+    Member { wanted: bool },
+    /// Not asked for, not a member.
+    Skip,
+}
+
+impl DockerGroup {
+    fn decide(wanted: bool, group_exists: bool, member: bool) -> Self {
+        match (group_exists, member, wanted) {
+            (false, _, _) => Self::Absent { wanted },
+            (true, true, _) => Self::Member { wanted },
+            (true, false, true) => Self::Join,
+            (true, false, false) => Self::Skip,
+        }
+    }
+
+    /// The one line that tells the operator where container names stand.
+    fn message(&self) -> String {
+        match self {
+            Self::Absent { wanted: true } => {
+                "no docker group here, so --docker-names has nothing to do: containers will be \
+                 named by their short id"
+                    .to_owned()
+            }
+            Self::Absent { wanted: false } => {
+                "no docker group here: containers will be named by their short id".to_owned()
+            }
+            Self::Join => format!(
+                "added {USER} to the docker group: container names from the Docker API, at the \
+                 price of root-equivalent access through the Docker socket"
+            ),
+            Self::Member { wanted: true } => format!(
+                "{USER} is in the docker group: container names from the Docker API (the Docker \
+                 socket is root-equivalent access)"
+            ),
+            Self::Member { wanted: false } => format!(
+                "{USER} is already in the docker group (container names, and root-equivalent \
+                 access); left as it is, take it out with: gpasswd --delete {USER} docker"
+            ),
+            Self::Skip => format!(
+                "containers will be named by their short id; for their names rerun with \
+                 --docker-names (adds {USER} to the docker group, which is as good as root)"
+            ),
+        }
+    }
+}
+
+/// Joins `docker` with `--docker-names`, and says where container names stand either way.
+fn docker_group(wanted: bool) -> anyhow::Result<()> {
+    let group_exists = succeeds("getent", &["group", "docker"]);
+    let step = DockerGroup::decide(wanted, group_exists, group_exists && in_docker_group()?);
+    if step == DockerGroup::Join {
+        sh("usermod", &["--append", "--groups", "docker", USER], &[])?;
+    }
+    eprintln!("xtask: {}", step.message());
+    Ok(())
+}
+
+/// Whether the service user is a member of `docker` (false if there is no such user).
+fn in_docker_group() -> anyhow::Result<bool> {
+    if !succeeds("getent", &["passwd", USER]) {
+        return Ok(false);
     }
     let groups = Command::new("id")
         .args(["-nG", USER])
         .output()
         .context("running id")?;
     ensure!(groups.status.success(), "`id -nG {USER}` failed");
-    if String::from_utf8_lossy(&groups.stdout)
+    Ok(String::from_utf8_lossy(&groups.stdout)
         .split_whitespace()
-        .any(|g| g == "docker")
-    {
-        eprintln!("xtask: user {USER} is in the docker group");
-    } else {
-        sh("usermod", &["--append", "--groups", "docker", USER], &[])?;
-        eprintln!(
-            "xtask: user {USER} added to the docker group, for container names (that group is as \
-             good as root)"
-        );
-    }
-    Ok(())
+        .any(|g| g == "docker"))
 }
 
 fn systemd_install(dest: &Destination, enable: bool) -> anyhow::Result<()> {
@@ -301,6 +368,10 @@ fn uninstall(dest: &Destination) -> anyhow::Result<()> {
     if dest.systemd() {
         sh("systemctl", &["daemon-reload"], &[])?;
     }
+    // The membership only served the agent, which is gone; the user itself is kept below.
+    if dest.host && in_docker_group()? {
+        sh("gpasswd", &["--delete", USER, "docker"], &[])?;
+    }
     let config_dir = dest.path(CONFIG_DIR);
     if dest.host {
         eprintln!(
@@ -343,6 +414,7 @@ mod tests {
             no_build: true,
             binary: (!uninstall).then(|| binary.to_path_buf()),
             uninstall,
+            docker_names: false,
         }
     }
 
@@ -434,5 +506,52 @@ mod tests {
         assert!(parse(&["--root", "/tmp/stage", "--enable"]).is_err());
         assert!(parse(&["--uninstall", "--enable"]).is_err());
         assert!(parse(&["--uninstall", "--no-build"]).is_err());
+        // The docker group is opt-in, and only for a host install: staging creates no user.
+        assert!(parse(&["--docker-names", "--enable"]).is_ok());
+        assert!(parse(&["--root", "/tmp/stage", "--docker-names"]).is_err());
+        assert!(parse(&["--uninstall", "--docker-names"]).is_err());
+    }
+
+    #[test]
+    fn docker_group_is_opt_in() {
+        use DockerGroup::*;
+        // Never joined without --docker-names, and never without a docker group.
+        assert_eq!(DockerGroup::decide(false, true, false), Skip);
+        assert_eq!(DockerGroup::decide(true, true, false), Join);
+        assert_eq!(
+            DockerGroup::decide(true, false, false),
+            Absent { wanted: true }
+        );
+        assert_eq!(
+            DockerGroup::decide(false, false, false),
+            Absent { wanted: false }
+        );
+        // An existing membership is reported, not silently kept nor silently removed.
+        assert_eq!(
+            DockerGroup::decide(false, true, true),
+            Member { wanted: false }
+        );
+        assert_eq!(
+            DockerGroup::decide(true, true, true),
+            Member { wanted: true }
+        );
+        // Without the flag the operator hears how to opt in; with it, the price.
+        assert!(Skip.message().contains("short id") && Skip.message().contains("--docker-names"));
+        assert!(Join.message().contains("root-equivalent"));
+        assert!(
+            Member { wanted: false }
+                .message()
+                .contains("gpasswd --delete galmanhae docker")
+        );
+        for step in [
+            Absent { wanted: true },
+            Absent { wanted: false },
+            Join,
+            Member { wanted: true },
+            Member { wanted: false },
+            Skip,
+        ] {
+            assert!(!step.message().contains('\n'), "one line: {step:?}");
+        }
     }
 }
