@@ -331,6 +331,10 @@ def cmd_daemonset(path):
                 problems.append(f"{c['name']}: readOnlyRootFilesystem")
             if sc.get("allowPrivilegeEscalation") is not False:
                 problems.append(f"{c['name']}: allowPrivilegeEscalation must be false")
+            # The runtime's default AppArmor profile refuses ptrace "read" of the node's own
+            # processes: /proc/PID/ns/net, and with it attribution, would fail.
+            if sc.get("appArmorProfile", {}).get("type") != "Unconfined":
+                problems.append(f"{c['name']}: appArmorProfile must be Unconfined (/proc/PID/ns/net)")
             ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
             if ports.get("metrics") != PORT:
                 problems.append(f"{c['name']}: port `metrics` is not {PORT}")
@@ -343,11 +347,15 @@ def cmd_daemonset(path):
             res = c.get("resources", {})
             if {"cpu", "memory"} - res.get("requests", {}).keys() or {"cpu", "memory"} - res.get("limits", {}).keys():
                 problems.append(f"{c['name']}: cpu and memory requests and limits")
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
             for m in c.get("volumeMounts", []):
                 if m["name"] not in volumes:
                     problems.append(f"{c['name']}: mount {m['name']} has no volume")
-                if m["mountPath"].startswith(("/sys", "/run/containerd")) and not m.get("readOnly"):
+                if m["mountPath"].startswith(("/sys", "/run/containerd", "/var/log")) and not m.get("readOnly"):
                     problems.append(f"{c['name']}: {m['mountPath']} should be read-only")
+            # Pod names come from the kubelet's /var/log/pods/<namespace>_<name>_<uid>.
+            if "/var/log/pods" not in mounts:
+                problems.append(f"{c['name']}: /var/log/pods is not mounted (pod names)")
     service = next((d for d in docs if d.get("kind") == "Service"), None)
     if service and service["spec"].get("clusterIP") != "None":
         problems.append("the Service should be headless (clusterIP: None)")
