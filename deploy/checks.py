@@ -248,6 +248,10 @@ def cmd_dashboard(path):
     query = query.get("query") if isinstance(query, dict) else query
     if not (query or "").startswith("label_values(galmanhae_tcp_sent_segments_total"):
         problems.append(f"`workload` variable query: {query!r}")
+    # The latency panel is the user's own histogram: named in text boxes, not in the query.
+    for name in ("app_latency_metric", "app_selector"):
+        if variables.get(name, {}).get("type") != "textbox":
+            problems.append(f"no `{name}` text box variable")
     ids, cells = set(), {}
     for panel in panels_of(dashboard):
         title = panel.get("title", "?")
@@ -275,6 +279,9 @@ def cmd_dashboard(path):
                 problems.append(f"{title}: target {target.get('refId')} datasource is not ${{datasource}}")
             if not target.get("expr"):
                 problems.append(f"{title}: target {target.get('refId')} has no expr")
+            # A fixed window is too short for a slow scrape interval and too long to zoom in.
+            for window in re.findall(r"\[(\d+[smhdwy])\]", target.get("expr", "")):
+                problems.append(f"{title}: fixed range [{window}]: use $__rate_interval (or $__range)")
     # The incident's view: the retransmit ratio and the app's latency side by side, on top.
     top = sorted((p for p in panels_of(dashboard) if p["type"] != "row"),
                  key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"]))[:2]
@@ -391,21 +398,34 @@ def expressions():
     return out
 
 
-def substitute(expr, variables, every=".*"):
-    """Grafana's variables, as a query with every value selected would see them (`.*`, the
-    variables' allValue). With `.+` a matcher on a label the series do not have selects
-    nothing, which is how a misspelt label shows up over the fixture."""
+# A non-empty value for each text box whose default is empty, so that the query the user
+# gets after filling it in is run too (`metric{}` and `metric{job=~".+"}` both must parse).
+TEXTBOX_SAMPLES = {"app_selector": 'job=~".+"'}
+
+
+def substitute(expr, variables, every=".*", samples=False):
+    """Grafana's variables, as a query with every value selected would see them: query
+    variables as `.*` (their allValue), text boxes and constants as their default value (or,
+    with `samples`, TEXTBOX_SAMPLES'). With `every=".+"` a matcher on a label the series do
+    not have selects nothing, which is how a misspelt label shows up over the fixture.
+    `$name`, `${name}` and `${name:format}` are all Grafana's."""
     fixed = {"__rate_interval": "1m", "__interval": "1m", "__range": "5m"}
 
     def value(match):
         name = match.group(1) or match.group(2)
         if name in fixed:
             return fixed[name]
-        if name in variables:
-            return every
-        raise CheckFailed(f"unknown Grafana variable ${name} in: {expr}")
+        if name not in variables:
+            raise CheckFailed(f"unknown Grafana variable ${name} in: {expr}")
+        variable = variables[name]
+        if variable.get("type") in ("textbox", "constant", "custom"):
+            default = variable.get("query", "")
+            if variable.get("type") == "custom":
+                default = variable.get("current", {}).get("value", "")
+            return TEXTBOX_SAMPLES.get(name, default) if samples and not default else default
+        return every
 
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", value, expr)
 
 
 def cmd_contract():
@@ -476,6 +496,9 @@ def fixture_series():
     s.append(("galmanhae_scrape_duration_seconds", {}, -0.004))
     s.append(("galmanhae_flow_entries_freed_total", {}, 0.0))
     s.append(("galmanhae_build_info", {"version": "0.1.0", "commit": "86b3be3"}, -1.0))
+    # Not galmanhae's: the app latency histogram the dashboard's text boxes name by default.
+    for le, rate in [("0.1", 90.0), ("0.5", 97.0), ("1", 98.0), ("5", 99.5), ("+Inf", 100.0)]:
+        s.append(("http_server_request_duration_seconds_bucket", {"le": le}, rate))
     for hook in ("tcp:tcp_retransmit_skb", "tcp:tcp_retransmit_synack", "skb:kfree_skb"):
         s.append(("galmanhae_hook_up", {"hook": hook}, -1.0))
     for collector in ("maps", "snmp", "conntrack", "nat_table", "nat_rules", "docker", "kallsyms", "bpf_stats"):
@@ -518,23 +541,29 @@ def query(url, promql, at):
 
 
 def cmd_promql(url, at=None):
-    """Every expression must run (status success), its variables as Grafana's "All" sends them.
-    With a time (the fixture loaded at `url`), every dashboard expression over galmanhae_*
-    families only must also return data with every variable `.+`: a name or a label that the
-    fixture, and so METRICS.md, does not have returns nothing."""
+    """Every expression must run (status success), its variables as Grafana's "All" sends them
+    and its text boxes both at their defaults and filled in. With a time (the fixture loaded
+    at `url`), every dashboard expression over series the fixture has must also return data
+    with every variable `.+`: a name or a label that the fixture, and so METRICS.md, does not
+    have returns nothing."""
     dashboard = json.load(open(DASHBOARD, encoding="utf-8"))
-    variables = {v["name"] for v in dashboard["templating"]["list"]}
-    problems, ran, with_data = [], 0, 0
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    in_fixture = {name for name, _, _ in fixture_series()}
+    problems, ran, variants, with_data = [], 0, 0, 0
     for where, expr in expressions():
-        promql = substitute(expr, variables)
-        answer = query(url, promql, at)
         ran += 1
-        if answer.get("status") != "success":
-            problems.append(f"{where}: {answer.get('errorType')}: {answer.get('error')}\n      {promql}")
+        promqls = dict.fromkeys([substitute(expr, variables), substitute(expr, variables, samples=True)])
+        failed = False
+        for promql in promqls:
+            variants += 1
+            answer = query(url, promql, at)
+            if answer.get("status") != "success":
+                problems.append(f"{where}: {answer.get('errorType')}: {answer.get('error')}\n      {promql}")
+                failed = True
+        if failed:
             continue
-        names = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", promql))
-        own = names and all(n.startswith("galmanhae_") for n in names)
-        if not (at and where.startswith("dashboard") and own):
+        names = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", next(iter(promqls))))
+        if not (at and where.startswith("dashboard") and names and names <= in_fixture):
             continue
         strict = substitute(expr, variables, every=".+")
         answer = query(url, strict, at)
@@ -543,8 +572,9 @@ def cmd_promql(url, at=None):
         else:
             with_data += 1
     fail_if(problems, "PromQL")
-    print(f"promql: {ran} expressions ran without error on {url}"
-          + (f"; the {with_data} dashboard queries over galmanhae_* families all returned fixture data" if at else ""))
+    print(f"promql: {ran} expressions ({variants} queries with the text boxes filled in too) ran without "
+          f"error on {url}"
+          + (f"; the {with_data} dashboard queries over fixture series all returned data" if at else ""))
 
 
 def main(argv):
