@@ -142,27 +142,39 @@ impl Attributor {
     }
 
     /// Refreshes container names (Docker Engine API), pod names (/var/log/pods) and namespace
-    /// names (/run/netns).
-    /// `false` when the Docker socket exists but could not be asked.
-    pub fn refresh_names(&mut self) -> bool {
+    /// names (/run/netns). Whether the Docker API answered: `None` when it was not asked (no
+    /// socket, or no permission to use it: a choice, see `xtask install --docker-names`).
+    pub fn refresh_names(&mut self) -> Option<bool> {
         self.netns_names = procfs::netns_names();
         self.pods = kubernetes::pod_names(Path::new(kubernetes::POD_LOG_DIR));
         if !self.docker_socket.exists() {
-            return true;
+            return None;
         }
-        match docker::containers(&self.docker_socket) {
+        let (note, answered) = match docker::containers(&self.docker_socket) {
             Ok(containers) => {
                 self.containers.extend(containers);
-                true
+                return Some(true);
             }
-            Err(e) => {
-                let note = format!("{e}: containers are named by short id");
-                if !self.notes.contains(&note) {
-                    self.notes.push(note);
-                }
-                false
+            Err(docker::DockerError::Io { path, source })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                let note = format!(
+                    "no permission to use {path}: containers are named by short id (it is \
+                     root-equivalent; to name them, give the agent access, e.g. \
+                     `cargo xtask install --docker-names`)"
+                );
+                (note, None)
             }
+            Err(e) => (
+                format!("{e}: containers are named by short id"),
+                Some(false),
+            ),
+        };
+        if !self.notes.contains(&note) {
+            log::info!("{note}");
+            self.notes.push(note);
         }
+        answered
     }
 
     /// Forgets a namespace that is gone (a daemon would otherwise remember every container

@@ -26,6 +26,7 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         nat_audit,
         mut notes,
         attached,
+        ..
     } = super::start(&args.kernel.settings())?;
     let baseline_stats = hook_stats(&pipeline.probes);
     let mut window = Window::new(pipeline.snapshot().context("first snapshot")?);

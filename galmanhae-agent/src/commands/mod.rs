@@ -29,6 +29,8 @@ pub struct Started {
     /// Start-up notes (an uplink that could not be watched, ...).
     pub notes: Vec<String>,
     pub attached: usize,
+    /// Whether the Docker API named the containers (`None`: not asked).
+    pub docker: Option<bool>,
 }
 
 /// Checks the host, loads and attaches the programs, watches the uplinks for NAT leaks and
@@ -62,13 +64,14 @@ pub fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
         return Err(NoHooks(reasons.join("\n")).into());
     }
     let mut attributor = Attributor::new(&kernel.docker_socket);
-    attributor.refresh_names();
+    let docker = attributor.refresh_names();
     Ok(Started {
         pipeline: Pipeline::new(probes, attributor),
         checks: env.checks,
         nat_audit,
         notes,
         attached,
+        docker,
     })
 }
 

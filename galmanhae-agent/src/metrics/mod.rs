@@ -273,6 +273,7 @@ impl Exporter {
             mut pipeline,
             nat_audit,
             notes,
+            docker,
             ..
         } = started;
         for note in notes.iter().chain(&pipeline.probes.notes) {
@@ -298,7 +299,13 @@ impl Exporter {
             locations: TopK::new(limits.max_drop_locations),
             series_dropped: BTreeMap::new(),
             evicted: 0,
-            collectors: COLLECTORS.iter().map(|c| (*c, true)).collect(),
+            collectors: COLLECTORS
+                .iter()
+                .filter_map(|c| match *c {
+                    "docker" => docker.map(|answered| (*c, answered)),
+                    _ => Some((*c, true)),
+                })
+                .collect(),
             last_pass: now,
             last_error: None,
         };
@@ -331,8 +338,11 @@ impl Exporter {
             .keys()
             .any(|netns| !self.netns_tcp.contains_key(netns));
         if full || new_namespace {
-            let docker = self.pipeline.attributor.refresh_names();
-            self.collectors.insert("docker", docker);
+            match self.pipeline.attributor.refresh_names() {
+                Some(answered) => self.collectors.insert("docker", answered),
+                // Not asked (no socket, or no permission by choice): not a failing source.
+                None => self.collectors.remove("docker"),
+            };
         }
         if full {
             self.refresh_nat(now);
