@@ -140,12 +140,16 @@ def cmd_unit(unit):
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
         "PrivateTmp": "yes", "ProtectKernelModules": "yes", "ProtectControlGroups": "yes",
         "LockPersonality": "yes", "MemoryDenyWriteExecute": "yes",
-        "SystemCallArchitectures": "native", "Restart": "on-failure", "Type": "simple",
-        "User": "galmanhae", "PrivateIPC": "yes",
+        "SystemCallArchitectures": "native", "Restart": "on-failure", "Type": "notify",
+        "NotifyAccess": "main", "User": "galmanhae", "PrivateIPC": "yes",
     }
     for key, value in expected.items():
         if one(key) != value:
             problems.append(f"{key}={one(key)}, expected {value}")
+    # The agent pets the watchdog after each pass (10 s at most): shorter would restart a healthy one.
+    watchdog = one("WatchdogSec") or ""
+    if not re.fullmatch(r"\d+s", watchdog) or int(watchdog[:-1]) < 30:
+        problems.append(f"WatchdogSec={watchdog or None}, expected at least 30s (passes run every 10 s)")
     families = set((one("RestrictAddressFamilies") or "").split())
     if families != {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}:
         problems.append(f"RestrictAddressFamilies={sorted(families)}")
