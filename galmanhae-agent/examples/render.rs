@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use galmanhae::metrics::{Families, RetransmitLabels, WorkloadLabels, families::render_families};
+use galmanhae::metrics::{
+    Families, Lifecycle as _, RetransmitLabels, WorkloadLabels, families::render_families,
+};
 
 const KINDS: [&str; 3] = ["rto", "fast", "tlp"];
 

@@ -105,8 +105,10 @@ async fn collect_forever(
             _ = stop.changed() => return,
             _ = ticks.tick() => {
                 let shared = Arc::clone(&shared);
-                let pass =
-                    tokio::task::spawn_blocking(move || shared.pass(true).last_error.is_none());
+                let pass = tokio::task::spawn_blocking(move || {
+                    drop(shared.pass(true));
+                    shared.health().error.is_none()
+                });
                 match pass.await {
                     Ok(true) => notifier.alive(),
                     Ok(false) => {}

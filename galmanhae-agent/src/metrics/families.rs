@@ -24,7 +24,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{Exporter, Families, series::Series};
+use super::{Exporter, Families, Lifecycle as _, series::Series};
 use crate::kernel::probes::{HookStatus, RunStats};
 
 /// Scrapes within this long of a pass serve that pass: a scrape storm costs no more than
@@ -41,11 +41,21 @@ pub struct Shared {
     health: Mutex<PassHealth>,
 }
 
-/// When the last pass completed, and why it failed if it did.
+/// When the last pass completed, and why the last one failed if it did.
 #[derive(Clone, Debug)]
 pub struct PassHealth {
     at: Instant,
-    error: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Default for PassHealth {
+    /// A pass completed now.
+    fn default() -> Self {
+        Self {
+            at: Instant::now(),
+            error: None,
+        }
+    }
 }
 
 impl PassHealth {
@@ -68,29 +78,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub fn new(exporter: Exporter) -> Self {
-        let health = PassHealth {
-            at: exporter.last_pass,
-            error: None,
-        };
         Self {
             exporter: Mutex::new(exporter),
             render_ns: AtomicU64::new(0),
-            health: Mutex::new(health),
+            health: Mutex::new(PassHealth::default()),
         }
     }
 
     /// Runs a pass (`full`: the timer's) and records its outcome; returns the exporter still
     /// locked, so that the caller sees that pass's state. A light pass is skipped when one
-    /// completed less than [`MIN_PASS_INTERVAL`] ago.
+    /// completed less than `MIN_PASS_INTERVAL` ago.
     pub fn pass(&self, full: bool) -> MutexGuard<'_, Exporter> {
         let mut exporter = lock(&self.exporter);
-        if full || exporter.last_pass.elapsed() >= MIN_PASS_INTERVAL {
-            exporter.collect(full);
-            let outcome = PassHealth {
-                at: exporter.last_pass,
-                error: exporter.last_error.clone(),
-            };
-            *lock(&self.health) = outcome;
+        if full || self.health().at.elapsed() >= MIN_PASS_INTERVAL {
+            let outcome = exporter.collect(full);
+            let mut health = lock(&self.health);
+            match outcome {
+                Ok(()) => *health = PassHealth::default(),
+                // When the last pass completed stays as it was.
+                Err(e) => health.error = Some(e.to_string()),
+            }
         }
         exporter
     }
@@ -289,8 +296,6 @@ fn encode_programs(
             ConstCounter::new(stats.run_time.as_secs_f64())
                 .encode(family.encode_family(&[("program", *program)])?)?;
         }
-    }
-    if measured {
         let mut family = encoder.encode_descriptor(
             "galmanhae_bpf_program_runs",
             "Times the program ran (bpf_prog_info.run_cnt)",
@@ -527,10 +532,19 @@ pub fn render_families(
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Only(families)));
     let mut body = String::new();
-    if openmetrics {
-        prometheus_client::encoding::text::encode(&mut body, &registry)?;
-    } else {
-        prometheus_client::encoding::prometheus_text::encode(&mut body, &registry)?;
-    }
+    encode(&mut body, &registry, openmetrics)?;
     Ok(body)
+}
+
+/// The registry as OpenMetrics 1.0 text, or as Prometheus text 0.0.4.
+pub fn encode(
+    body: &mut String,
+    registry: &Registry,
+    openmetrics: bool,
+) -> Result<(), std::fmt::Error> {
+    if openmetrics {
+        prometheus_client::encoding::text::encode(body, registry)
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(body, registry)
+    }
 }

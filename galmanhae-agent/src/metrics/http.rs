@@ -13,12 +13,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use prometheus_client::{
-    encoding::{prometheus_text, text},
-    registry::Registry,
-};
+use prometheus_client::{encoding::prometheus_text, registry::Registry};
 
-use super::families::Shared;
+use super::families::{self, Shared};
 
 /// `Content-Type` of OpenMetrics 1.0 text.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -57,11 +54,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     let rendered = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let mut body = String::with_capacity(64 * 1024);
-        let result = if openmetrics {
-            text::encode(&mut body, &app.registry)
-        } else {
-            prometheus_text::encode(&mut body, &app.registry)
-        };
+        let result = families::encode(&mut body, &app.registry, openmetrics);
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         app.shared.render_ns.store(took, Ordering::Relaxed);
         result.map(|()| body)

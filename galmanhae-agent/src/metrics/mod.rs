@@ -22,7 +22,8 @@ use galmanhae_common::{
 };
 use prometheus_client::encoding::EncodeLabelSet;
 
-use self::series::{Admission, Lifecycle, Series, Slots, TopK};
+pub use self::series::Lifecycle;
+use self::series::{Admission, Series, Slots, TopK};
 use crate::{
     addr::endpoints,
     attribute::{Workload, WorkloadKind, nat::NatIndex},
@@ -188,43 +189,32 @@ impl Families {
             &mut self.path_mtu,
         ]
     }
+}
 
-    /// Series inactive for longer than `grace` go (a NAT binding goes at once when the table
-    /// no longer has it; if the table cannot be read, after `grace`).
-    fn expire(&mut self, now: Instant, grace: Duration) {
-        for series in self.all_mut() {
-            series.expire(now, grace);
-        }
-    }
-
-    /// A scrape is about to serve every series: new counters are shown at zero.
-    pub fn mark_shown(&mut self) {
+/// Every family at once. A NAT binding goes at once when the table no longer has it, or after
+/// the grace period if the table cannot be read.
+impl Lifecycle for Families {
+    fn mark_shown(&mut self) {
         for series in self.all_mut() {
             series.mark_shown();
         }
     }
 
-    /// New counters already shown at zero get what they held.
     fn release(&mut self) {
         for series in self.all_mut() {
             series.release();
         }
     }
 
-    /// Counts from before the agent started: served at once.
-    pub fn settle(&mut self) {
-        for series in self.all_mut() {
-            series.settle();
-        }
+    fn expire(&mut self, now: Instant, grace: Duration) -> usize {
+        self.all_mut()
+            .into_iter()
+            .map(|s| s.expire(now, grace))
+            .sum()
     }
 
-    /// Series in all families.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.all().iter().map(|s| s.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -255,9 +245,6 @@ pub struct Exporter {
     pub evicted: u64,
     /// Whether each user-space source worked on the last pass.
     pub collectors: BTreeMap<&'static str, bool>,
-    /// When the last pass completed, and why the last one failed if it did.
-    pub last_pass: Instant,
-    pub last_error: Option<String>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -306,8 +293,6 @@ impl Exporter {
                     _ => Some((*c, true)),
                 })
                 .collect(),
-            last_pass: now,
-            last_error: None,
         };
         // The baseline: what namespaces counted before the agent started is served at once.
         exporter.fold_segments(now);
@@ -318,15 +303,15 @@ impl Exporter {
 
     /// One pass: read the maps and namespaces, attribute what changed since the last pass,
     /// fold it into the series. `full` also refreshes names, the NAT table and path MTUs.
-    pub fn collect(&mut self, full: bool) {
+    /// Fails, changing nothing, when the maps cannot be read.
+    pub fn collect(&mut self, full: bool) -> Result<(), ReadError> {
         let now = Instant::now();
         let snapshot = match self.pipeline.snapshot() {
             Ok(snapshot) => snapshot,
             Err(e) => {
                 log::warn!("reading the maps: {e}");
                 self.collectors.insert("maps", false);
-                self.last_error = Some(e.to_string());
-                return;
+                return Err(e);
             }
         };
         self.collectors.insert("maps", true);
@@ -363,8 +348,7 @@ impl Exporter {
         }
         self.expire(now);
         self.free_idle_entries(&summary, now);
-        self.last_pass = now;
-        self.last_error = None;
+        Ok(())
     }
 
     /// Whether a workload may have series; counts the refusal against `family` if not.
@@ -398,8 +382,7 @@ impl Exporter {
                 continue;
             }
             let labels = WorkloadLabels::of(&workload);
-            // Every namespace gets its series at once, also idle: a series that first appears
-            // with its traffic already in it shows Prometheus no increase.
+            // Every namespace gets its series at once, also idle, so that the ratio has both.
             if !self.admit(&workload.name, family::SENT, now) {
                 continue;
             }

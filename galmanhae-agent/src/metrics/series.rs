@@ -7,7 +7,7 @@
 //! counted is added in the first pass after a scrape has shown that zero. One-off bursts (a
 //! first retransmit to a new remote, a NAT leak) are then visible as an increase, one pass
 //! later. Counts from before the agent started are a baseline and are served at once
-//! ([`Series::settle`]).
+//! ([`Lifecycle::settle`]).
 
 use std::{
     collections::HashMap,
@@ -70,28 +70,6 @@ impl<L: Eq + Hash> Series<L> {
         }
     }
 
-    /// A scrape serves the series now: the held counts of new series go out on the next
-    /// [`Self::release`].
-    pub fn mark_shown(&mut self) {
-        for entry in self.entries.values_mut() {
-            entry.shown = true;
-        }
-    }
-
-    /// Adds what series already shown at zero have held.
-    pub fn release(&mut self) {
-        for entry in self.entries.values_mut().filter(|e| e.shown) {
-            entry.value += entry.held;
-            entry.held = 0;
-        }
-    }
-
-    /// Serves every count at once: the baseline taken when the agent starts.
-    pub fn settle(&mut self) {
-        self.mark_shown();
-        self.release();
-    }
-
     /// Sets a gauge; it is active.
     pub fn set(&mut self, labels: L, value: u64, now: Instant) {
         let entry = Entry {
@@ -103,14 +81,6 @@ impl<L: Eq + Hash> Series<L> {
         self.entries.insert(labels, entry);
     }
 
-    /// Removes the series inactive for longer than `grace`; how many went.
-    pub fn expire(&mut self, now: Instant, grace: Duration) -> usize {
-        let before = self.entries.len();
-        self.entries
-            .retain(|_, e| now.saturating_duration_since(e.active) <= grace);
-        before - self.entries.len()
-    }
-
     /// Removes the gauges not set since `since` (what they described is gone).
     pub fn retain_set_since(&mut self, since: Instant) {
         self.entries.retain(|_, e| e.active >= since);
@@ -118,14 +88,6 @@ impl<L: Eq + Hash> Series<L> {
 
     pub fn iter(&self) -> impl Iterator<Item = (&L, u64)> {
         self.entries.iter().map(|(labels, e)| (labels, e.value))
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Removes the series whose labels match.
@@ -141,11 +103,21 @@ impl<L: Eq + Hash> Series<L> {
 
 /// What a family's series do between passes, whatever their labels.
 pub trait Lifecycle {
+    /// A scrape serves the series now: the held counts of new series go out on the next
+    /// [`Self::release`].
     fn mark_shown(&mut self);
+    /// Adds what series already shown at zero have held.
     fn release(&mut self);
-    fn settle(&mut self);
+    /// Removes the series inactive for longer than `grace`; how many went.
     fn expire(&mut self, now: Instant, grace: Duration) -> usize;
     fn len(&self) -> usize;
+
+    /// Serves every count at once: the baseline taken when the agent starts.
+    fn settle(&mut self) {
+        self.mark_shown();
+        self.release();
+    }
+
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -153,23 +125,27 @@ pub trait Lifecycle {
 
 impl<L: Eq + Hash> Lifecycle for Series<L> {
     fn mark_shown(&mut self) {
-        Self::mark_shown(self);
+        for entry in self.entries.values_mut() {
+            entry.shown = true;
+        }
     }
 
     fn release(&mut self) {
-        Self::release(self);
-    }
-
-    fn settle(&mut self) {
-        Self::settle(self);
+        for entry in self.entries.values_mut().filter(|e| e.shown) {
+            entry.value += entry.held;
+            entry.held = 0;
+        }
     }
 
     fn expire(&mut self, now: Instant, grace: Duration) -> usize {
-        Self::expire(self, now, grace)
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, e| now.saturating_duration_since(e.active) <= grace);
+        before - self.entries.len()
     }
 
     fn len(&self) -> usize {
-        Self::len(self)
+        self.entries.len()
     }
 }
 
