@@ -20,6 +20,9 @@ use crate::{
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9436);
 
+/// Without `--log-level`, `GALMANHAE_LOG_LEVEL` or a config file saying otherwise.
+pub const DEFAULT_LOG_LEVEL: log::LevelFilter = log::LevelFilter::Warn;
+
 /// A config file that cannot be used. The message names the file and, from the TOML parser,
 /// the line, column and key.
 #[derive(Debug, thiserror::Error)]
@@ -163,9 +166,7 @@ impl Settings {
         };
         Ok(Self {
             listen: args.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
-            log_level: log_level
-                .or(file.log_level)
-                .unwrap_or(log::LevelFilter::Warn),
+            log_level: log_level.or(file.log_level).unwrap_or(DEFAULT_LOG_LEVEL),
             limits,
             kernel: args.kernel.resolve(file.kernel),
         })

@@ -4,29 +4,33 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use galmanhae::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, DiagnoseArgs},
     commands,
-    config::Settings,
+    config::{self, Settings},
 };
+
+/// What to run, with the daemon's settings resolved.
+enum Job<'a> {
+    Diagnose(&'a DiagnoseArgs),
+    Run(Settings),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon's settings (and log level) may come from its config file: read it first.
-    let settings = match &cli.command {
+    let (level, job) = match &cli.command {
         Command::Run(args) => match Settings::resolve(args, cli.log_level) {
-            Ok(settings) => Some(settings),
+            Ok(settings) => (settings.log_level, Job::Run(settings)),
             Err(e) => {
                 eprintln!("galmanhae: error: {e}");
                 return ExitCode::from(2);
             }
         },
-        Command::Diagnose(_) => None,
+        Command::Diagnose(args) => (
+            cli.log_level.unwrap_or(config::DEFAULT_LOG_LEVEL),
+            Job::Diagnose(args),
+        ),
     };
-    let level = settings
-        .as_ref()
-        .map_or(cli.log_level.unwrap_or(log::LevelFilter::Warn), |s| {
-            s.log_level
-        });
     env_logger::Builder::new()
         .filter_level(level)
         .format_target(false)
@@ -45,10 +49,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match (&cli.command, &settings) {
-            (Command::Diagnose(args), _) => commands::diagnose::run(args).await,
-            (Command::Run(_), Some(settings)) => commands::run::run(settings).await,
-            (Command::Run(_), None) => unreachable!("settings are resolved for run"),
+        match &job {
+            Job::Diagnose(args) => commands::diagnose::run(args).await,
+            Job::Run(settings) => commands::run::run(settings).await,
         }
     });
     // A blocking task still running (a pass waiting on a slow source) does not hold up the

@@ -154,10 +154,10 @@ pub struct FlowState {
     /// The socket (its kernel address) of the last event, 0 if none yet: a new socket with the
     /// same tuple starts its `total_retrans` again.
     pub socket: u64,
-    /// That socket's `tcp_sock.total_retrans` after the last event.
+    /// That socket's `tcp_sock.total_retrans` after the last event (read when `socket` was
+    /// set).
     pub last_total_retrans: u32,
-    /// 1 when `last_total_retrans` was read.
-    pub has_total: u32,
+    pub padding: u32,
 }
 
 const _: () = assert!(size_of::<FlowState>() == size_of::<RetransmitCounters>() + 16);

@@ -42,7 +42,7 @@ pub fn on_kfree_skb_btf(ctx: &BtfTracePointContext) {
     let skb: u64 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason = optional_arg(ctx, 2, offset!(kfree_skb.reason) != ABSENT).map_or(0, low_32);
-    let rx_sk = optional_arg(ctx, 3, offset!(kfree_skb.rx_sk) != ABSENT).unwrap_or(0);
+    let rx_sk = || optional_arg(ctx, 3, offset!(kfree_skb.rx_sk) != ABSENT).unwrap_or(0);
     on_drop::<Direct>(skb, location, reason, rx_sk);
 }
 
@@ -58,12 +58,12 @@ pub fn on_kfree_skb(ctx: &TracePointContext) {
         tp_field::<u64>(ctx, offset!(kfree_skb.location)).unwrap_or(0),
         // Before 5.17 there is no reason: 0 reads as "unknown".
         tp_field::<u32>(ctx, offset!(kfree_skb.reason)).unwrap_or(0),
-        tp_field::<u64>(ctx, offset!(kfree_skb.rx_sk)).unwrap_or(0),
+        || tp_field::<u64>(ctx, offset!(kfree_skb.rx_sk)).unwrap_or(0),
     );
 }
 
 #[inline(always)]
-fn on_drop<M: Memory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
+fn on_drop<M: Memory>(skb: u64, location: u64, reason: u32, rx_sk: impl Fn() -> u64) {
     let mut key = DropKey {
         netns: netns::<M>(skb, rx_sk),
         reason,
@@ -76,14 +76,15 @@ fn on_drop<M: Memory>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
 }
 
 /// The namespace of the packet's device, else of its socket, else of the socket receiving it
-/// (TCP clears `skb->dev` once a segment reaches the socket); 0 when none is set.
+/// (TCP clears `skb->dev` once a segment reaches the socket, read only then); 0 when none is
+/// set.
 #[inline(always)]
-fn netns<M: Memory>(skb: u64, rx_sk: u64) -> u32 {
+fn netns<M: Memory>(skb: u64, rx_sk: impl Fn() -> u64) -> u32 {
     let dev = M::at::<u64>(skb, offset!(structs.skb_dev)).unwrap_or(0);
     let net = if dev == 0 {
         let mut sk = M::at::<u64>(skb, offset!(structs.skb_sk)).unwrap_or(0);
         if sk == 0 {
-            sk = rx_sk;
+            sk = rx_sk();
         }
         M::at::<u64>(sk, offset!(structs.sock_net)).unwrap_or(0)
     } else {

@@ -28,6 +28,22 @@ pub trait Memory {
     /// A value at `base + offset`; `None` if absent or null (or, for [`Probe`], unreadable).
     fn at<T: Copy>(base: u64, offset: u32) -> Option<T>;
 
+    /// A 16-byte address member (`in6_addr`) at `base + offset`; zeros if unreadable. As four
+    /// 32-bit loads, its alignment: what a [`Direct`] load may be.
+    #[inline(always)]
+    fn addr16(base: u64, offset: u32) -> [u8; 16] {
+        let word = |i: u32| {
+            Self::at::<u32>(base, offset + 4 * i)
+                .unwrap_or(0)
+                .to_ne_bytes()
+        };
+        let (a, b, c, d) = (word(0), word(1), word(2), word(3));
+        [
+            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+            d[2], d[3],
+        ]
+    }
+
     /// A bitfield member of the struct at `base`.
     #[inline(always)]
     fn bits(base: u64, field: BitField) -> Option<u8> {
@@ -57,6 +73,12 @@ impl Memory for Probe {
             );
             Some(value.assume_init())
         }
+    }
+
+    /// One helper call for the whole address, not four.
+    #[inline(always)]
+    fn addr16(base: u64, offset: u32) -> [u8; 16] {
+        Self::at::<[u8; 16]>(base, offset).unwrap_or([0; 16])
     }
 }
 

@@ -210,11 +210,11 @@ impl Event {
 #[inline(always)]
 fn segments_counted(flow: &mut FlowState, sk: u64, total: Option<u32>) -> Option<u64> {
     let total = total?;
-    let counted = (flow.has_total == 1 && flow.socket == sk && total >= flow.last_total_retrans)
+    // `socket` is set only here, with `total`: the same socket means its total was read.
+    let counted = (sk != 0 && flow.socket == sk && total >= flow.last_total_retrans)
         .then(|| u64::from(total - flow.last_total_retrans));
     flow.socket = sk;
     flow.last_total_retrans = total;
-    flow.has_total = 1;
     counted
 }
 
@@ -234,15 +234,7 @@ pub fn on_retransmit_synack(ctx: &TracePointContext) {
         health::bump(HealthCounter::ReadError);
         return;
     };
-    let key = flow_key(
-        ctx,
-        sk,
-        offset!(retransmit_synack.family),
-        offset!(retransmit_synack.sport),
-        offset!(retransmit_synack.dport),
-        offset!(retransmit_synack.saddr_v6),
-        offset!(retransmit_synack.daddr_v6),
-    );
+    let key = synack_flow_key(ctx, sk);
     // tcp_rtx_synack() fires this only when the SYN-ACK was sent, and adds one to RetransSegs.
     let add = |c: &mut RetransmitCounters| {
         c.retransmits += 1;
@@ -288,38 +280,22 @@ fn socket_flow_key<M: Memory>(sk: u64) -> FlowKey {
     }
 }
 
-/// An `in6_addr` member, as four 32-bit loads (its alignment).
+/// An `in6_addr` member; zeros when absent.
 #[inline(always)]
 fn v6<M: Memory>(base: u64, offset: u32) -> [u8; 16] {
-    let word = |i: u32| {
-        if offset == ABSENT {
-            return [0; 4];
-        }
-        M::at::<u32>(base, offset + 4 * i)
-            .unwrap_or(0)
-            .to_ne_bytes()
-    };
-    let (a, b, c, d) = (word(0), word(1), word(2), word(3));
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
-        d[3],
-    ]
+    if offset == ABSENT {
+        return [0; 16];
+    }
+    M::addr16(base, offset)
 }
 
+/// The flow of a `tcp:tcp_retransmit_synack` record.
 #[inline(always)]
-fn flow_key(
-    ctx: &TracePointContext,
-    sk: u64,
-    family: u32,
-    sport: u32,
-    dport: u32,
-    saddr_v6: u32,
-    daddr_v6: u32,
-) -> FlowKey {
-    let local_addr = tp_field::<[u8; 16]>(ctx, saddr_v6);
-    let remote_addr = tp_field::<[u8; 16]>(ctx, daddr_v6);
-    let local_port = tp_field::<u16>(ctx, sport);
-    let remote_port = tp_field::<u16>(ctx, dport);
+fn synack_flow_key(ctx: &TracePointContext, sk: u64) -> FlowKey {
+    let local_addr = tp_field::<[u8; 16]>(ctx, offset!(retransmit_synack.saddr_v6));
+    let remote_addr = tp_field::<[u8; 16]>(ctx, offset!(retransmit_synack.daddr_v6));
+    let local_port = tp_field::<u16>(ctx, offset!(retransmit_synack.sport));
+    let remote_port = tp_field::<u16>(ctx, offset!(retransmit_synack.dport));
     if local_addr.is_none()
         || remote_addr.is_none()
         || local_port.is_none()
@@ -332,7 +308,7 @@ fn flow_key(
     FlowKey {
         netns: owner.netns,
         // Before 5.12 there is no `family`; the addresses are v4-mapped for IPv4 sockets.
-        family: tp_field::<u16>(ctx, family).unwrap_or_else(|| {
+        family: tp_field::<u16>(ctx, offset!(retransmit_synack.family)).unwrap_or_else(|| {
             if is_v4_mapped(&local_addr) {
                 AF_INET
             } else {

@@ -156,18 +156,10 @@ impl<K> Default for IdleKeys<K> {
 
 impl<K: Copy + Eq + Hash> IdleKeys<K> {
     /// Records a pass: `changed` counted since the last one, `present` are in the map now.
-    pub fn observe<'a>(
-        &mut self,
-        present: impl Iterator<Item = &'a K>,
-        changed: impl Iterator<Item = &'a K>,
-        now: std::time::Instant,
-    ) where
-        K: 'a,
-    {
-        let present: std::collections::HashSet<K> = present.copied().collect();
-        self.changed.retain(|k, _| present.contains(k));
-        for key in present {
-            self.changed.entry(key).or_insert(now);
+    pub fn observe<T>(&mut self, present: &HashMap<K, T>, changed: &[K], now: std::time::Instant) {
+        self.changed.retain(|k, _| present.contains_key(k));
+        for key in present.keys() {
+            self.changed.entry(*key).or_insert(now);
         }
         for key in changed {
             self.changed.insert(*key, now);

@@ -25,14 +25,14 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         checks,
         nat_audit,
         mut notes,
-        attached,
         ..
     } = super::start(&args.kernel.settings())?;
     let baseline_stats = hook_stats(&pipeline.probes);
     let mut window = Window::new(pipeline.snapshot().context("first snapshot")?);
     let conntrack_start = netfilter::sample(&pipeline.attributor);
     eprintln!(
-        "galmanhae: attached {attached}/{} hooks; watching for {} (Ctrl-C to stop early)",
+        "galmanhae: attached {}/{} hooks; watching for {} (Ctrl-C to stop early)",
+        pipeline.probes.attached(),
         pipeline.probes.hooks.len(),
         humantime::format_duration(args.duration)
     );

@@ -10,10 +10,10 @@ use anyhow::Context as _;
 use crate::{
     attribute::Attributor,
     collect::{nat_leaks, netfilter},
-    config::{ConfigError, KernelSettings},
+    config::KernelSettings,
     kernel::{
         prereq::{self, Check, PrereqError},
-        probes::{HookStatus, LoadOptions, Probes},
+        probes::{LoadOptions, Probes},
     },
     pipeline::Pipeline,
     report::NatAudit,
@@ -28,7 +28,6 @@ pub struct Started {
     pub nat_audit: NatAudit,
     /// Start-up notes (an uplink that could not be watched, ...).
     pub notes: Vec<String>,
-    pub attached: usize,
     /// Whether the Docker API named the containers (`None`: not asked).
     pub docker: Option<bool>,
 }
@@ -50,11 +49,7 @@ pub fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
     // The audit comes first: its MASQUERADE rules say which sources must not leave as is.
     let nat_audit = netfilter::audit();
     notes.extend(nat_leaks::watch(&mut probes, &nat_audit));
-    let attached = probes
-        .hooks
-        .iter()
-        .filter(|h| h.status == HookStatus::Attached)
-        .count();
+    let attached = probes.attached();
     if attached == 0 {
         let reasons: Vec<String> = probes
             .hooks
@@ -70,7 +65,6 @@ pub fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
         checks: env.checks,
         nat_audit,
         notes,
-        attached,
         docker,
     })
 }
@@ -85,9 +79,6 @@ pub struct NoHooks(pub String);
 /// `EX_UNAVAILABLE`), 1 for anything else.
 pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     for cause in error.chain() {
-        if cause.downcast_ref::<ConfigError>().is_some() {
-            return ExitCode::from(2);
-        }
         if let Some(prereq) = cause.downcast_ref::<PrereqError>() {
             return match prereq {
                 PrereqError::Privileges { .. } => ExitCode::from(77),

@@ -34,7 +34,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
 
     let started = super::start(&settings.kernel)?;
-    let attached = started.attached;
+    let attached = started.pipeline.probes.attached();
     let hooks = started.pipeline.probes.hooks.len();
     let exporter = Exporter::new(started, settings.limits).context("first reading of the maps")?;
     let shared = Arc::new(Shared::new(exporter));

@@ -161,10 +161,6 @@ fn member_error(ty: &str, path: &str, reason: &str) -> BtfError {
     }
 }
 
-/// The socket, skb and cgroup offsets the retransmit programs read.
-///
-/// Members the programs can live without (the cgroup, the congestion state) come back as
-/// [`ABSENT`] with a note; the namespace is required.
 /// The `sock_common` members the retransmit programs build a flow from, as the tracepoint
 /// record would. <https://elixir.bootlin.com/linux/v6.18/source/include/net/sock.h>
 pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
@@ -182,6 +178,10 @@ pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
     })
 }
 
+/// The socket, skb and cgroup offsets the retransmit programs read.
+///
+/// Members the programs can live without (the cgroup, the congestion state) come back as
+/// [`ABSENT`] with a note; the namespace is required.
 pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), BtfError> {
     let mut notes = Vec::new();
     let mut optional = |result: Result<u32, BtfError>| {

@@ -182,6 +182,9 @@ impl Probes {
         let drop_format = Format::read(&env.tracefs, KFREE_SKB.category, KFREE_SKB.name);
         let drop_reasons = DropReasons::resolve(&btf, drop_format.as_ref().ok());
         let drops = drop_format.and_then(|f| f.kfree_skb());
+        let recursion_misses_offset = btf.offset_of("bpf_prog_info", "recursion_misses").ok();
+        // Done with our parse before aya makes its own below.
+        drop(btf);
         if let Ok(fields) = &drops {
             offsets.kfree_skb = *fields;
         }
@@ -195,7 +198,7 @@ impl Probes {
         log::debug!("kernel offsets: {offsets:?}");
         let mut ebpf = EbpfLoader::new()
             // The programs carry no CO-RE relocations (offsets come as a global), so aya need
-            // not parse the kernel's BTF a second time (~30 MB at start-up).
+            // not parse the kernel's BTF for them (~30 MB at start-up).
             .btf(None)
             .override_global("KERNEL_OFFSETS", &offsets, true)
             .map_max_entries("RETRANSMIT_SOCKETS", options.flow_capacity)
@@ -246,7 +249,7 @@ impl Probes {
             drop_reasons,
             symbols: Symbolizer::default(),
             uplinks: BTreeMap::new(),
-            recursion_misses_offset: btf.offset_of("bpf_prog_info", "recursion_misses").ok(),
+            recursion_misses_offset,
             stats,
         })
     }
@@ -347,6 +350,14 @@ impl Probes {
         self.stats.is_some()
             || std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
                 .is_ok_and(|v| v.trim() == "1")
+    }
+
+    /// How many hooks are attached.
+    pub fn attached(&self) -> usize {
+        self.hooks
+            .iter()
+            .filter(|h| h.status == HookStatus::Attached)
+            .count()
     }
 
     /// Kernel-side run count, total run time (zero without stats) and skipped runs of a hook's

@@ -722,7 +722,7 @@ fn free_idle<K: Copy + Eq + std::hash::Hash + aya::Pod, V: aya::Pod, T>(
     changed: &[K],
     now: Instant,
 ) -> u64 {
-    idle.observe(last.keys(), changed.iter(), now);
+    idle.observe(last, changed, now);
     if last.len() * 2 < capacity {
         return 0;
     }
