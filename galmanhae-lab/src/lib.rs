@@ -34,6 +34,8 @@ pub const DB_HOST_PORT: u16 = 5433;
 /// The db sinks' listen backlog: the bench's storm connects dozens of flows at once, which
 /// overflow socat's default of 5 (dropped handshakes, then resets).
 const SINK_BACKLOG: u32 = 1024;
+/// The kernel's cap on a listen backlog.
+const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
 pub const HOST_VETH: &str = "gmh-db-host";
 pub const DB_VETH: &str = "gmh-db";
 pub const IMAGE: &str = "galmanhae-lab/busybox:latest";
@@ -147,17 +149,15 @@ fn ensure_db() -> anyhow::Result<()> {
 /// `socat` sinks in the db namespace (IPv4 and IPv6), one per port. Sinks of an older lab
 /// (socat's default backlog of 5) are replaced.
 fn ensure_db_servers() -> anyhow::Result<()> {
+    let wanted = sink_backlog(std::fs::read_to_string(SOMAXCONN).ok().as_deref());
     let listening = run("ip", &["netns", "exec", DB_NETNS, "ss", "-Htln"]).unwrap_or_default();
     if [DB_PORT, DB_HOST_PORT]
         .iter()
-        .all(|&port| listen_backlog(&listening, port).is_some_and(|b| b >= SINK_BACKLOG))
+        .all(|&port| listen_backlog(&listening, port).is_some_and(|b| b >= wanted))
     {
         return Ok(());
     }
-    let pids = run("ip", &["netns", "pids", DB_NETNS]).unwrap_or_default();
-    for pid in pids.split_whitespace() {
-        let _ = run("kill", &["-9", pid]);
-    }
+    kill_db_processes();
     for port in [DB_PORT, DB_HOST_PORT] {
         let listen = format!("TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr,backlog={SINK_BACKLOG}");
         spawn_detached(
@@ -181,6 +181,22 @@ fn ensure_db_servers() -> anyhow::Result<()> {
     })
 }
 
+/// The backlog a sink asking for [`SINK_BACKLOG`] gets: the kernel caps it at somaxconn, and
+/// a sink held against more would be replaced on every call.
+fn sink_backlog(somaxconn: Option<&str>) -> u32 {
+    somaxconn
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or(SINK_BACKLOG, |max| max.min(SINK_BACKLOG))
+}
+
+/// Kills every process in the db namespace (its sinks), best effort.
+fn kill_db_processes() {
+    let pids = run("ip", &["netns", "pids", DB_NETNS]).unwrap_or_default();
+    for pid in pids.split_whitespace() {
+        let _ = run("kill", &["-9", pid]);
+    }
+}
+
 /// The backlog of the socket listening on `port`, from `ss -Htln` (its Send-Q column).
 fn listen_backlog(ss: &str, port: u16) -> Option<u32> {
     ss.lines().find_map(|line| {
@@ -194,10 +210,7 @@ fn listen_backlog(ss: &str, port: u16) -> Option<u32> {
 
 fn remove_db() -> anyhow::Result<()> {
     if Path::new("/run/netns").join(DB_NETNS).exists() {
-        let pids = run("ip", &["netns", "pids", DB_NETNS]).unwrap_or_default();
-        for pid in pids.split_whitespace() {
-            let _ = run("kill", &["-9", pid]);
-        }
+        kill_db_processes();
         run("ip", &["netns", "del", DB_NETNS])?;
     }
     if run("ip", &["link", "show", HOST_VETH]).is_ok() {
@@ -249,5 +262,12 @@ mod tests {
         assert_eq!(listen_backlog(ss, 5432), Some(1024));
         assert_eq!(listen_backlog(ss, 5433), Some(5));
         assert_eq!(listen_backlog(ss, 5434), None);
+    }
+
+    #[test]
+    fn the_sink_backlog_is_capped_at_somaxconn() {
+        assert_eq!(sink_backlog(Some("4096\n")), SINK_BACKLOG);
+        assert_eq!(sink_backlog(Some("512\n")), 512);
+        assert_eq!(sink_backlog(None), SINK_BACKLOG);
     }
 }
