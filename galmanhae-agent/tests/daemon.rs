@@ -14,15 +14,16 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, TcpListener},
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use common::{GALMANHAE, Scenario, privileged, retrans_segs, stream_from};
+use common::{GALMANHAE, Scenario, describe, fails, privileged, retrans_segs, stream_from};
 use galmanhae_lab::{
     DB_V4,
     fault::{self, Target},
+    free_loopback_address,
 };
 use serde_json::Value;
 
@@ -37,21 +38,13 @@ const PROGRAMS: [&str; 7] = [
     "conntrack_confirm",
 ];
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-fn http_get(url: &str, accept: Option<&str>) -> (u16, String) {
-    let mut args = vec!["-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20"];
-    if let Some(accept) = accept {
-        args.extend(["-H", accept]);
-    }
-    args.push(url);
+/// curl `url` with `extra_curl_args` (a header, or `--data-urlencode` for a POST); the HTTP
+/// status (0 if there was no answer) and the body.
+fn http_get(url: &str, extra_curl_args: &[&str]) -> (u16, String) {
     let output = Command::new("curl")
-        .args(&args)
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20"])
+        .args(extra_curl_args)
+        .arg(url)
         .output()
         .expect("running curl");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -71,8 +64,7 @@ impl Daemon {
     }
 
     fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = free_loopback_address().expect("a free port").to_string();
         let child = Command::new(GALMANHAE)
             .args(["run", "--log-level", "info", "--listen", &listen])
             .args(extra)
@@ -96,7 +88,7 @@ impl Daemon {
                     .child
                     .as_mut()
                     .and_then(|c| c.try_wait().ok().flatten());
-                exited.is_some() || http_get(&healthz, None).0 == 200
+                exited.is_some() || http_get(&healthz, &[]).0 == 200
             },
         )
         .expect("galmanhae run serves /healthz");
@@ -105,7 +97,7 @@ impl Daemon {
     }
 
     fn metrics(&self) -> String {
-        let (code, body) = http_get(&format!("{}/metrics", self.url), None);
+        let (code, body) = http_get(&format!("{}/metrics", self.url), &[]);
         assert_eq!(code, 200, "GET /metrics: {body}");
         body
     }
@@ -113,10 +105,8 @@ impl Daemon {
     /// SIGTERM; the exit status and how long it took.
     fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
         let mut child = self.child.take().expect("running");
-        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
         let sent = Instant::now();
-        // SAFETY: signals our own child, which has not been waited for.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM");
+        galmanhae_lab::signal(&child, libc::SIGTERM).expect("SIGTERM");
         loop {
             if let Some(status) = child.try_wait().expect("waiting for galmanhae") {
                 return (status, sent.elapsed());
@@ -156,7 +146,7 @@ impl Prometheus {
              - job_name: galmanhae\n    static_configs:\n      - targets: ['{target}']\n"
         );
         std::fs::write(dir.join("prometheus.yml"), config).expect("writing prometheus.yml");
-        let port = free_port();
+        let address = free_loopback_address().expect("a free port");
         let log = std::fs::File::create(dir.join("prometheus.log")).expect("a log file");
         let child = Command::new("prometheus")
             .arg(format!(
@@ -167,18 +157,18 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.listen-address={address}"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("starting prometheus (Debian: apt-get install prometheus)");
         let prometheus = Self {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{address}"),
             dir,
         };
         galmanhae_lab::wait_for(Duration::from_secs(30), "prometheus to be ready", || {
-            http_get(&format!("{}/-/ready", prometheus.url), None).0 == 200
+            http_get(&format!("{}/-/ready", prometheus.url), &[]).0 == 200
         })
         .expect("prometheus starts");
         prometheus
@@ -186,13 +176,11 @@ impl Prometheus {
 
     /// An instant query's result vector, as (labels, value).
     fn query(&self, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-        let output = Command::new("curl")
-            .args(["-sS", "--max-time", "20", "--data-urlencode"])
-            .arg(format!("query={promql}"))
-            .arg(format!("{}/api/v1/query", self.url))
-            .output()
-            .expect("querying prometheus");
-        let answer: Value = serde_json::from_slice(&output.stdout).expect("a JSON answer");
+        let (_, body) = http_get(
+            &format!("{}/api/v1/query", self.url),
+            &["--data-urlencode", &format!("query={promql}")],
+        );
+        let answer: Value = serde_json::from_str(&body).expect("a JSON answer");
         assert_eq!(answer["status"], "success", "{promql}: {answer}");
         answer["data"]["result"]
             .as_array()
@@ -391,7 +379,11 @@ fn concurrent_scrapes_are_consistent(daemon: &Daemon) {
         .map(|i| {
             let url = url.clone();
             thread::spawn(move || {
-                let accept = (i % 2 == 0).then_some("Accept: application/openmetrics-text");
+                let accept: &[&str] = if i % 2 == 0 {
+                    &["-H", "Accept: application/openmetrics-text"]
+                } else {
+                    &[]
+                };
                 http_get(&url, accept)
             })
         })
@@ -526,7 +518,7 @@ fn a_new_container_is_served_at_once_and_a_removed_one_after_the_grace_period() 
     let scrapers: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
-            thread::spawn(move || while http_get(&url, None).0 == 200 {})
+            thread::spawn(move || while http_get(&url, &[]).0 == 200 {})
         })
         .collect();
     thread::sleep(Duration::from_millis(300));
@@ -637,15 +629,6 @@ fn a_kubernetes_pod_is_named_by_namespace_and_name() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
-fn describe(output: &Output) -> String {
-    format!(
-        "{}\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 #[test]
 fn bad_input_fails_clearly_before_loading_anything() {
     // A config file with an unknown key: exit 2, the file and line named.
@@ -657,13 +640,14 @@ fn bad_input_fails_clearly_before_loading_anything() {
         "listen = \"127.0.0.1:9436\"\n[limits]\nmax_workload = 3\n",
     )
     .expect("writing the config");
-    let output = Command::new(GALMANHAE)
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .expect("running galmanhae");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = fails(
+        &[
+            "run",
+            "--config",
+            config.to_str().expect("a UTF-8 temp path"),
+        ],
+        2,
+    );
     assert!(
         stderr.contains("galmanhae.toml") && stderr.contains("line 3"),
         "{stderr}"
@@ -674,21 +658,12 @@ fn bad_input_fails_clearly_before_loading_anything() {
     // A port in use: exit 1, the address named, nothing loaded.
     let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a port");
     let address = taken.local_addr().expect("its address").to_string();
-    let output = Command::new(GALMANHAE)
-        .args(["run", "--listen", &address])
-        .output()
-        .expect("running galmanhae");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stderr = fails(&["run", "--listen", &address], 1);
     assert!(
         stderr.contains(&format!("cannot listen on {address}")) && stderr.contains("in use"),
         "{stderr}"
     );
 
     // A flag out of range: a usage error.
-    let output = Command::new(GALMANHAE)
-        .args(["run", "--max-workloads", "0"])
-        .output()
-        .expect("running galmanhae");
-    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    fails(&["run", "--max-workloads", "0"], 2);
 }

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{GALMANHAE, Scenario, privileged, retrans_segs, stream_from};
+use common::{GALMANHAE, Scenario, fails, privileged, retrans_segs, stream_from};
 
 /// A running `galmanhae diagnose --json`, returned once its hooks are attached.
 struct Diagnose {
@@ -65,13 +65,8 @@ impl Diagnose {
     /// Ends the window now, as Ctrl-C does, and returns the report: a window that holds all of
     /// a transfer, so counts can be compared with readings taken before and after it.
     fn stop(self) -> Value {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
-        // SAFETY: signals our own child, which is still running (its report is not read yet).
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGINT) },
-            0,
-            "SIGINT to galmanhae"
-        );
+        // Still running: its report is not read yet.
+        galmanhae_lab::signal(&self.child, libc::SIGINT).expect("SIGINT to galmanhae");
         self.report()
     }
 
@@ -537,9 +532,7 @@ fn missing_tracepoint_is_unavailable_and_the_rest_works() {
 #[test]
 fn bad_input_is_rejected_clearly() {
     let usage = |args: &[&str], expected: &str| {
-        let out = Command::new(GALMANHAE).args(args).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let stderr = fails(args, 2);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     };
     usage(&["diagnose", "--bogus"], "unexpected argument '--bogus'");

@@ -13,7 +13,12 @@ pub mod snmp;
 pub mod storm;
 pub mod traffic;
 
-use std::{path::Path, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::Path,
+    process::Child,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 pub use cmd::{run, spawn_detached};
@@ -217,6 +222,66 @@ fn remove_db() -> anyhow::Result<()> {
         run("ip", &["link", "del", HOST_VETH])?;
     }
     Ok(())
+}
+
+/// Containers of a test or the bench, idle (`sleep`): traffic comes from `docker exec` or
+/// joins them. Removed, and every fault cleared, whatever happens.
+pub struct Scenario {
+    pub containers: Vec<String>,
+}
+
+impl Scenario {
+    /// The lab's infrastructure, without old faults or the lab's own containers.
+    pub fn new() -> anyhow::Result<Self> {
+        infrastructure().context("lab infrastructure (dockerd, db namespace)")?;
+        fault::clear_all(false).context("clearing old faults")?;
+        // The lab's own streaming containers would add traffic of their own.
+        for name in LAB_CONTAINERS {
+            let _ = docker::remove_container(name);
+        }
+        Ok(Self {
+            containers: Vec::new(),
+        })
+    }
+
+    /// Starts an idle container (`docker_args` go to `docker run`), replacing one of that name.
+    pub fn container(&mut self, name: &str, docker_args: &[&str]) -> anyhow::Result<()> {
+        let _ = docker::remove_container(name);
+        docker::start_container(name, &["sleep", "3600"], docker_args)
+            .with_context(|| format!("starting container {name}"))?;
+        self.containers.push(name.to_owned());
+        Ok(())
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let _ = fault::clear_all(false);
+        for name in &self.containers {
+            let _ = docker::remove_container(name);
+        }
+    }
+}
+
+/// Sends `sig` to `child`. The caller must not have waited for it yet: until then its pid
+/// cannot be another process's.
+pub fn signal(child: &Child, sig: libc::c_int) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(child.id())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: kill takes no pointers; the pid is our unreaped child's (above).
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// An address on 127.0.0.1 whose port was free a moment ago (the kernel's pick, released at
+/// once), for a server the caller starts.
+pub fn free_loopback_address() -> anyhow::Result<SocketAddr> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .context("finding a free port on 127.0.0.1")
 }
 
 /// `true` when running as root. Otherwise the calling test is skipped with a message, except

@@ -10,6 +10,17 @@ pub struct Snmp {
     pub out_segs: u64,
 }
 
+impl Snmp {
+    /// What the counters grew by since `earlier`, a reading of the same namespace.
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            retrans_segs: self.retrans_segs - earlier.retrans_segs,
+            out_segs: self.out_segs - earlier.out_segs,
+        }
+    }
+}
+
 /// The counters of the network namespace of `pid`.
 pub fn read(pid: u32) -> anyhow::Result<Snmp> {
     let path = format!("/proc/{pid}/net/snmp");

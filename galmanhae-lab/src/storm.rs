@@ -85,8 +85,7 @@ impl SenderArgs {
 
     pub fn parse(args: &[String]) -> anyhow::Result<Self> {
         let value = |key: &str| -> anyhow::Result<&str> {
-            args.iter()
-                .find_map(|a| a.strip_prefix(key)?.strip_prefix('='))
+            field(args.iter().map(String::as_str), key)
                 .with_context(|| format!("storm sender: missing {key}= in {args:?}"))
         };
         let rate = value("rate")?;
@@ -144,9 +143,7 @@ impl SenderOutcome {
             .strip_prefix("result ")
             .with_context(|| format!("not a sender result: {line:?}"))?;
         let value = |key: &str| -> anyhow::Result<u64> {
-            fields
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            field(fields.split_whitespace(), key)
                 .with_context(|| format!("no {key} in {line:?}"))?
                 .parse()
                 .with_context(|| format!("{key} in {line:?}"))
@@ -160,6 +157,11 @@ impl SenderOutcome {
             elapsed: Duration::from_nanos(value("elapsed_ns")?),
         })
     }
+}
+
+/// The value of the first `key=value` among `words`.
+fn field<'a>(mut words: impl Iterator<Item = &'a str>, key: &str) -> Option<&'a str> {
+    words.find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// A storm's sender processes; killed (and loss cleared) if dropped before [`Storm::finish`].

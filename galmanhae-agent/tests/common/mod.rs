@@ -1,13 +1,17 @@
 //! Helpers shared by the root integration tests (`lab.rs`, `daemon.rs`): containers that are
-//! removed whatever happens, and transfers that end only when every byte is acknowledged.
+//! removed whatever happens, transfers that end only when every byte is acknowledged, and
+//! runs of the binary that must fail.
 #![allow(
     dead_code,
     reason = "each test crate includes this module and uses part of it"
 )]
 
-use std::time::Duration;
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
 
-use galmanhae_lab::{DB_PORT, docker, fault};
+use galmanhae_lab::{DB_PORT, docker};
 
 pub const GALMANHAE: &str = env!("CARGO_BIN_EXE_galmanhae");
 
@@ -17,39 +21,44 @@ pub fn privileged() -> bool {
 }
 
 /// Test containers, removed (and faults cleared) when the test ends, whatever happens.
-pub struct Scenario {
-    pub containers: Vec<String>,
-}
+pub struct Scenario(galmanhae_lab::Scenario);
 
 impl Scenario {
     pub fn new() -> Self {
-        galmanhae_lab::infrastructure().expect("lab infrastructure (dockerd, db namespace)");
-        fault::clear_all(false).expect("clearing old faults");
-        // The lab's own streaming containers would only add load here.
-        for name in galmanhae_lab::LAB_CONTAINERS {
-            let _ = docker::remove_container(name);
-        }
-        Self {
-            containers: Vec::new(),
-        }
+        Self(galmanhae_lab::Scenario::new().expect("the lab scenario"))
     }
 
     /// An idle container; traffic comes from `docker exec`.
     pub fn container(&mut self, name: &str, docker_args: &[&str]) {
-        let _ = docker::remove_container(name);
-        docker::start_container(name, &["sleep", "3600"], docker_args)
+        self.0
+            .container(name, docker_args)
             .expect("starting a container");
-        self.containers.push(name.to_owned());
     }
 }
 
-impl Drop for Scenario {
-    fn drop(&mut self) {
-        let _ = fault::clear_all(false);
-        for name in &self.containers {
-            let _ = docker::remove_container(name);
-        }
-    }
+/// Runs the binary with `args`, which must exit with `code`; its stderr.
+pub fn fails(args: &[&str], code: i32) -> String {
+    let output = Command::new(GALMANHAE)
+        .args(args)
+        .output()
+        .expect("running galmanhae");
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{args:?}: {}",
+        describe(&output)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A finished process's status and output, for an assertion's message.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "{}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// Streams `bytes` from a container to the db and waits until the transfer is done: not only
