@@ -304,12 +304,7 @@ fn in_docker_group() -> anyhow::Result<bool> {
     if !succeeds("getent", &["passwd", USER]) {
         return Ok(false);
     }
-    let groups = Command::new("id")
-        .args(["-nG", USER])
-        .output()
-        .context("running id")?;
-    ensure!(groups.status.success(), "`id -nG {USER}` failed");
-    Ok(String::from_utf8_lossy(&groups.stdout)
+    Ok(galmanhae_lab::run("id", &["-nG", USER])?
         .split_whitespace()
         .any(|g| g == "docker"))
 }

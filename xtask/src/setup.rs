@@ -32,8 +32,9 @@ const PACKAGES: &[&str] = &[
 const DEPLOY_CHECK_PACKAGES: &[&str] = &["systemd", "prometheus", "python3-yaml", "curl"];
 
 /// The tools `cargo xtask bench` measures galmanhae against, and bpftool for the kernel-side
-/// run time of every BPF program.
-const BENCH_PACKAGES: &[&str] = &[
+/// run time of every BPF program. Each package's command has the package's name: the bench
+/// checks for and reports the versions of these commands.
+pub(crate) const BENCH_PACKAGES: &[&str] = &[
     "bpftrace",
     "tcpdump",
     "tshark",

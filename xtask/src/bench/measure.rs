@@ -1,6 +1,6 @@
 //! What the bench reads from the kernel: a process tree's CPU time and peak RSS (/proc), the
-//! run time of each BPF program (`bpftool prog show` with `kernel.bpf_stats_enabled`), a
-//! network namespace's TCP counters (/proc/PID/net/snmp), and the rusage of a reaped child.
+//! run time of each BPF program (`bpftool prog show` with `kernel.bpf_stats_enabled`), and the
+//! rusage of a reaped child.
 
 use std::{
     collections::BTreeMap,
@@ -9,7 +9,7 @@ use std::{
     mem::MaybeUninit,
     net::{SocketAddr, TcpStream},
     path::PathBuf,
-    process::{Child, Command, ExitStatus},
+    process::{Child, ExitStatus},
     time::Duration,
 };
 
@@ -107,10 +107,8 @@ pub struct TreeUsage {
 pub fn tree_usage(root: u32) -> TreeUsage {
     let ticks_per_s = clock_ticks();
     let mut usage = TreeUsage::default();
-    for pid in tree(root) {
-        if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat"))
-            && let Some(ticks) = cpu_ticks(&stat)
-        {
+    for (pid, ticks) in tree(root) {
+        if let Some(ticks) = ticks {
             usage.cpu += Duration::from_secs_f64(ticks as f64 / ticks_per_s as f64);
         }
         if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status"))
@@ -122,9 +120,11 @@ pub fn tree_usage(root: u32) -> TreeUsage {
     usage
 }
 
-/// `root` and every process below it, from the parent pid in each /proc/PID/stat.
-fn tree(root: u32) -> Vec<u32> {
-    let mut parents = BTreeMap::new();
+/// `root` and every process below it, from the parent pid in each /proc/PID/stat, with the
+/// [`cpu_ticks`] of that same read.
+fn tree(root: u32) -> Vec<(u32, Option<u64>)> {
+    // pid -> (parent pid, CPU ticks)
+    let mut stats = BTreeMap::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let Some(pid) = entry
@@ -134,11 +134,10 @@ fn tree(root: u32) -> Vec<u32> {
             else {
                 continue;
             };
-            if let Some(ppid) = fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| stat_field(&s, 4)?.parse::<u32>().ok())
+            if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat"))
+                && let Some(ppid) = stat_field(&stat, 4).and_then(|p| p.parse::<u32>().ok())
             {
-                parents.insert(pid, ppid);
+                stats.insert(pid, (ppid, cpu_ticks(&stat)));
             }
         }
     }
@@ -146,14 +145,16 @@ fn tree(root: u32) -> Vec<u32> {
     let mut next = 0;
     while let Some(&parent) = tree.get(next) {
         tree.extend(
-            parents
+            stats
                 .iter()
-                .filter(|&(_, &ppid)| ppid == parent)
+                .filter(|&(_, &(ppid, _))| ppid == parent)
                 .map(|(&pid, _)| pid),
         );
         next += 1;
     }
-    tree
+    tree.into_iter()
+        .map(|pid| (pid, stats.get(&pid).and_then(|&(_, ticks)| ticks)))
+        .collect()
 }
 
 /// Field `n` (1-based, as in proc(5)) of /proc/PID/stat; the command name may hold spaces
@@ -228,17 +229,7 @@ pub struct Program {
 
 /// Every loaded BPF program by id.
 pub fn programs() -> anyhow::Result<BTreeMap<u32, Program>> {
-    let output = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .context("running bpftool (apt-get install bpftool)")?;
-    if !output.status.success() {
-        bail!(
-            "bpftool prog show failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    parse_programs(&String::from_utf8_lossy(&output.stdout))
+    parse_programs(&galmanhae_lab::run("bpftool", &["prog", "show", "--json"])?)
 }
 
 fn parse_programs(json: &str) -> anyhow::Result<BTreeMap<u32, Program>> {

@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use galmanhae_lab::{
-    DB_PORT, DB_V4, docker, fault,
+    DB_PORT, DB_V4, Scenario, docker,
     snmp::{self, Snmp},
     storm::{SenderOutcome, Storm, StormPlan},
 };
@@ -40,16 +40,11 @@ use self::{
         ProgramRun, Render, Report, Run, StormResult, StormSettings,
     },
 };
-use crate::{agent_binary, build_agent, build_agent_targets, setup, workspace_root};
-
-/// Tools the peers run, with the Debian package that has each.
-const TOOLS: [(&str, &str); 5] = [
-    ("bpftrace", "bpftrace"),
-    ("tcpdump", "tcpdump"),
-    ("tshark", "tshark"),
-    ("prometheus-node-exporter", "prometheus-node-exporter"),
-    ("bpftool", "bpftool"),
-];
+use crate::{
+    agent_binary, build_agent_targets,
+    setup::{self, BENCH_PACKAGES},
+    workspace_root,
+};
 /// How often the scraped tools are scraped during the window (a busy Prometheus).
 const SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long after the storm a tool is stopped.
@@ -114,8 +109,8 @@ const LEVELS: [LevelSpec; 3] = [
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     setup::run()?;
     check_tools()?;
-    build_agent()?;
-    build_agent_targets(&["--example", "render"])?;
+    build_agent_targets(&["--bins", "--example", "render"])?;
+    let galmanhae = agent_binary();
     let work = workspace_root().join("target/bench");
     let out = args.out.clone().unwrap_or_else(|| {
         if args.quick {
@@ -151,11 +146,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     on_interrupt_finish_cleanly();
     let (levels, containers) = {
         let _stats = BpfStats::enable()?;
-        let lab = Lab::new(args.containers)?;
+        let mut lab = Scenario::new()?;
+        for n in 1..=args.containers {
+            lab.container(&format!("storm-{n}"), &[])?;
+        }
         let bench = Bench {
-            galmanhae: agent_binary(),
+            galmanhae: galmanhae.clone(),
             work: work.clone(),
-            containers: lab.containers()?,
+            containers: storm_containers(&lab.containers)?,
             flows: args.flows,
             loss: args.loss,
             window: Duration::from_secs_f64(window),
@@ -166,7 +164,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .iter()
             .map(|spec| bench.level(spec, &peers))
             .collect::<anyhow::Result<_>>()?;
-        (levels, lab.names.clone())
+        (levels, lab.containers.clone())
     };
     eprintln!(
         "xtask: bench: storms done in {:.0} s; rendering /metrics",
@@ -177,7 +175,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         mode: if args.quick { "quick" } else { "full" },
         date: command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine: machine(),
-        tools: tool_versions(),
+        tools: tool_versions(&galmanhae),
         storm: StormSettings {
             containers,
             flows_per_container: args.flows,
@@ -230,15 +228,15 @@ fn on_interrupt_finish_cleanly() {
 
 /// Every tool a peer runs is installed; names the package of the missing ones.
 fn check_tools() -> anyhow::Result<()> {
-    let missing: Vec<String> = TOOLS
+    let missing: Vec<String> = BENCH_PACKAGES
         .iter()
-        .filter(|(tool, _)| {
+        .filter(|tool| {
             Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
                 .output()
                 .map_or(true, |o| !o.status.success())
         })
-        .map(|(tool, package)| format!("{tool} (apt-get install {package})"))
+        .map(|tool| format!("{tool} (apt-get install {tool})"))
         .collect();
     if !missing.is_empty() {
         bail!(
@@ -342,7 +340,7 @@ impl Bench {
         let dir = self
             .work
             .join(level.trim_end_matches("/s"))
-            .join(format!("{peer:?}").to_lowercase());
+            .join(peer.slug());
         if let Err(e) = self.measure(&mut run, segments_per_s, window, &dir) {
             run.error = Some(format!("{e:#}"));
         }
@@ -397,7 +395,8 @@ impl Bench {
             std::thread::sleep(SETTLE);
         }
 
-        run.storm = Some(storm_result(&outcomes, &before, &after, elapsed));
+        let growth = after.since(&before);
+        run.storm = Some(storm_result(&outcomes, &growth, elapsed));
         run.programs = program_runs(&programs_before, &programs_start, &programs_end, elapsed);
         if let (Some(start), Some(end), Some(cpu_start), Some(cpu_end)) =
             (usage_before, usage_after, cpu_before, cpu_after)
@@ -423,7 +422,7 @@ impl Bench {
             run.peak_rss_kib = Some(run.peak_rss_kib.unwrap_or(0).max(total.peak_rss_kib));
         }
         if !run.peer.is_baseline() {
-            run.accuracy = Some(accuracy(&stopped.counts, &self.containers, &before, &after));
+            run.accuracy = Some(accuracy(&stopped.counts, &self.containers, &growth));
         }
         Ok(())
     }
@@ -446,6 +445,23 @@ struct Counters {
     host: Snmp,
 }
 
+impl Counters {
+    /// What each counter grew by since `earlier`, a reading of the same namespaces.
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            containers: self
+                .containers
+                .iter()
+                .map(|(name, now)| {
+                    let then = earlier.containers.get(name).copied().unwrap_or_default();
+                    (name.clone(), now.since(&then))
+                })
+                .collect(),
+            host: self.host.since(&earlier.host),
+        }
+    }
+}
+
 /// Sleeps through the storm, scraping the scraped tools every [`SCRAPE_INTERVAL`].
 fn scrape_during(tool: &mut Running, started: Instant, window: Duration, notes: &mut Vec<String>) {
     let mut next = SCRAPE_INTERVAL;
@@ -466,24 +482,18 @@ fn scrape_during(tool: &mut Running, started: Instant, window: Duration, notes: 
     }
 }
 
+/// The storm's numbers from its senders and the counters' `growth` over the window.
 fn storm_result(
     outcomes: &[(String, SenderOutcome)],
-    before: &Counters,
-    after: &Counters,
+    growth: &Counters,
     elapsed: Duration,
 ) -> StormResult {
     let seconds = elapsed.as_secs_f64();
-    let delta = |field: fn(&Snmp) -> u64| -> u64 {
-        after
-            .containers
-            .iter()
-            .map(|(name, a)| field(a) - before.containers.get(name).map_or(0, field))
-            .sum()
-    };
+    let sum = |field: fn(&Snmp) -> u64| -> u64 { growth.containers.values().map(field).sum() };
     StormResult {
         window_s: seconds,
-        retransmits_per_s: delta(|s| s.retrans_segs) as f64 / seconds,
-        segments_per_s: delta(|s| s.out_segs) as f64 / seconds,
+        retransmits_per_s: sum(|s| s.retrans_segs) as f64 / seconds,
+        segments_per_s: sum(|s| s.out_segs) as f64 / seconds,
         goodput_mb_s: outcomes.iter().map(|(_, o)| o.bytes_acked).sum::<u64>() as f64
             / seconds
             / 1e6,
@@ -519,19 +529,15 @@ fn program_runs(
         .collect()
 }
 
-fn accuracy(
-    counts: &peers::Counts,
-    containers: &[Container],
-    before: &Counters,
-    after: &Counters,
-) -> Accuracy {
+/// The tool's counts against the counters' `growth` over the window.
+fn accuracy(counts: &peers::Counts, containers: &[Container], growth: &Counters) -> Accuracy {
     Accuracy {
         unit: counts.unit,
-        containers: per_container(counts.per_container.as_ref(), containers, before, after),
+        containers: per_container(counts.per_container.as_ref(), containers, growth),
         lost: counts.lost,
         host: counts.host.map(|counted| HostCount {
             counted,
-            retrans_segs: after.host.retrans_segs - before.host.retrans_segs,
+            retrans_segs: growth.host.retrans_segs,
         }),
         alternative: counts
             .alternative
@@ -539,7 +545,7 @@ fn accuracy(
             .map(|(what, unit, counted)| AlternativeCount {
                 what,
                 unit,
-                containers: per_container(Some(counted), containers, before, after),
+                containers: per_container(Some(counted), containers, growth),
             }),
     }
 }
@@ -548,95 +554,44 @@ fn accuracy(
 fn per_container(
     counted: Option<&BTreeMap<String, u64>>,
     containers: &[Container],
-    before: &Counters,
-    after: &Counters,
+    growth: &Counters,
 ) -> Vec<ContainerCount> {
     containers
         .iter()
         .map(|c| {
-            let truth = after.containers.get(&c.name).map_or(0, |s| s.retrans_segs)
-                - before.containers.get(&c.name).map_or(0, |s| s.retrans_segs);
+            let truth = growth.containers.get(&c.name).map_or(0, |s| s.retrans_segs);
             let counted = counted.map(|per| per.get(&c.name).copied().unwrap_or(0));
-            ContainerCount {
-                container: c.name.clone(),
-                counted,
-                retrans_segs: truth,
-                difference: counted
-                    .map(|n| i64::try_from(i128::from(n) - i128::from(truth)).unwrap_or(i64::MAX)),
-            }
+            ContainerCount::new(c.name.clone(), counted, truth)
         })
         .collect()
 }
 
-/// The bench's containers, idle (`sleep`): the storm's senders join them. Removed, and every
-/// fault cleared, whatever happens.
-struct Lab {
-    names: Vec<String>,
-}
-
-impl Lab {
-    fn new(count: u32) -> anyhow::Result<Self> {
-        galmanhae_lab::infrastructure().context("lab infrastructure (dockerd, db namespace)")?;
-        fault::clear_all(false).context("clearing old faults")?;
-        // The lab's own streaming containers would add traffic of their own.
-        for name in galmanhae_lab::LAB_CONTAINERS {
-            let _ = docker::remove_container(name);
-        }
-        let mut lab = Self { names: Vec::new() };
-        for n in 1..=count {
-            let name = format!("storm-{n}");
-            let _ = docker::remove_container(&name);
-            docker::start_container(&name, &["sleep", "3600"], &[])?;
-            lab.names.push(name);
-        }
-        Ok(lab)
-    }
-
-    fn containers(&self) -> anyhow::Result<Vec<Container>> {
-        self.names
-            .iter()
-            .map(|name| {
-                let pid = docker::pid(name)?;
-                let netns = Path::new(&format!("/proc/{pid}/ns/net"))
-                    .metadata()
-                    .with_context(|| format!("the network namespace of {name}"))?
-                    .ino();
-                Ok(Container {
-                    name: name.clone(),
-                    ip: docker::ip(name)?
-                        .parse::<Ipv4Addr>()
-                        .with_context(|| format!("the address of {name}"))?,
-                    pid,
-                    netns,
-                })
+/// The storm containers as the tools name them: address, pid and network namespace.
+fn storm_containers(names: &[String]) -> anyhow::Result<Vec<Container>> {
+    names
+        .iter()
+        .map(|name| {
+            let pid = docker::pid(name)?;
+            let netns = Path::new(&format!("/proc/{pid}/ns/net"))
+                .metadata()
+                .with_context(|| format!("the network namespace of {name}"))?
+                .ino();
+            Ok(Container {
+                name: name.clone(),
+                ip: docker::ip(name)?
+                    .parse::<Ipv4Addr>()
+                    .with_context(|| format!("the address of {name}"))?,
+                pid,
+                netns,
             })
-            .collect()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = fault::clear_all(false);
-        for name in &self.names {
-            let _ = docker::remove_container(name);
-        }
-    }
+        })
+        .collect()
 }
 
 /// The render example's JSON lines.
 fn render() -> anyhow::Result<Vec<Render>> {
     let binary = workspace_root().join("target/release/examples/render");
-    let output = Command::new(&binary)
-        .output()
-        .with_context(|| format!("running {}", binary.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} failed: {}",
-            binary.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    String::from_utf8_lossy(&output.stdout)
+    galmanhae_lab::run(&binary.display().to_string(), &[])?
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).with_context(|| format!("render output {l:?}")))
@@ -666,8 +621,8 @@ fn machine() -> Machine {
     }
 }
 
-fn tool_versions() -> Vec<(String, String)> {
-    let galmanhae = agent_binary().display().to_string();
+fn tool_versions(galmanhae: &Path) -> Vec<(String, String)> {
+    let galmanhae = galmanhae.display().to_string();
     let commit = command_line(
         "git",
         &[
@@ -682,8 +637,8 @@ fn tool_versions() -> Vec<(String, String)> {
         "galmanhae".to_owned(),
         format!("{} ({commit})", command_line(&galmanhae, &["--version"])),
     )];
-    for (tool, _) in TOOLS {
-        tools.push((tool.to_owned(), command_line(tool, &["--version"])));
+    for tool in BENCH_PACKAGES {
+        tools.push(((*tool).to_owned(), command_line(tool, &["--version"])));
     }
     tools
 }

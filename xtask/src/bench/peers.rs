@@ -5,13 +5,14 @@ use std::{
     collections::BTreeMap,
     fmt,
     fs::File,
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use galmanhae_lab::free_loopback_address;
 use serde::Serialize;
 
 use super::measure::{self, Rusage, ToolCgroup};
@@ -84,6 +85,11 @@ impl Peer {
     /// Scraped during the window like a Prometheus would.
     pub fn scraped(self) -> bool {
         matches!(self, Self::Daemon | Self::NodeExporter)
+    }
+
+    /// The peer's name in file and directory names (`bpftracecounts`).
+    pub fn slug(self) -> String {
+        format!("{self:?}").to_lowercase()
     }
 }
 
@@ -184,7 +190,7 @@ pub struct Stopped {
 impl Peer {
     /// Starts the tool and returns once it counts (programs attached, capture open, HTTP up).
     pub fn start(self, setup: &Setup<'_>) -> anyhow::Result<Running> {
-        let name = format!("{self:?}").to_lowercase();
+        let name = self.slug();
         let mut running = Running {
             peer: self,
             child: None,
@@ -225,20 +231,18 @@ impl Peer {
                         "100000",
                     ],
                 )?;
-                let stderr = running.stderr.clone();
-                running.wait_ready(|_| read(&stderr).contains("attached"))?;
+                running.wait_ready(|r| read(&r.stderr).contains("attached"))?;
             }
-            Peer::BpftraceCounts => {
-                running.spawn("bpftrace", &["-e", BPFTRACE_COUNTS])?;
-                let stdout = running.stdout.clone();
-                running.wait_ready(|_| read(&stdout).lines().any(|l| l == "ready"))?;
-            }
-            Peer::BpftraceEvents => {
+            Peer::BpftraceCounts | Peer::BpftraceEvents => {
+                let script = if self == Peer::BpftraceCounts {
+                    BPFTRACE_COUNTS
+                } else {
+                    BPFTRACE_EVENTS
+                };
                 // Its stdout to the file, as `bpftrace ... > file` (with -o, bpftrace buffers
                 // the file and the ready line stays unseen).
-                running.spawn("bpftrace", &["-e", BPFTRACE_EVENTS])?;
-                let stdout = running.stdout.clone();
-                running.wait_ready(|_| read(&stdout).lines().any(|l| l == "ready"))?;
+                running.spawn("bpftrace", &["-e", script])?;
+                running.wait_ready(|r| read(&r.stdout).lines().any(|l| l == "ready"))?;
             }
             Peer::Tcpdump => {
                 let pcap = setup.dir.join("storm.pcap");
@@ -256,8 +260,7 @@ impl Peer {
                     ],
                 )?;
                 running.pcap = Some(pcap);
-                let stderr = running.stderr.clone();
-                running.wait_ready(|_| read(&stderr).contains("listening on"))?;
+                running.wait_ready(|r| read(&r.stderr).contains("listening on"))?;
             }
             Peer::NodeExporter => {
                 let address = free_loopback_address()?;
@@ -314,9 +317,8 @@ impl Running {
         } else {
             libc::SIGINT
         };
-        let pid = libc::pid_t::try_from(child.id())?;
-        // SAFETY: signals our own child, not reaped yet.
-        unsafe { libc::kill(pid, signal) };
+        galmanhae_lab::signal(&child, signal)
+            .with_context(|| format!("signalling {}", self.peer))?;
         let (status, total) = measure::wait_rusage(&mut child)?;
         if !status.success() && signal_of(status) != Some(signal) {
             bail!("{} exited with {status}: {}", self.peer, tail(&self.stderr));
@@ -330,12 +332,11 @@ impl Running {
             Peer::Daemon => {
                 let (first, last) = self.first_and_last()?;
                 stopped.counts = daemon_counts(&first, &last, setup.containers);
-                let reasons: Vec<String> =
-                    lost_by_reason(&parse_samples(&first), &parse_samples(&last))
-                        .into_iter()
-                        .filter(|(_, n)| *n > 0)
-                        .map(|(reason, n)| format!("{reason} +{n}"))
-                        .collect();
+                let reasons: Vec<String> = lost_by_reason(&first, &last)
+                    .into_iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(reason, n)| format!("{reason} +{n}"))
+                    .collect();
                 stopped.notes.push(format!(
                     "{} scrapes of /metrics; galmanhae_lost_events_total over the window: {}",
                     self.scrapes.2,
@@ -357,9 +358,7 @@ impl Running {
                 stopped.counts = Counts {
                     unit: "events",
                     per_container: Some(by_container(&maps.flows, |n| setup.by_netns(n))),
-                    lost: None,
-                    host: None,
-                    alternative: None,
+                    ..Counts::default()
                 };
                 stopped
                     .notes
@@ -371,15 +370,14 @@ impl Running {
                     unit: "events",
                     per_container: Some(by_container(&lines.per_source, |ip| setup.by_ip(ip))),
                     lost: Some(lines.lost),
-                    host: None,
-                    alternative: None,
+                    ..Counts::default()
                 };
             }
             Peer::Tcpdump => self.analyse_capture(setup, &mut stopped)?,
             Peer::NodeExporter => {
                 let (first, last) = self.first_and_last()?;
-                let value = |text: &str| {
-                    parse_samples(text)
+                let value = |samples: &[Sample]| {
+                    samples
                         .iter()
                         .find(|s| s.name == "node_netstat_Tcp_RetransSegs")
                         .map(|s| s.value)
@@ -387,10 +385,8 @@ impl Running {
                 let (before, after) = (value(&first), value(&last));
                 stopped.counts = Counts {
                     unit: "segments",
-                    per_container: None,
-                    lost: None,
                     host: Some(as_count(after.unwrap_or(0.0) - before.unwrap_or(0.0))),
-                    alternative: None,
+                    ..Counts::default()
                 };
                 stopped.notes.push(format!(
                     "{} scrapes; node_netstat_Tcp_RetransSegs is the host namespace's only",
@@ -415,12 +411,12 @@ impl Running {
             unit: "frames",
             per_container: Some(by_container(&retransmissions.frames, |ip| setup.by_ip(ip))),
             lost: dropped,
-            host: None,
             alternative: Some((
                 "tcp.analysis.retransmission or tcp.analysis.out_of_order",
                 "segments",
                 by_container(&retransmissions.any_segments, |ip| setup.by_ip(ip)),
             )),
+            ..Counts::default()
         };
         #[expect(clippy::cast_precision_loss, reason = "a file size for display")]
         let megabytes = size as f64 / 1e6;
@@ -442,10 +438,7 @@ impl Running {
             .with_context(|| format!("starting {program}"))?;
         let pid = child.id();
         self.child = Some(child);
-        self.cgroup = Some(ToolCgroup::new(
-            &format!("{:?}", self.peer).to_lowercase(),
-            pid,
-        )?);
+        self.cgroup = Some(ToolCgroup::new(&self.peer.slug(), pid)?);
         Ok(())
     }
 
@@ -472,9 +465,10 @@ impl Running {
         }
     }
 
-    fn first_and_last(&self) -> anyhow::Result<(String, String)> {
+    /// The samples of the first and the last scrape.
+    fn first_and_last(&self) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
         match &self.scrapes {
-            (Some(first), Some(last), _) => Ok((first.clone(), last.clone())),
+            (Some(first), Some(last), _) => Ok((parse_samples(first), parse_samples(last))),
             _ => bail!("{} was not scraped before and after the storm", self.peer),
         }
     }
@@ -495,12 +489,6 @@ impl Drop for Running {
 fn signal_of(status: std::process::ExitStatus) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt as _;
     status.signal()
-}
-
-fn free_loopback_address() -> anyhow::Result<SocketAddr> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .context("finding a free port on 127.0.0.1")
 }
 
 fn read(path: &Path) -> String {
@@ -541,8 +529,7 @@ fn by_container<'a>(
 
 /// The daemon's hook-counted segments per workload between two scrapes; attempts where the
 /// agent has no segment family.
-fn daemon_counts(first: &str, last: &str, containers: &[Container]) -> Counts {
-    let (first, last) = (parse_samples(first), parse_samples(last));
+fn daemon_counts(first: &[Sample], last: &[Sample], containers: &[Container]) -> Counts {
     let segments = "galmanhae_tcp_retransmit_segments_total";
     let (family, unit) = if last.iter().any(|s| s.name == segments) {
         (segments, "segments")
@@ -557,14 +544,14 @@ fn daemon_counts(first: &str, last: &str, containers: &[Container]) -> Counts {
             .map(|s| s.value)
             .sum()
     };
-    let skipped = lost_by_reason(&first, &last);
+    let skipped = lost_by_reason(first, last);
     Counts {
         unit,
         per_container: Some(
             containers
                 .iter()
                 .map(|c| {
-                    let delta = total(&last, &c.name) - total(&first, &c.name);
+                    let delta = total(last, &c.name) - total(first, &c.name);
                     (c.name.clone(), as_count(delta))
                 })
                 .collect(),
@@ -577,8 +564,7 @@ fn daemon_counts(first: &str, last: &str, containers: &[Container]) -> Counts {
                 .filter_map(|r| skipped.get(*r))
                 .sum(),
         ),
-        host: None,
-        alternative: None,
+        ..Counts::default()
     }
 }
 
@@ -634,8 +620,7 @@ fn diagnose_counts(report: &serde_json::Value, containers: &[Container]) -> Coun
                     .filter_map(|h| h["missed"].as_u64())
                     .sum::<u64>(),
         ),
-        host: None,
-        alternative: None,
+        ..Counts::default()
     }
 }
 
@@ -896,7 +881,11 @@ mod tests {
                  galmanhae_lost_events_total{{reason=\"program_skipped\"}} {n}\n"
             )
         };
-        let counts = daemon_counts(&attempts(10), &attempts(25), &containers());
+        let counts = daemon_counts(
+            &parse_samples(&attempts(10)),
+            &parse_samples(&attempts(25)),
+            &containers(),
+        );
         assert_eq!(counts.unit, "attempts");
         let per = counts.per_container.unwrap();
         assert_eq!(per["storm-1"], 15);
@@ -913,7 +902,11 @@ mod tests {
                  galmanhae_tcp_retransmit_segments_total{{workload=\"storm-2\",remote=\"b\"}} 1\n"
             )
         };
-        let counts = daemon_counts(&segments(5), &segments(105), &containers());
+        let counts = daemon_counts(
+            &parse_samples(&segments(5)),
+            &parse_samples(&segments(105)),
+            &containers(),
+        );
         assert_eq!(counts.unit, "segments");
         assert_eq!(counts.per_container.unwrap()["storm-2"], 100);
     }

@@ -58,6 +58,13 @@ pub struct Level {
     pub runs: Vec<Run>,
 }
 
+impl Level {
+    /// The run of `peer` at this level.
+    fn run(&self, peer: Peer) -> Option<&Run> {
+        self.runs.iter().find(|r| r.peer == peer)
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Calibration {
     pub segments_per_s: f64,
@@ -92,6 +99,11 @@ impl Run {
             accuracy: None,
             notes: Vec::new(),
         }
+    }
+
+    /// The storm's goodput in this run, in MB/s.
+    fn goodput(&self) -> Option<f64> {
+        self.storm.as_ref().map(|s| s.goodput_mb_s)
     }
 }
 
@@ -164,6 +176,20 @@ pub struct ContainerCount {
     pub difference: Option<i64>,
 }
 
+impl ContainerCount {
+    /// `counted` beside `retrans_segs`, with their difference.
+    pub fn new(container: String, counted: Option<u64>, retrans_segs: u64) -> Self {
+        Self {
+            container,
+            counted,
+            retrans_segs,
+            difference: counted.map(|n| {
+                i64::try_from(i128::from(n) - i128::from(retrans_segs)).unwrap_or(i64::MAX)
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct HostCount {
     pub counted: u64,
@@ -221,12 +247,12 @@ impl Report {
     }
 
     fn run(&self, level: &str, peer: Peer) -> Option<&Run> {
-        self.levels
-            .iter()
-            .find(|l| l.name == level)?
-            .runs
-            .iter()
-            .find(|r| r.peer == peer)
+        self.levels.iter().find(|l| l.name == level)?.run(peer)
+    }
+
+    /// The CPU of `peer`'s tool at `level`, in % of a core.
+    fn cpu_percent(&self, level: &str, peer: Peer) -> Option<f64> {
+        Some(self.run(level, peer)?.cpu.as_ref()?.percent_of_core)
     }
 
     /// Evaluates the goals of issue 5 from this run's numbers.
@@ -250,8 +276,7 @@ impl Report {
                 )
             }),
         ));
-        let cpu = |peer| self.run(level, peer).and_then(cpu_percent);
-        let daemon_cpu = cpu(Peer::Daemon);
+        let daemon_cpu = self.cpu_percent(level, Peer::Daemon);
         goals.push(goal(
             "Daemon CPU at 10k retransmits/s",
             "≤ 1 % of one core",
@@ -291,7 +316,6 @@ impl Report {
 
     /// The daemon's CPU against the per-event tracer, the capture and the one-liner.
     fn cpu_ratio_goals(&self, level: &str, daemon_cpu: Option<f64>) -> Vec<Goal> {
-        let cpu = |peer| self.run(level, peer).and_then(cpu_percent);
         let mut goals = Vec::new();
         let ratio = |other: Option<f64>, at_least: f64, what: &str| {
             let (Some(daemon), Some(other)) = (daemon_cpu, other) else {
@@ -310,7 +334,11 @@ impl Report {
         goals.push(goal(
             "CPU vs the per-event tracer (bpftrace, one line per retransmit)",
             "≥ 10x less",
-            ratio(cpu(Peer::BpftraceEvents), 10.0, "tracer"),
+            ratio(
+                self.cpu_percent(level, Peer::BpftraceEvents),
+                10.0,
+                "tracer",
+            ),
         ));
         goals.push(goal(
             "CPU vs the packet capture (tcpdump + tshark's analysis)",
@@ -324,7 +352,7 @@ impl Report {
         goals.push(goal(
             "CPU vs the bpftrace in-kernel one-liner",
             "no more",
-            cpu(Peer::BpftraceCounts)
+            self.cpu_percent(level, Peer::BpftraceCounts)
                 .zip(daemon_cpu)
                 .map(|(one_liner, daemon)| {
                     (
@@ -339,12 +367,7 @@ impl Report {
     fn throughput_goals(&self) -> Vec<Goal> {
         let mut goals = Vec::new();
         for level in ["10k/s", "max"] {
-            let run = |peer| self.run(level, peer);
-            let goodput = |peer| {
-                run(peer)
-                    .and_then(|r| r.storm.as_ref())
-                    .map(|s| s.goodput_mb_s)
-            };
+            let goodput = |peer| self.run(level, peer).and_then(Run::goodput);
             let noise = goodput(Peer::Baseline)
                 .zip(goodput(Peer::BaselineAgain))
                 .map_or(String::new(), |(a, b)| {
@@ -356,13 +379,8 @@ impl Report {
             goals.push(goal(
                 &format!("Storm throughput with the daemon running ({level})"),
                 "within 1 % of baseline (no more than 1 % below the mean of the baselines)",
-                run(Peer::Daemon)
-                    .and_then(|daemon| {
-                        Some((
-                            daemon.storm.as_ref()?.goodput_mb_s,
-                            self.baseline_goodput(daemon)?,
-                        ))
-                    })
+                self.run(level, Peer::Daemon)
+                    .and_then(|daemon| Some((daemon.goodput()?, self.baseline_goodput(daemon)?)))
                     .map(|(with, without)| {
                         let change = (with / without - 1.0) * 100.0;
                         (
@@ -441,7 +459,7 @@ impl Report {
         );
         self.write_setup(&mut md);
         self.write_goals(&mut md);
-        self.write_storm(&mut md, &levels);
+        self.write_storm(&mut md);
         self.write_cpu(&mut md, &levels);
         self.write_rss(&mut md, &levels);
         self.write_programs(&mut md, &levels);
@@ -526,7 +544,7 @@ impl Report {
         md.push('\n');
     }
 
-    fn write_storm(&self, md: &mut String, levels: &[&str]) {
+    fn write_storm(&self, md: &mut String) {
         let _ = writeln!(
             md,
             "## Storm levels\n\n| Level | Target retransmits/s | Pacing (segments/s) | \
@@ -566,7 +584,6 @@ impl Report {
                 achieved.join(", ")
             );
         }
-        let _ = levels;
         md.push('\n');
     }
 
@@ -589,7 +606,7 @@ impl Report {
                 .levels
                 .iter()
                 .map(|l| {
-                    l.runs.iter().find(|r| r.peer == peer).map_or_else(
+                    l.run(peer).map_or_else(
                         || "not run".to_owned(),
                         |r| {
                             if r.error.is_some() && r.storm.is_none() {
@@ -669,11 +686,9 @@ impl Report {
         for peer in Peer::ALL {
             let mut names: Vec<(String, String)> = Vec::new();
             for level in &self.levels {
-                for run in level.runs.iter().filter(|r| r.peer == peer) {
-                    for p in &run.programs {
-                        if !names.iter().any(|(n, k)| *n == p.name && *k == p.kind) {
-                            names.push((p.name.clone(), p.kind.clone()));
-                        }
+                for p in level.run(peer).into_iter().flat_map(|r| &r.programs) {
+                    if !names.iter().any(|(n, k)| *n == p.name && *k == p.kind) {
+                        names.push((p.name.clone(), p.kind.clone()));
                     }
                 }
             }
@@ -683,9 +698,8 @@ impl Report {
                     .iter()
                     .map(|l| {
                         let programs: Vec<&ProgramRun> = l
-                            .runs
-                            .iter()
-                            .filter(|r| r.peer == peer)
+                            .run(peer)
+                            .into_iter()
                             .flat_map(|r| &r.programs)
                             .filter(|p| p.name == name && p.kind == kind)
                             .collect();
@@ -797,14 +811,7 @@ impl Report {
             .levels
             .iter()
             .find(|l| l.runs.iter().any(|r| std::ptr::eq(r, run)))?;
-        let goodput = |peer| {
-            level
-                .runs
-                .iter()
-                .find(|r| r.peer == peer)
-                .and_then(|r| r.storm.as_ref())
-                .map(|s| s.goodput_mb_s)
-        };
+        let goodput = |peer| level.run(peer).and_then(Run::goodput);
         let first = goodput(Peer::Baseline);
         match (run.peer, first, goodput(Peer::BaselineAgain)) {
             (Peer::BaselineAgain, first, _) => first,
@@ -858,10 +865,6 @@ fn short(peer: Peer) -> &'static str {
     }
 }
 
-fn cpu_percent(run: &Run) -> Option<f64> {
-    run.cpu.as_ref().map(|c| c.percent_of_core)
-}
-
 /// tcpdump over the window plus tshark's whole analysis, in % of a core over the window.
 fn capture_percent(run: &Run) -> Option<f64> {
     let cpu = run.cpu.as_ref()?;
@@ -910,13 +913,7 @@ mod tests {
             });
             run.accuracy = Some(Accuracy {
                 unit: "segments",
-                containers: vec![ContainerCount {
-                    container: "storm-1".to_owned(),
-                    counted,
-                    retrans_segs: truth,
-                    difference: counted
-                        .map(|c| i64::try_from(c).unwrap() - i64::try_from(truth).unwrap()),
-                }],
+                containers: vec![ContainerCount::new("storm-1".to_owned(), counted, truth)],
                 lost: Some(0),
                 host: None,
                 alternative: None,
