@@ -1,5 +1,5 @@
-//! Builds `galmanhae-ebpf` for the bpf target with aya-build (nightly + bpf-linker), as the
-//! aya template does; the object lands in `OUT_DIR/galmanhae`.
+//! Builds `galmanhae-ebpf` for the bpf target with aya-build (the pinned nightly + bpf-linker),
+//! as the aya template does; the object lands in `OUT_DIR/galmanhae`.
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +30,21 @@ fn main() -> anyhow::Result<()> {
         root_dir: root_dir.as_str(),
         ..Default::default()
     };
-    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+    // The pinned nightly, checked against bpf-linker's LLVM before a link that would fail
+    // with `Invalid record`.
+    println!(
+        "cargo:rerun-if-env-changed={}",
+        galmanhae_toolchain::TOOLCHAIN_ENV
+    );
+    let toolchain = galmanhae_toolchain::toolchain();
+    let verdict = galmanhae_toolchain::check(&toolchain);
+    if let Some(blocker) = verdict.blocker() {
+        // One message, without the backtrace an error return would print.
+        eprintln!("error: {blocker}");
+        std::process::exit(1);
+    }
+    if let Some(warning) = verdict.warning() {
+        println!("cargo:warning={warning}");
+    }
+    aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&toolchain))
 }

@@ -958,3 +958,62 @@ fn an_uplink_that_vanishes_is_reported_and_diagnose_runs() {
         report["notes"]
     );
 }
+
+/// A dockerd the lab did not start, without IPv6: stopped and its bridge removed on drop.
+struct ForeignDockerd(u32);
+
+impl ForeignDockerd {
+    fn start() -> Self {
+        galmanhae_lab::down().expect("lab down, so the foreign dockerd is the only one");
+        let log = std::env::temp_dir().join("galmanhae-foreign-dockerd.log");
+        let pid = galmanhae_lab::spawn_detached(
+            "dockerd",
+            &[
+                "--bip",
+                galmanhae_lab::BRIDGE_IP,
+                "--pidfile",
+                "/var/run/docker.pid",
+            ],
+            &log,
+        )
+        .expect("starting a dockerd without IPv6");
+        let daemon = Self(pid);
+        galmanhae_lab::wait_for(Duration::from_secs(60), "the foreign dockerd", || {
+            galmanhae_lab::run("docker", &["version"]).is_ok()
+        })
+        .expect("the foreign dockerd answers");
+        daemon
+    }
+}
+
+impl Drop for ForeignDockerd {
+    fn drop(&mut self) {
+        let pid = self.0.to_string();
+        let _ = galmanhae_lab::run("kill", &["-TERM", &pid]);
+        let gone = galmanhae_lab::wait_for(Duration::from_secs(20), "dockerd to stop", || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.contains(") Z "))
+        });
+        if gone.is_err() {
+            let _ = galmanhae_lab::run("kill", &["-KILL", &pid]);
+        }
+        let _ = galmanhae_lab::run("ip", &["link", "del", "docker0"]);
+    }
+}
+
+#[test]
+fn a_foreign_dockerd_without_ipv6_is_refused_with_what_to_do() {
+    if !privileged() {
+        return;
+    }
+    let _daemon = ForeignDockerd::start();
+    let error = format!(
+        "{:#}",
+        galmanhae_lab::infrastructure().expect_err("the lab must refuse a dockerd without IPv6")
+    );
+    eprintln!("the lab said: {error}");
+    assert!(error.contains("already running"), "{error}");
+    assert!(error.contains("no IPv6"), "{error}");
+    assert!(error.contains("Cannot assign requested address"), "{error}");
+    assert!(error.contains("--ipv6 --fixed-cidr-v6"), "{error}");
+}

@@ -8,15 +8,26 @@ use crate::{BRIDGE_IP, BRIDGE_V6, IMAGE, LABEL, STATE_DIR, run, spawn_detached, 
 
 const DOCKERD_PID: &str = "/run/galmanhae-lab/dockerd.pid";
 
-/// Uses a running dockerd if its bridge is in the lab range; starts one otherwise.
+/// The default bridge's settings as `docker network inspect` prints them with this format:
+/// `true|198.18.100.0/24,2001:2:0:100::/64,`.
+const BRIDGE_FORMAT: &str = "{{.EnableIPv6}}|{{range .IPAM.Config}}{{.Subnet}},{{end}}";
+
+/// Uses a running dockerd if its default bridge is what the lab needs (IPv4 and IPv6 subnets in
+/// the lab's ranges); starts one otherwise. A daemon the lab did not start is never changed:
+/// when it does not fit, the error says why and what to do, before any test runs.
 pub fn ensure_daemon() -> anyhow::Result<()> {
     if run("docker", &["version", "--format", "{{.Server.Version}}"]).is_ok() {
-        let bridge = run("ip", &["-4", "-o", "addr", "show", "docker0"]).unwrap_or_default();
-        if !bridge.contains("198.18.") && !bridge.contains("198.19.") {
+        let bridge = run(
+            "docker",
+            &["network", "inspect", "bridge", "--format", BRIDGE_FORMAT],
+        )
+        .context("reading the running Docker daemon's default bridge")?;
+        if let Some(problem) = bridge_problem(&bridge) {
             bail!(
-                "a Docker daemon is already running and its bridge is not in 198.18.0.0/15 \
-                 ({}); the lab only uses that range. Stop it, or restart it with --bip {BRIDGE_IP}",
-                bridge.trim()
+                "a Docker daemon is already running and {problem}. Stop it and the lab starts \
+                 its own (`systemctl stop docker.socket docker`, or end the dockerd process), \
+                 or restart it with `--bip {BRIDGE_IP} --ipv6 --fixed-cidr-v6 {BRIDGE_V6}` (in \
+                 /etc/docker/daemon.json: \"bip\", \"ipv6\": true, \"fixed-cidr-v6\")"
             );
         }
         return Ok(());
@@ -193,4 +204,97 @@ fn inspect(name: &str, format: &str) -> anyhow::Result<String> {
         bail!("container {name} has no {format}");
     }
     Ok(value.to_owned())
+}
+
+/// What a running daemon's default bridge (as [`BRIDGE_FORMAT`] prints it) lacks for the lab:
+/// an IPv4 subnet in `198.18.0.0/15`, and IPv6 with a subnet in `2001:2::/48` (without it every
+/// IPv6 test fails late, with "Cannot assign requested address").
+pub(crate) fn bridge_problem(inspect: &str) -> Option<String> {
+    let (ipv6_enabled, subnets) = inspect.trim().split_once('|').unwrap_or(("", ""));
+    let subnets: Vec<&str> = subnets.split(',').filter(|s| !s.is_empty()).collect();
+    let shown = if subnets.is_empty() {
+        "none".to_owned()
+    } else {
+        subnets.join(", ")
+    };
+    let (v6, v4): (Vec<&str>, Vec<&str>) = subnets.iter().partition(|s| s.contains(':'));
+    if !v4.iter().any(|s| in_lab_v4(s)) {
+        return Some(format!(
+            "its default bridge's subnets ({shown}) are not in 198.18.0.0/15, the only IPv4 \
+             range the lab uses"
+        ));
+    }
+    if ipv6_enabled != "true" {
+        return Some(format!(
+            "its default bridge has no IPv6 (EnableIPv6={ipv6_enabled}, subnets {shown}), which \
+             the lab's IPv6 tests need (they would fail with \"Cannot assign requested \
+             address\")"
+        ));
+    }
+    if !v6.iter().any(|s| in_lab_v6(s)) {
+        return Some(format!(
+            "its default bridge's IPv6 subnets ({shown}) are not in 2001:2::/48, the only IPv6 \
+             range the lab uses"
+        ));
+    }
+    None
+}
+
+/// `198.18.x.y/n` or `198.19.x.y/n` with n >= 15.
+fn in_lab_v4(subnet: &str) -> bool {
+    let Some((addr, len)) = subnet.split_once('/') else {
+        return false;
+    };
+    let (Ok(addr), Ok(len)) = (addr.parse::<std::net::Ipv4Addr>(), len.parse::<u8>()) else {
+        return false;
+    };
+    let [a, b, ..] = addr.octets();
+    a == 198 && (b == 18 || b == 19) && (15..=32).contains(&len)
+}
+
+/// `2001:2:0:x::/n` with n >= 48.
+fn in_lab_v6(subnet: &str) -> bool {
+    let Some((addr, len)) = subnet.split_once('/') else {
+        return false;
+    };
+    let (Ok(addr), Ok(len)) = (addr.parse::<std::net::Ipv6Addr>(), len.parse::<u8>()) else {
+        return false;
+    };
+    let [a, b, c, ..] = addr.segments();
+    (a, b, c) == (0x2001, 2, 0) && (48..=128).contains(&len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_labs_own_bridge_fits() {
+        assert_eq!(
+            bridge_problem("true|198.18.100.0/24,2001:2:0:100::/64,\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_bridge_without_ipv6_is_named_with_the_symptom() {
+        let problem = bridge_problem("false|198.18.100.0/24,\n").unwrap();
+        assert!(problem.contains("no IPv6"), "{problem}");
+        assert!(problem.contains("EnableIPv6=false"), "{problem}");
+        assert!(
+            problem.contains("Cannot assign requested address"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn subnets_outside_the_lab_ranges_are_refused() {
+        let v4 = bridge_problem("true|172.17.0.0/16,2001:2:0:100::/64,").unwrap();
+        assert!(v4.contains("not in 198.18.0.0/15"), "{v4}");
+        let v6 = bridge_problem("true|198.18.100.0/24,fd00:1::/64,").unwrap();
+        assert!(v6.contains("not in 2001:2::/48"), "{v6}");
+        let wide = bridge_problem("true|198.0.0.0/8,2001:2:0:100::/64,").unwrap();
+        assert!(wide.contains("not in 198.18.0.0/15"), "{wide}");
+        assert!(bridge_problem("").unwrap().contains("(none)"));
+    }
 }

@@ -5,6 +5,7 @@ mod demo;
 mod install;
 mod lab;
 mod setup;
+mod step;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -18,8 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building, the lab and the deploy checks need (apt packages, nightly
-    /// rust-src, bpf-linker).
+    /// Install what building, the lab and the deploy checks need (apt packages, the pinned
+    /// nightly with rust-src, bpf-linker for its LLVM); one line per step.
     Setup,
     /// The incident lab: dockerd, a db namespace behind Docker's NAT, faults.
     Lab(lab::LabArgs),
@@ -87,7 +88,8 @@ fn build_agent() -> anyhow::Result<std::path::PathBuf> {
     Ok(agent_binary())
 }
 
-/// `cargo build --release -p galmanhae-agent` with `targets` (e.g. `--example render`).
+/// `cargo build --release -p galmanhae-agent` with `targets` (e.g. `--example render`), on one
+/// line, its output in `target/xtask/build.log`.
 fn build_agent_targets(targets: &[&str]) -> anyhow::Result<()> {
     let manifest = manifest();
     let mut args = vec![
@@ -99,7 +101,13 @@ fn build_agent_targets(targets: &[&str]) -> anyhow::Result<()> {
         "galmanhae-agent",
     ];
     args.extend_from_slice(targets);
-    sh("cargo", &args, &[])
+    step::Steps::new("build")?.run(
+        "building the agent and its eBPF programs (release)",
+        &format!("programs with {}", galmanhae_toolchain::toolchain()),
+        "cargo",
+        &args,
+        &[],
+    )
 }
 
 /// Where `build_agent` leaves the binary.

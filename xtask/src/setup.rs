@@ -8,16 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
+use galmanhae_toolchain as toolchain;
 
-use crate::sh;
+use crate::step::Steps;
 
-/// Debian packages: LLVM 22 for bpf-linker (rustc's nightly LLVM), the lab's tools, and the
-/// peers later benchmarks compare against.
-const PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "zlib1g-dev",
-    "libzstd-dev",
+/// The lab's tools.
+const LAB_PACKAGES: &[&str] = &[
     "docker.io",
     "iproute2",
     "iptables",
@@ -48,74 +44,179 @@ pub(crate) const BENCH_PACKAGES: &[&str] = &[
 /// would start at the next boot.
 const NO_START: &[&str] = &["prometheus", "prometheus-node-exporter"];
 
+/// Debian's LLVM of the pinned nightly, which bpf-linker links against.
+fn llvm_packages() -> Vec<String> {
+    let major = toolchain::LLVM_MAJOR;
+    vec![
+        format!("llvm-{major}-dev"),
+        format!("libpolly-{major}-dev"),
+        "zlib1g-dev".to_owned(),
+        "libzstd-dev".to_owned(),
+    ]
+}
+
+/// Installs what is missing, one line per step (the output in `target/xtask/setup.log`), then
+/// checks that the pinned nightly's LLVM and bpf-linker's agree.
 pub fn run() -> anyhow::Result<()> {
-    let (held, plain): (Vec<&str>, Vec<&str>) = PACKAGES
-        .iter()
-        .chain(DEPLOY_CHECK_PACKAGES)
-        .chain(BENCH_PACKAGES)
-        .copied()
-        .filter(|p| !installed(p))
-        .partition(|p| NO_START.contains(p));
-    if !plain.is_empty() || !held.is_empty() {
-        sh("apt-get", &["update", "-q"], &[])?;
+    let steps = Steps::new("setup")?;
+    apt_packages(&steps)?;
+    nightly(&steps)?;
+    bpf_linker(&steps)?;
+    let verdict = toolchain::check(&toolchain::toolchain());
+    if let Some(blocker) = verdict.blocker() {
+        anyhow::bail!("{blocker}");
     }
-    if !plain.is_empty() {
-        apt_install(&plain)?;
-    }
-    if !held.is_empty() {
-        let _no_starts = NoServiceStarts::new()?;
-        apt_install(&held)?;
-    }
-    // aya-build compiles the programs with the nightly toolchain and -Z build-std=core.
-    let has_src = Command::new("rustup")
-        .args(["+nightly", "component", "list", "--installed"])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
-        });
-    if !has_src {
-        sh(
-            "rustup",
-            &[
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ],
-            &[],
-        )?;
-    }
-    if which("bpf-linker").is_none() {
-        // bpf-linker must link against the LLVM major version of the nightly's rustc (22).
-        let path = format!(
-            "/usr/lib/llvm-22/bin:{}",
-            std::env::var("PATH").unwrap_or_default()
-        );
-        sh(
-            "cargo",
-            &[
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--version",
-                "0.13.0",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ],
-            &[("LLVM_PREFIX", "/usr/lib/llvm-22"), ("PATH", &path)],
-        )?;
+    if let Some(warning) = verdict.warning() {
+        eprintln!("xtask: setup: warning: {warning}");
     }
     Ok(())
 }
 
-fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+fn apt_packages(steps: &Steps) -> anyhow::Result<()> {
+    let llvm = llvm_packages();
+    let groups: [(&str, Vec<&str>); 4] = [
+        (
+            "bpf-linker's LLVM",
+            llvm.iter().map(String::as_str).collect(),
+        ),
+        ("the lab", LAB_PACKAGES.to_vec()),
+        ("the deploy checks", DEPLOY_CHECK_PACKAGES.to_vec()),
+        ("the bench's peers", BENCH_PACKAGES.to_vec()),
+    ];
+    let mut why = Vec::new();
+    let mut missing = Vec::new();
+    for (purpose, packages) in &groups {
+        let absent: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+        if !absent.is_empty() {
+            why.push(*purpose);
+            missing.extend(absent);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let why = format!("for {}", why.join(", "));
+    steps.run(
+        "refreshing Debian's package lists",
+        &why,
+        "apt-get",
+        &["update", "-q"],
+        &[],
+    )?;
+    let (held, plain): (Vec<&str>, Vec<&str>) = missing.iter().partition(|p| NO_START.contains(p));
+    if !plain.is_empty() {
+        apt_install(steps, &plain, &why)?;
+    }
+    if !held.is_empty() {
+        let _no_starts = NoServiceStarts::new()?;
+        apt_install(steps, &held, "service starts refused while installing")?;
+    }
+    Ok(())
+}
+
+/// aya-build compiles the programs with the pinned nightly and -Z build-std=core (rust-src);
+/// the lint runs that nightly's clippy on the eBPF crate.
+fn nightly(steps: &Steps) -> anyhow::Result<()> {
+    let nightly = toolchain::NIGHTLY;
+    let installed = Command::new("rustup")
+        .args([&format!("+{nightly}"), "component", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            let list = String::from_utf8_lossy(&o.stdout);
+            o.status.success() && list.contains("rust-src") && list.contains("clippy")
+        });
+    if installed {
+        return Ok(());
+    }
+    steps.run(
+        &format!("installing the Rust toolchain {nightly} with rust-src and clippy"),
+        &format!(
+            "it builds the eBPF programs; LLVM {}",
+            toolchain::LLVM_MAJOR
+        ),
+        "rustup",
+        &[
+            "toolchain",
+            "install",
+            nightly,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src,clippy",
+        ],
+        &[],
+    )
+}
+
+/// bpf-linker at the pinned version, built against the pinned nightly's LLVM; rebuilt when
+/// the one installed is another version or was built for another LLVM.
+fn bpf_linker(steps: &Steps) -> anyhow::Result<()> {
+    let (version, llvm) = (toolchain::BPF_LINKER_VERSION, toolchain::LLVM_MAJOR);
+    if let Some(found) = installed_bpf_linker() {
+        if found.version.as_deref() == Some(version) && found.llvm.is_none_or(|m| m == llvm) {
+            return Ok(());
+        }
+        steps.present(&format!(
+            "bpf-linker {} (LLVM {}) is not the pinned {version} for LLVM {llvm}: rebuilding it",
+            found.version.as_deref().unwrap_or("of unknown version"),
+            found
+                .llvm
+                .map_or_else(|| "unknown".to_owned(), |m| m.to_string()),
+        ));
+    }
+    let prefix = toolchain::llvm_prefix(llvm);
+    let path = format!("{prefix}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let feature = toolchain::bpf_linker_feature();
+    steps.run(
+        &format!("building bpf-linker {version} for LLVM {llvm}"),
+        "it links the eBPF programs; about 3 minutes on 2 cores",
+        "cargo",
+        &[
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--force",
+            "--version",
+            version,
+            "--no-default-features",
+            "--features",
+            &feature,
+        ],
+        &[("LLVM_PREFIX", &prefix), ("PATH", &path)],
+    )
+}
+
+struct InstalledLinker {
+    version: Option<String>,
+    llvm: Option<u32>,
+}
+
+fn installed_bpf_linker() -> Option<InstalledLinker> {
+    let path = toolchain::find_in_path("bpf-linker")?;
+    let version = Command::new(&path)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let out = String::from_utf8_lossy(&o.stdout);
+            out.split_whitespace().nth(1).map(str::to_owned)
+        });
+    let llvm = fs::read(&path)
+        .ok()
+        .and_then(|binary| toolchain::bpf_linker_llvm_major(&binary));
+    Some(InstalledLinker { version, llvm })
+}
+
+fn apt_install(steps: &Steps, packages: &[&str], why: &str) -> anyhow::Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(packages);
-    sh("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])
+    steps.run(
+        &format!("installing {}", packages.join(" ")),
+        why,
+        "apt-get",
+        &args,
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )
 }
 
 /// While it lives, package scripts may start no service: Debian's `policy-rc.d`, which
@@ -174,15 +275,6 @@ fn installed(package: &str) -> bool {
         .args(["-W", "-f=${Status}", package])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let home_bin = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin"));
-    std::env::split_paths(&path)
-        .chain(home_bin)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
 }
 
 #[cfg(test)]

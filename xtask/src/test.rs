@@ -78,6 +78,7 @@ pub fn deploy_checks() -> anyhow::Result<()> {
 /// twice otherwise).
 pub fn lint() -> anyhow::Result<()> {
     let manifest = manifest();
+    let nightly = format!("+{}", galmanhae_toolchain::toolchain());
     sh(
         "cargo",
         &[
@@ -109,7 +110,7 @@ pub fn lint() -> anyhow::Result<()> {
     sh(
         "cargo",
         &[
-            "+nightly",
+            &nightly,
             "clippy",
             "--manifest-path",
             &manifest,
