@@ -13,8 +13,11 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error(
-        "cannot read kernel BTF at {path}: {reason} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"
+        "kernel BTF is absent: {path} does not exist (the kernel was built without \
+         CONFIG_DEBUG_INFO_BTF=y; galmanhae needs it to find struct offsets)"
     )]
+    Absent { path: String },
+    #[error("cannot read kernel BTF at {path}: {reason}")]
     Read { path: String, reason: String },
     #[error("kernel BTF has no struct `{0}`")]
     NoType(String),
@@ -33,14 +36,39 @@ pub struct KernelBtf {
 }
 
 impl KernelBtf {
+    /// Maps `path`; where the kernel refuses to mmap it (sysfs BTF is mappable only since
+    /// Linux 6.16: older kernels answer ENODEV), copies it into a memfd and maps that, which
+    /// costs its size (~6 MB) in shared memory instead of a full parse's ~70 MB.
     pub fn load(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file_with_backend(path, Backend::Mmap).map_err(|e| BtfError::Read {
+        let read_error = |e: &dyn std::fmt::Display| BtfError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
-        })?;
+        };
+        if !path.exists() {
+            return Err(BtfError::Absent {
+                path: path.display().to_string(),
+            });
+        }
+        let btf = match Btf::from_file_with_backend(path, Backend::Mmap) {
+            Ok(btf) => btf,
+            Err(mapped) => {
+                log::debug!(
+                    "{}: mmap refused ({mapped}); mapping a copy",
+                    path.display()
+                );
+                return Self::load_copy(path)
+                    .map_err(|e| read_error(&format!("mmap: {mapped}; reading it instead: {e}")));
+            }
+        };
         Ok(Self { btf })
     }
 
+    /// [`KernelBtf::load`]'s fallback: `path` read into a memfd, and that mapped.
+    fn load_copy(path: &Path) -> Result<Self, String> {
+        let copy = copy_to_memfd(path).map_err(|e| e.to_string())?;
+        let btf = Btf::from_file_with_backend(&copy, Backend::Mmap).map_err(|e| e.to_string())?;
+        Ok(Self { btf })
+    }
     /// Byte offset of `path` (dotted, through anonymous members) inside struct `ty`.
     pub fn offset_of(&self, ty: &str, path: &str) -> Result<u32, BtfError> {
         match self.member(ty, path)? {
@@ -150,6 +178,35 @@ impl KernelBtf {
             };
         }
         None
+    }
+}
+
+/// A sealed-size anonymous copy of `path`, as a `/proc/self/fd/N` path that stays valid while
+/// the returned file is open (the mapping made from it outlives the file).
+fn copy_to_memfd(path: &Path) -> std::io::Result<MemfdPath> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: the name is a NUL-terminated literal; the flags are valid.
+    let fd = unsafe { libc::memfd_create(c"galmanhae-btf".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    std::io::copy(&mut std::fs::File::open(path)?, &mut file)?;
+    Ok(MemfdPath {
+        path: std::path::PathBuf::from(format!("/proc/self/fd/{fd}")),
+        _file: file,
+    })
+}
+
+struct MemfdPath {
+    path: std::path::PathBuf,
+    _file: std::fs::File,
+}
+
+impl AsRef<Path> for MemfdPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -263,4 +320,33 @@ pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), B
         },
         notes,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_in_a_memfd_reads_like_the_mapped_file() {
+        let path = Path::new(VMLINUX_BTF);
+        let mapped = KernelBtf::load(path).unwrap();
+        let copied = KernelBtf::load_copy(path).unwrap();
+        for (ty, member) in [("sock_common", "skc_family"), ("sk_buff", "len")] {
+            assert_eq!(
+                mapped.offset_of(ty, member).unwrap(),
+                copied.offset_of(ty, member).unwrap(),
+                "{ty}.{member}"
+            );
+        }
+    }
+
+    #[test]
+    fn absent_btf_names_the_kernel_config() {
+        let error = KernelBtf::load(Path::new("/nonexistent/btf/vmlinux"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("CONFIG_DEBUG_INFO_BTF=y"), "{error}");
+        assert!(error.contains("does not exist"), "{error}");
+    }
 }
