@@ -7,6 +7,7 @@ mod lab;
 mod setup;
 mod step;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,9 @@ enum Task {
     /// Overhead and accuracy of galmanhae beside the tools users would reach for instead,
     /// under a retransmit storm in the lab; writes BENCHMARKS.md and BENCHMARKS.json.
     Bench(bench::BenchArgs),
+    /// The agent on another kernel (default Debian 12's 6.1) under qemu, with a lab without
+    /// Docker; pass/fail per check, the guest's output on failure.
+    VmTest(vm::VmTestArgs),
     /// One sender of the bench's storm (the bench starts it): joins a container, sends.
     #[command(hide = true)]
     StormSender {
@@ -54,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Task::Lint => test::lint(),
         Task::Install(args) => install::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::VmTest(args) => vm::run(&args),
         Task::StormSender { args } => galmanhae_lab::storm::SenderArgs::parse(&args)
             .and_then(|args| galmanhae_lab::storm::sender_main(&args)),
     };
@@ -80,6 +85,22 @@ fn sh(program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()>
         args.join(" ")
     );
     Ok(())
+}
+
+/// Runs a command quietly; its stdout, or an error with its stderr.
+fn capture(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {program}: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "`{program} {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Builds the agent in release; returns the binary's path.

@@ -38,6 +38,10 @@ pub(crate) const BENCH_PACKAGES: &[&str] = &[
     "bpftool",
 ];
 
+/// `cargo xtask vm-test`: qemu, the initramfs packer, and kmod's modprobe and depmod for the
+/// guest kernel's modules.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "cpio", "kmod"];
+
 /// Packages whose maintainer scripts would start a service on a systemd host (Debian's
 /// prometheus serves :9090 and scrapes from then on): installed with service starts refused.
 /// prometheus-node-exporter likewise serves :9100. The package still enables its unit, so it
@@ -74,7 +78,7 @@ pub fn run() -> anyhow::Result<()> {
 
 fn apt_packages(steps: &Steps) -> anyhow::Result<()> {
     let llvm = llvm_packages();
-    let groups: [(&str, Vec<&str>); 4] = [
+    let groups: [(&str, Vec<&str>); 5] = [
         (
             "bpf-linker's LLVM",
             llvm.iter().map(String::as_str).collect(),
@@ -82,6 +86,7 @@ fn apt_packages(steps: &Steps) -> anyhow::Result<()> {
         ("the lab", LAB_PACKAGES.to_vec()),
         ("the deploy checks", DEPLOY_CHECK_PACKAGES.to_vec()),
         ("the bench's peers", BENCH_PACKAGES.to_vec()),
+        ("the VM test", VM_PACKAGES.to_vec()),
     ];
     let mut why = Vec::new();
     let mut missing = Vec::new();

@@ -57,7 +57,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     integration.extend(args.filter.iter().map(String::as_str));
     let result = sh("cargo", &integration, &[("RUST_BACKTRACE", "1")]);
     let down = galmanhae_lab::down();
-    result.and(down)
+    result.and(down)?;
+    // The older kernel production runs (Debian 12's 6.1), booted under qemu.
+    crate::vm::run(&crate::vm::VmTestArgs::default())
 }
 
 /// `deploy/check.sh`: the unit, config, dashboard, manifests and alert rules with the real
