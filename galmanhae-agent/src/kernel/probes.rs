@@ -336,7 +336,17 @@ impl Probes {
         let mut failures = Vec::new();
         for (ifindex, name) in uplinks {
             // An interface can vanish between the dump and here: say so, watch the rest.
-            match program.attach(name, TcAttachType::Egress) {
+            // Before 6.6 (no TCX) a classifier needs a clsact qdisc: add one where the first
+            // attach fails for want of it (adding fails harmlessly where one exists).
+            let result = program.attach(name, TcAttachType::Egress).or_else(|first| {
+                if aya::programs::tc::qdisc_add_clsact(name).is_ok() {
+                    log::info!("{name}: added a clsact qdisc for the NAT-leak watch");
+                    program.attach(name, TcAttachType::Egress)
+                } else {
+                    Err(first)
+                }
+            });
+            match result {
                 Ok(_) => attached.push((*ifindex, name.clone())),
                 Err(e) => failures.push((name.clone(), error_chain(&e))),
             }

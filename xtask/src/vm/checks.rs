@@ -113,6 +113,9 @@ pub(crate) fn run_all(console: &Console) -> Vec<Outcome> {
     outcomes.push(check("the retransmit and drop hooks attach", || {
         hooks_attach(&report)
     }));
+    outcomes.push(check("the NAT-leak watch attaches to the uplink", || {
+        nat_leak_watch(&report)
+    }));
     outcomes.push(check(
         "the retransmit hook matches the tracepoint's layout",
         || retransmit_layout(&report, console.section("tracepoint-format")?),
@@ -180,6 +183,15 @@ fn hooks_attach(report: &Value) -> Result<String, String> {
         seen.push(format!("{name} {}", h["kind"].as_str().unwrap_or("?")));
     }
     Ok(seen.join(", "))
+}
+
+/// The tc egress program on the db uplink (before 6.6 it needs a clsact qdisc, no TCX).
+fn nat_leak_watch(report: &Value) -> Result<String, String> {
+    let h = hook(report, "tc egress (uplinks)")?;
+    match (h["status"].as_str(), h["detail"].as_str()) {
+        (Some("attached"), Some(d)) if d.contains("gmh-db-host") => Ok(d.to_owned()),
+        _ => Err(h.to_string()),
+    }
 }
 
 /// Without an `err` field in the tracepoint, the hook must say so (only sent retransmits fire).
@@ -323,7 +335,9 @@ mod tests {
             "hooks": [
                 {"name": "tcp:tcp_retransmit_skb", "kind": "tp_btf", "status": "attached",
                  "detail": "no `err` field (kernel < 6.17)"},
-                {"name": "skb:kfree_skb", "kind": "tp_btf", "status": "attached", "detail": ""}
+                {"name": "skb:kfree_skb", "kind": "tp_btf", "status": "attached", "detail": ""},
+                {"name": "tc egress (uplinks)", "kind": "tc", "status": "attached",
+                 "detail": "untranslated sources from 198.18.100.0/24 leaving gmh-db-host"}
             ],
             "flows": [{"workload": "netns:app", "retransmitted_segments": 7}],
             "drops": [{"workload": "netns:app", "reason": "NETFILTER_DROP", "packets": 5}],
@@ -336,7 +350,7 @@ mod tests {
         let outcomes = run_all(&console_with(17, &report()));
         let failed: Vec<_> = outcomes.iter().filter(|o| o.result.is_err()).collect();
         assert!(failed.is_empty(), "{failed:#?}");
-        assert_eq!(outcomes.len(), 9);
+        assert_eq!(outcomes.len(), 10);
     }
 
     #[test]
