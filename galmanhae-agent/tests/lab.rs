@@ -988,16 +988,7 @@ impl ForeignDockerd {
 
 impl Drop for ForeignDockerd {
     fn drop(&mut self) {
-        let pid = self.0.to_string();
-        let _ = galmanhae_lab::run("kill", &["-TERM", &pid]);
-        let gone = galmanhae_lab::wait_for(Duration::from_secs(20), "dockerd to stop", || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map_or(true, |s| s.contains(") Z "))
-        });
-        if gone.is_err() {
-            let _ = galmanhae_lab::run("kill", &["-KILL", &pid]);
-        }
-        let _ = galmanhae_lab::run("ip", &["link", "del", "docker0"]);
+        let _ = docker::stop_daemon(&self.0.to_string());
     }
 }
 

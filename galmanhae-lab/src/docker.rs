@@ -59,18 +59,22 @@ pub fn stop_daemon_if_ours() -> anyhow::Result<()> {
     let Ok(pid) = std::fs::read_to_string(DOCKERD_PID) else {
         return Ok(());
     };
-    let pid = pid.trim().to_owned();
-    let _ = run("kill", &["-TERM", &pid]);
+    let _ = std::fs::remove_file(DOCKERD_PID);
+    stop_daemon(pid.trim())
+}
+
+/// Stops the dockerd with `pid` (TERM, then KILL after 20 s) and removes the bridge it leaves
+/// behind: for daemons the lab or a test started.
+pub fn stop_daemon(pid: &str) -> anyhow::Result<()> {
+    let _ = run("kill", &["-TERM", pid]);
     let proc_dir = format!("/proc/{pid}");
     let stopped = wait_for(Duration::from_secs(20), "dockerd to stop", || {
         !Path::new(&proc_dir).exists()
             || std::fs::read_to_string(format!("{proc_dir}/stat")).is_ok_and(|s| s.contains(") Z "))
     });
     if stopped.is_err() {
-        let _ = run("kill", &["-KILL", &pid]);
+        let _ = run("kill", &["-KILL", pid]);
     }
-    let _ = std::fs::remove_file(DOCKERD_PID);
-    // dockerd leaves its bridge behind; the lab created it, so the lab removes it.
     if run("ip", &["link", "show", "docker0"]).is_ok() {
         run("ip", &["link", "del", "docker0"])?;
     }

@@ -83,10 +83,14 @@ pub fn check(toolchain: &str) -> Verdict {
     let Some(linker) = find_in_path("bpf-linker") else {
         return Verdict::LinkerMissing;
     };
-    let linker_major = std::fs::read(&linker)
+    decide(toolchain, &rustc, linker_llvm_major(&linker))
+}
+
+/// The LLVM major the bpf-linker binary at `path` links (None when it cannot be told).
+pub fn linker_llvm_major(path: &Path) -> Option<u32> {
+    std::fs::read(path)
         .ok()
-        .and_then(|binary| bpf_linker_llvm_major(&binary));
-    decide(toolchain, &rustc, linker_major)
+        .and_then(|binary| bpf_linker_llvm_major(&binary))
 }
 
 /// `program` on `PATH`, or in `~/.cargo/bin` where `cargo install` puts it.

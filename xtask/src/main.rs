@@ -87,22 +87,6 @@ fn sh(program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Runs a command quietly; its stdout, or an error with its stderr.
-fn capture(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| anyhow::anyhow!("running {program}: {e}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "`{program} {}` failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Builds the agent in release; returns the binary's path.
 fn build_agent() -> anyhow::Result<std::path::PathBuf> {
     build_agent_targets(&[])?;

@@ -206,9 +206,7 @@ fn installed_bpf_linker() -> Option<InstalledLinker> {
             let out = String::from_utf8_lossy(&o.stdout);
             out.split_whitespace().nth(1).map(str::to_owned)
         });
-    let llvm = fs::read(&path)
-        .ok()
-        .and_then(|binary| toolchain::bpf_linker_llvm_major(&binary));
+    let llvm = toolchain::linker_llvm_major(&path);
     Some(InstalledLinker { version, llvm })
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::report::{DiagnoseReport, DropReport};
 
-/// One diagnosed problem. `id` values are a contract (see README).
+/// One diagnosed problem. `id` values are a contract (see docs/findings.md).
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
     pub id: &'static str,

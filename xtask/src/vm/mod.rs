@@ -70,7 +70,7 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
 }
 
 fn default_kernel() -> anyhow::Result<String> {
-    let out = crate::capture("apt-cache", &["depends", DEFAULT_KERNEL_META])?;
+    let out = galmanhae_lab::run("apt-cache", &["depends", DEFAULT_KERNEL_META])?;
     out.lines()
         .find_map(|l| l.trim().strip_prefix("Depends: "))
         .filter(|p| p.starts_with("linux-image-"))
