@@ -40,7 +40,14 @@ pub(crate) const BENCH_PACKAGES: &[&str] = &[
 
 /// `cargo xtask vm-test`: qemu, the initramfs packer, and kmod's modprobe and depmod for the
 /// guest kernel's modules.
-const VM_PACKAGES: &[&str] = &["qemu-system-x86", "cpio", "kmod"];
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "cpio",
+    "kmod",
+    "busybox-static",
+    "iproute2",
+    "bpftool",
+];
 
 /// Packages whose maintainer scripts would start a service on a systemd host (Debian's
 /// prometheus serves :9090 and scrapes from then on): installed with service starts refused.

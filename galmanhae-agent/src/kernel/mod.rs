@@ -2,6 +2,7 @@
 //! Only this module knows offsets.
 
 pub mod btf;
+pub(crate) mod clsact;
 pub mod kallsyms;
 pub mod mounts;
 pub mod prereq;

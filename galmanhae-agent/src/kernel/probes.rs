@@ -128,6 +128,8 @@ pub struct Probes {
     recursion_misses_offset: Option<u32>,
     /// Holds `BPF_ENABLE_STATS` on while loaded (needs `CAP_SYS_ADMIN`).
     stats: Option<OwnedFd>,
+    /// Interfaces (ifindex, name) where the agent added a clsact qdisc, removed on drop.
+    added_clsact: Vec<(u32, String)>,
 }
 
 /// A tracepoint program of the object.
@@ -251,6 +253,7 @@ impl Probes {
             uplinks: BTreeMap::new(),
             recursion_misses_offset,
             stats,
+            added_clsact: Vec::new(),
         })
     }
 
@@ -298,6 +301,10 @@ impl Probes {
                 names.join(", ")
             }
         );
+        if !self.added_clsact.is_empty() {
+            hook.detail
+                .push_str(" (no TCX before 6.6: a clsact qdisc added, removed on exit)");
+        }
         for (name, error) in &failures {
             let _ = write!(hook.detail, "; {name}: {error}");
         }
@@ -341,6 +348,7 @@ impl Probes {
             let result = program.attach(name, TcAttachType::Egress).or_else(|first| {
                 if aya::programs::tc::qdisc_add_clsact(name).is_ok() {
                     log::info!("{name}: added a clsact qdisc for the NAT-leak watch");
+                    self.added_clsact.push((*ifindex, name.clone()));
                     program.attach(name, TcAttachType::Egress)
                 } else {
                     Err(first)
@@ -387,6 +395,27 @@ impl Probes {
             run_time: info.run_time(),
             missed,
         })
+    }
+}
+
+impl Drop for Probes {
+    /// Detaches the NAT-leak watch first, then removes the clsact qdiscs it added.
+    fn drop(&mut self) {
+        if self.added_clsact.is_empty() {
+            return;
+        }
+        if let Some(program) = self.ebpf.program_mut(NAT_LEAK_PROGRAM) {
+            let classifier: Result<&mut SchedClassifier, _> = program.try_into();
+            if let Ok(classifier) = classifier {
+                let _ = classifier.unload();
+            }
+        }
+        for (ifindex, name) in &self.added_clsact {
+            match super::clsact::remove_if_unused(*ifindex) {
+                Ok(()) => log::info!("{name}: removed the clsact qdisc the agent added"),
+                Err(e) => log::warn!("{name}: left the clsact qdisc the agent added: {e}"),
+            }
+        }
     }
 }
 

@@ -1,62 +1,24 @@
-//! What the guest printed, read into sections and facts, and the checks made on it. Pure: the
-//! guest only runs commands; every comparison happens here.
-
-use std::collections::BTreeMap;
+//! The checks made on one guest run. Pure: the guest only runs commands and prints; every
+//! comparison happens here, against the guest kernel's own counters where there is one.
 
 use serde_json::Value;
 
-/// The guest's console, split at its `=== BEGIN name` / `=== END rc=N` and `=== FACT k=v` lines.
-#[derive(Debug, Default)]
-pub(crate) struct Console {
-    pub(crate) sections: BTreeMap<String, (String, i32)>,
-    pub(crate) facts: BTreeMap<String, String>,
-    pub(crate) done: bool,
-}
+use super::console::{Console, programs, retrans_segs, rule_packets, sample};
 
-impl Console {
-    pub(crate) fn parse(text: &str) -> Self {
-        let mut console = Self::default();
-        let mut open: Option<(String, String)> = None;
-        // The console's first line carries the firmware's escape codes before the marker.
-        let lines = text.lines().map(|l| l.trim_end_matches('\r')).map(|l| {
-            match (l.contains('\u{1b}'), l.find("=== ")) {
-                (true, Some(at)) => &l[at..],
-                _ => l,
-            }
-        });
-        for line in lines {
-            if let Some((name, body)) = &mut open {
-                if let Some(rc) = line.strip_prefix("=== END rc=") {
-                    let rc = rc.trim().parse().unwrap_or(-1);
-                    console
-                        .sections
-                        .insert(name.clone(), (std::mem::take(body), rc));
-                    open = None;
-                } else {
-                    body.push_str(line);
-                    body.push('\n');
-                }
-            } else if let Some(name) = line.strip_prefix("=== BEGIN ") {
-                open = Some((name.trim().to_owned(), String::new()));
-            } else if let Some((k, v)) = line
-                .strip_prefix("=== FACT ")
-                .and_then(|f| f.split_once('='))
-            {
-                console.facts.insert(k.to_owned(), v.to_owned());
-            } else if line.starts_with("=== DONE") {
-                console.done = true;
-            }
-        }
-        console
-    }
+/// The guest's scenarios, each observed by its own `galmanhae diagnose`.
+pub(crate) const SCENARIOS: &[&str] = &["loss", "pmtu", "syn", "conntrack"];
 
-    fn section(&self, name: &str) -> Result<&str, String> {
-        self.sections
-            .get(name)
-            .map(|(body, _)| body.as_str())
-            .ok_or_else(|| format!("the guest printed no `{name}` section"))
-    }
-}
+/// The eBPF programs of the agent, as `bpftool` lists them.
+const PROGRAMS: &[&str] = &[
+    "tcp_rtx_skb_btf",
+    "tcp_retransmit_skb",
+    "tcp_retransmit_synack",
+    "kfree_skb_btf",
+    "kfree_skb",
+    "nat_leak_egress",
+    "conntrack_confirm_kprobe",
+    "conntrack_confirm_fentry",
+];
 
 /// One check's outcome.
 #[derive(Debug)]
@@ -65,26 +27,12 @@ pub(crate) struct Outcome {
     pub(crate) result: Result<String, String>,
 }
 
-/// `Tcp: RetransSegs` from the two `Tcp:` lines of /proc/net/snmp.
-pub(crate) fn retrans_segs(snmp: &str) -> Result<u64, String> {
-    let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (lines.next(), lines.next());
-    let (Some(names), Some(values)) = (names, values) else {
-        return Err(format!("no Tcp: header and values in {snmp:?}"));
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "RetransSegs")
-        .and_then(|(_, v)| v.parse().ok())
-        .ok_or_else(|| format!("no RetransSegs in {snmp:?}"))
+fn check(name: &'static str, f: impl FnOnce() -> Result<String, String>) -> Outcome {
+    Outcome { name, result: f() }
 }
 
 /// Every check on one guest run.
 pub(crate) fn run_all(console: &Console) -> Vec<Outcome> {
-    let report = console
-        .section("report")
-        .and_then(|r| serde_json::from_str::<Value>(r).map_err(|e| format!("report JSON: {e}")));
     let mut outcomes = vec![
         check("guest ran to the end", || {
             console
@@ -93,57 +41,72 @@ pub(crate) fn run_all(console: &Console) -> Vec<Outcome> {
                 .ok_or_else(|| "no === DONE".to_owned())
         }),
         check("the guest lab was set up", || lab_set_up(console)),
-        check("diagnose exits 0", || {
-            match console.facts.get("diagnose-exit").map(String::as_str) {
-                Some("0") => Ok("exit 0".to_owned()),
-                other => Err(format!("exit {other:?}")),
-            }
+        check("diagnose exits 0 in every scenario", || {
+            diagnose_exits(console)
         }),
     ];
-    let report = match report {
-        Ok(report) => report,
-        Err(e) => {
-            outcomes.push(Outcome {
-                name: "the report parses",
-                result: Err(e),
-            });
-            return outcomes;
-        }
+    let report = |name: &str| {
+        console
+            .section(&format!("report-{name}"))
+            .and_then(|r| serde_json::from_str::<Value>(r).map_err(|e| format!("report JSON: {e}")))
     };
-    outcomes.push(check("the retransmit and drop hooks attach", || {
-        hooks_attach(&report)
+    match report("loss") {
+        Ok(r) => outcomes.extend(loss(console, &r)),
+        Err(e) => outcomes.push(check("the loss report parses", || Err(e))),
+    }
+    outcomes.push(check("pmtu: app has a high path_mtu, web none", || {
+        pmtu(&report("pmtu")?)
     }));
-    outcomes.push(check("the NAT-leak watch attaches to the uplink", || {
-        nat_leak_watch(&report)
+    outcomes.push(check("syn: app has syn_retransmits, web none", || {
+        syn(&report("syn")?)
     }));
     outcomes.push(check(
-        "the retransmit hook matches the tracepoint's layout",
-        || retransmit_layout(&report, console.section("tracepoint-format")?),
+        "conntrack: the host's table is conntrack_full, app's flows",
+        || conntrack_full(&report("conntrack")?),
     ));
-    for ns in ["app", "web"] {
-        outcomes.push(check(
-            if ns == "app" {
-                "app: flow segments = its RetransSegs"
-            } else {
-                "web: flow segments = its RetransSegs"
-            },
-            || exact_retransmits(&report, console, ns),
-        ));
+    outcomes.extend(super::daemon::checks(console));
+    outcomes
+}
+
+/// The hooks, exact counts and the finding of the first scenario (random loss, local drops).
+fn loss(console: &Console, report: &Value) -> Vec<Outcome> {
+    let mut outcomes = vec![
+        check("the retransmit and drop hooks attach", || {
+            hooks_attach(report)
+        }),
+        check("the NAT-leak watch attaches to the uplink", || {
+            nat_leak_watch(report)
+        }),
+        check(
+            "the retransmit hook matches the tracepoint's layout",
+            || retransmit_layout(report, console.section("tracepoint-format")?),
+        ),
+        check("the conntrack hook runs once per new entry", || {
+            conntrack_hook(report, console)
+        }),
+    ];
+    for (ns, name) in [
+        ("app", "app: flow segments = its RetransSegs"),
+        ("web", "web: flow segments = its RetransSegs"),
+    ] {
+        outcomes.push(check(name, || exact_retransmits(report, console, ns)));
     }
     outcomes.push(check(
         "app: its drops equal the iptables rule's counter",
-        || drops_equal_rule(&report, console.section("iptables-drops")?),
+        || drops_equal_rule(report, console.section("iptables-drops")?),
     ));
-    outcomes.push(check("app has local_drops, web no finding", || {
-        findings(&report)
+    outcomes.push(check("loss: app has local_drops, web none", || {
+        let ids = findings_of(report, "netns:app", "local_drops")?;
+        none_for(report, "netns:web")?;
+        Ok(format!("app: {ids}"))
     }));
     outcomes
 }
 
-/// The lab's own commands (modules, NAT, loss) succeeded: otherwise the rest means nothing.
+/// The lab's own commands succeeded: otherwise the rest means nothing.
 fn lab_set_up(console: &Console) -> Result<String, String> {
     let mut done = Vec::new();
-    for name in ["modprobe", "nat", "loss"] {
+    for name in ["modprobe", "nat", "loss", "pmtu", "syn", "conntrack"] {
         let (body, rc) = console
             .sections
             .get(name)
@@ -156,11 +119,20 @@ fn lab_set_up(console: &Console) -> Result<String, String> {
     Ok(done.join(", "))
 }
 
-fn check(name: &'static str, f: impl FnOnce() -> Result<String, String>) -> Outcome {
-    Outcome { name, result: f() }
+fn diagnose_exits(console: &Console) -> Result<String, String> {
+    for scenario in SCENARIOS {
+        let exit = console.facts.get(&format!("diagnose-exit-{scenario}"));
+        if exit.map(String::as_str) != Some("0") {
+            let stderr = console
+                .section(&format!("diagnose-stderr-{scenario}"))
+                .unwrap_or_default();
+            return Err(format!("{scenario}: exit {exit:?}: {}", stderr.trim()));
+        }
+    }
+    Ok(format!("{} runs", SCENARIOS.len()))
 }
 
-fn array<'a>(report: &'a Value, key: &str) -> Result<&'a Vec<Value>, String> {
+pub(crate) fn array<'a>(report: &'a Value, key: &str) -> Result<&'a Vec<Value>, String> {
     report[key]
         .as_array()
         .ok_or_else(|| format!("the report has no `{key}` array"))
@@ -213,6 +185,27 @@ fn retransmit_layout(report: &Value, format: &str) -> Result<String, String> {
     ))
 }
 
+/// Where the optional `__nf_conntrack_confirm` hook attaches (kprobes on), its runs equal the
+/// entries the host's table gained: the only namespace with conntrack in this scenario, and no
+/// entry expires in its seconds.
+fn conntrack_hook(report: &Value, console: &Console) -> Result<String, String> {
+    let h = hook(report, "__nf_conntrack_confirm")?;
+    if h["status"] != "attached" {
+        return Ok(format!("not attached here: {}", h["detail"]));
+    }
+    let gained = console
+        .number("conntrack-count-after-loss")?
+        .saturating_sub(console.number("conntrack-count-before-loss")?);
+    let runs = h["runs"].as_u64().ok_or_else(|| format!("no runs: {h}"))?;
+    if runs != gained || gained == 0 {
+        return Err(format!(
+            "{} runs, the table gained {gained} entries",
+            h["kind"]
+        ));
+    }
+    Ok(format!("{} {runs} runs = {gained} new entries", h["kind"]))
+}
+
 fn exact_retransmits(report: &Value, console: &Console, ns: &str) -> Result<String, String> {
     let before = retrans_segs(console.section(&format!("snmp-before-{ns}"))?)?;
     let after = retrans_segs(console.section(&format!("snmp-after-{ns}"))?)?;
@@ -234,153 +227,137 @@ fn exact_retransmits(report: &Value, console: &Console, ns: &str) -> Result<Stri
     Ok(format!("{flows} = {kernel}"))
 }
 
-/// The `pkts` of the statistic DROP rule in `iptables -L FORWARD -v -x -n`.
-pub(crate) fn rule_packets(listing: &str) -> Result<u64, String> {
-    listing
-        .lines()
-        .find(|l| l.contains("DROP") && l.contains("statistic"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| format!("no statistic DROP rule in {listing:?}"))
+fn drops_of<'a>(report: &'a Value, workload: &str) -> Result<Vec<&'a Value>, String> {
+    Ok(array(report, "drops")?
+        .iter()
+        .filter(|d| d["workload"] == workload)
+        .collect())
 }
 
 fn drops_equal_rule(report: &Value, listing: &str) -> Result<String, String> {
     let rule = rule_packets(listing)?;
-    let counted: u64 = array(report, "drops")?
+    let counted: u64 = drops_of(report, "netns:app")?
         .iter()
-        .filter(|d| d["workload"] == "netns:app" && d["reason"] == "NETFILTER_DROP")
+        .filter(|d| d["reason"] == "NETFILTER_DROP")
         .filter_map(|d| d["packets"].as_u64())
         .sum();
     if counted != rule || rule == 0 {
         return Err(format!("NETFILTER_DROP {counted}, the rule dropped {rule}"));
     }
-    Ok(format!("{counted} = {rule}"))
+    Ok(format!(
+        "{counted} = {rule} (reason named from the kernel's BTF)"
+    ))
 }
 
-fn findings(report: &Value) -> Result<String, String> {
-    let all = array(report, "findings")?;
-    let about = |w: &str| {
-        all.iter()
-            .filter(|f| f["workload"] == w)
-            .collect::<Vec<_>>()
-    };
-    let app = about("netns:app");
-    if !app.iter().any(|f| f["id"] == "local_drops") {
-        return Err(format!("no local_drops for netns:app: {app:?}"));
+/// The finding `id` about `workload`; the ids of all its findings.
+fn findings_of(report: &Value, workload: &str, id: &str) -> Result<String, String> {
+    let about: Vec<&Value> = array(report, "findings")?
+        .iter()
+        .filter(|f| f["workload"] == workload)
+        .collect();
+    if !about.iter().any(|f| f["id"] == id) {
+        return Err(format!("no {id} for {workload}: {about:?}"));
     }
-    let web = about("netns:web");
-    if !web.is_empty() {
-        return Err(format!("netns:web should have none: {web:?}"));
+    let ids: Vec<&str> = about.iter().filter_map(|f| f["id"].as_str()).collect();
+    Ok(ids.join(", "))
+}
+
+fn finding<'a>(report: &'a Value, workload: &str, id: &str) -> Result<&'a Value, String> {
+    findings_of(report, workload, id)?;
+    array(report, "findings")?
+        .iter()
+        .find(|f| f["workload"] == workload && f["id"] == id)
+        .ok_or_else(|| format!("no {id} for {workload}"))
+}
+
+fn none_for(report: &Value, workload: &str) -> Result<(), String> {
+    let about: Vec<&Value> = array(report, "findings")?
+        .iter()
+        .filter(|f| f["workload"] == workload)
+        .collect();
+    if about.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{workload} should have no finding: {about:?}"))
     }
-    let ids: Vec<&str> = app.iter().filter_map(|f| f["id"].as_str()).collect();
-    Ok(format!("app: {}", ids.join(", ")))
+}
+
+/// Packets too big for the 1280 egress, dropped with `PKT_TOO_BIG`, and the host's ICMP about
+/// them dropped too.
+fn pmtu(report: &Value) -> Result<String, String> {
+    let f = finding(report, "netns:app", "path_mtu")?;
+    if f["severity"] != "high" {
+        return Err(format!("severity {}: {f}", f["severity"]));
+    }
+    let drops = drops_of(report, "netns:app")?;
+    let too_big: u64 = drops
+        .iter()
+        .filter(|d| d["reason"] == "PKT_TOO_BIG")
+        .filter_map(|d| d["packets"].as_u64())
+        .sum();
+    let icmp: u64 = drops
+        .iter()
+        .filter_map(|d| d["icmp_too_big"].as_u64())
+        .sum();
+    if too_big == 0 || icmp == 0 {
+        return Err(format!(
+            "PKT_TOO_BIG {too_big}, ICMP dropped {icmp}: {drops:?}"
+        ));
+    }
+    none_for(report, "netns:web")?;
+    Ok(format!(
+        "{too_big} PKT_TOO_BIG, {icmp} ICMP frag-needed dropped"
+    ))
+}
+
+/// Two connections to the black-holed port, 4 s each: at least 2 SYN retransmits each.
+fn syn(report: &Value) -> Result<String, String> {
+    let f = finding(report, "netns:app", "syn_retransmits")?;
+    if !f["flows"].to_string().contains("198.19.0.2:5433") {
+        return Err(format!("the finding does not name the port: {f}"));
+    }
+    let syns: u64 = array(report, "flows")?
+        .iter()
+        .filter(|f| f["workload"] == "netns:app")
+        .filter_map(|f| f["kinds"]["syn"].as_u64())
+        .sum();
+    if syns < 4 {
+        return Err(format!("{syns} SYN retransmits, expected at least 4"));
+    }
+    none_for(report, "netns:web")?;
+    Ok(format!("{syns} SYN retransmits to 198.19.0.2:5433"))
+}
+
+fn conntrack_full(report: &Value) -> Result<String, String> {
+    let f = finding(report, "host", "conntrack_full")?;
+    let flows = f["flows"].to_string();
+    if f["severity"] != "high" || !flows.contains("netns:app") || flows.contains("netns:web") {
+        return Err(format!("{f}"));
+    }
+    none_for(report, "netns:web")?;
+    let host = array(report, "conntrack")?
+        .iter()
+        .find(|c| c["namespace"] == "host")
+        .ok_or("no host conntrack")?;
+    Ok(format!(
+        "drop +{}, early_drop +{}",
+        host["drop"], host["early_drop"]
+    ))
+}
+
+/// The loaded programs of ours in a `bpftool prog show` section.
+pub(crate) fn our_programs<'a>(
+    console: &'a Console,
+    section: &str,
+) -> Result<Vec<&'a str>, String> {
+    Ok(programs(console.section(section)?, PROGRAMS))
+}
+
+/// The sum of a metric's samples in the `metrics` section.
+pub(crate) fn metric(console: &Console, name: &str, labels: &[&str]) -> Result<f64, String> {
+    sample(console.section("metrics")?, name, labels)
+        .ok_or_else(|| format!("/metrics has no {name}{{{}}}", labels.join(",")))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SNMP: &str =
-        "Tcp: RtoAlgorithm RtoMin OutSegs RetransSegs InErrs\nTcp: 1 200 1000 42 0\n";
-
-    #[test]
-    fn console_sections_and_facts() {
-        let text = "noise\r\n\u{1b}c\u{1b}[2J=== FACT kernel=6.1.0\n=== BEGIN a\nx\ny\n=== END rc=3\n=== DONE\n";
-        let c = Console::parse(text);
-        assert_eq!(c.facts["kernel"], "6.1.0");
-        assert_eq!(c.sections["a"], ("x\ny\n".to_owned(), 3));
-        assert!(c.done);
-        assert!(!Console::parse("=== BEGIN a\nunfinished").done);
-    }
-
-    #[test]
-    fn reads_retrans_segs_and_rule_packets() {
-        assert_eq!(retrans_segs(SNMP), Ok(42));
-        assert!(retrans_segs("Tcp: x\n").is_err());
-        let listing = "Chain FORWARD (policy ACCEPT 0 packets, 0 bytes)\n    pkts      bytes target prot opt in out source destination\n      17     1234 DROP   0    --  *  *   198.18.100.2 0.0.0.0/0 statistic mode random probability 0.05000000000\n";
-        assert_eq!(rule_packets(listing), Ok(17));
-    }
-
-    fn console_with(app_after: u64, report: &Value) -> Console {
-        let snmp = |n: u64| (format!("Tcp: RetransSegs\nTcp: {n}\n"), 0);
-        let mut c = Console {
-            done: true,
-            ..Console::default()
-        };
-        c.facts.insert("diagnose-exit".into(), "0".into());
-        for (name, n) in [
-            ("snmp-before-app", 10),
-            ("snmp-after-app", app_after),
-            ("snmp-before-web", 0),
-            ("snmp-after-web", 0),
-        ] {
-            c.sections.insert(name.into(), snmp(n));
-        }
-        for name in ["modprobe", "nat", "loss"] {
-            c.sections.insert(name.into(), (String::new(), 0));
-        }
-        c.sections.insert(
-            "tracepoint-format".into(),
-            ("field:__u16 sport;\n".into(), 0),
-        );
-        c.sections.insert(
-            "iptables-drops".into(),
-            ("      5  100 DROP statistic\n".into(), 0),
-        );
-        c.sections.insert("report".into(), (report.to_string(), 0));
-        c
-    }
-
-    fn report() -> Value {
-        serde_json::json!({
-            "hooks": [
-                {"name": "tcp:tcp_retransmit_skb", "kind": "tp_btf", "status": "attached",
-                 "detail": "no `err` field (kernel < 6.17)"},
-                {"name": "skb:kfree_skb", "kind": "tp_btf", "status": "attached", "detail": ""},
-                {"name": "tc egress (uplinks)", "kind": "tc", "status": "attached",
-                 "detail": "untranslated sources from 198.18.100.0/24 leaving gmh-db-host"}
-            ],
-            "flows": [{"workload": "netns:app", "retransmitted_segments": 7}],
-            "drops": [{"workload": "netns:app", "reason": "NETFILTER_DROP", "packets": 5}],
-            "findings": [{"id": "local_drops", "workload": "netns:app"}]
-        })
-    }
-
-    #[test]
-    fn a_matching_run_passes_every_check() {
-        let outcomes = run_all(&console_with(17, &report()));
-        let failed: Vec<_> = outcomes.iter().filter(|o| o.result.is_err()).collect();
-        assert!(failed.is_empty(), "{failed:#?}");
-        assert_eq!(outcomes.len(), 10);
-    }
-
-    #[test]
-    fn a_count_off_by_one_fails_its_check_by_name() {
-        let outcomes = run_all(&console_with(18, &report()));
-        let failed: Vec<_> = outcomes.iter().filter(|o| o.result.is_err()).collect();
-        assert_eq!(failed.len(), 1, "{failed:#?}");
-        assert_eq!(failed[0].name, "app: flow segments = its RetransSegs");
-        assert!(
-            failed[0]
-                .result
-                .as_ref()
-                .unwrap_err()
-                .contains("flows 7, RetransSegs grew by 8")
-        );
-    }
-
-    #[test]
-    fn a_hook_claiming_the_wrong_layout_fails() {
-        let mut r = report();
-        r["hooks"][0]["detail"] = "`err` field present".into();
-        let outcomes = run_all(&console_with(17, &r));
-        let failed: Vec<_> = outcomes
-            .iter()
-            .filter(|o| o.result.is_err())
-            .map(|o| o.name)
-            .collect();
-        assert_eq!(
-            failed,
-            ["the retransmit hook matches the tracepoint's layout"]
-        );
-    }
-}
+mod tests;

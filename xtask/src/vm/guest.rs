@@ -21,16 +21,21 @@ pub(crate) const MODULES: &[&str] = &[
     "xt_MASQUERADE",
     "sch_ingress",
     "cls_bpf",
+    "ip_tables",
+    "xt_tcpudp",
 ];
 
 /// busybox applets the init script uses.
 const APPLETS: &[&str] = &[
     "sh", "mount", "mkdir", "cat", "echo", "sleep", "poweroff", "grep", "head", "modprobe", "kill",
+    "timeout", "seq", "wget",
 ];
 
 /// Host binaries the guest runs, copied with their libraries.
 const BINARIES: &[(&str, &str)] = &[
     ("ip", "/bin/ip"),
+    ("tc", "/sbin/tc"),
+    ("bpftool", "/sbin/bpftool"),
     ("socat", "/bin/socat"),
     ("xtables-nft-multi", "/sbin/xtables-nft-multi"),
 ];

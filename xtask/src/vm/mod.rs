@@ -4,7 +4,10 @@
 //! the host but files under `target/xtask/vm`.
 
 mod checks;
+mod console;
+mod daemon;
 mod guest;
+mod kernels;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,7 +60,7 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     boot(&kernel, &release, &initrd, &console)?;
     let text = std::fs::read_to_string(&console)?;
-    let parsed = checks::Console::parse(&text);
+    let parsed = console::Console::parse(&text);
     let outcomes = checks::run_all(&parsed);
     report(
         &package,
@@ -66,7 +69,45 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
         &text,
         &console,
         started.elapsed(),
-    )
+    )?;
+    write_kernel_table(&parsed, &agent)
+}
+
+/// The README's kernel table: the guest's hooks from its report, and the host's from a
+/// one-second `diagnose` (root only; without it the host's rows stay as they were).
+fn write_kernel_table(console: &console::Console, agent: &Path) -> anyhow::Result<()> {
+    let readme_path = workspace_root().join("README.md");
+    let mut readme = std::fs::read_to_string(&readme_path)?;
+    let guest: serde_json::Value =
+        serde_json::from_str(console.section("report-loss").map_err(anyhow::Error::msg)?)?;
+    let release = console.facts.get("kernel").map_or("?", String::as_str);
+    readme = kernels::update(
+        &readme,
+        release,
+        &kernels::rows(release, "vm-test (qemu)", &guest),
+    );
+    let host = Command::new(agent)
+        .args(["diagnose", "--json", "--duration", "1s"])
+        .output()
+        .context("running the agent on the host")?;
+    match serde_json::from_slice::<serde_json::Value>(&host.stdout) {
+        Ok(report) if host.status.success() => {
+            let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+            let host_release = host_release.trim();
+            readme = kernels::update(
+                &readme,
+                host_release,
+                &kernels::rows(host_release, "vm-test (host)", &report),
+            );
+        }
+        _ => eprintln!(
+            "xtask: vm-test: the host's row of the kernel table is unchanged: diagnose on the host failed: {}",
+            String::from_utf8_lossy(&host.stderr).trim()
+        ),
+    }
+    std::fs::write(&readme_path, readme)?;
+    eprintln!("xtask: vm-test: README.md's kernel table written from this run");
+    Ok(())
 }
 
 fn default_kernel() -> anyhow::Result<String> {
@@ -175,7 +216,7 @@ fn boot(kernel: &Path, release: &str, initrd: &Path, console: &Path) -> anyhow::
 
 fn report(
     package: &str,
-    console: &checks::Console,
+    console: &console::Console,
     outcomes: &[checks::Outcome],
     text: &str,
     log: &Path,
@@ -194,7 +235,7 @@ fn report(
     }
     if let Some(hooks) = console
         .sections
-        .get("report")
+        .get("report-loss")
         .and_then(|(r, _)| serde_json::from_str::<serde_json::Value>(r).ok())
         .and_then(|r| r["hooks"].as_array().cloned())
     {
@@ -220,7 +261,7 @@ fn report(
     }
     eprintln!("--- the guest's output ---");
     for (name, (body, rc)) in &console.sections {
-        if name != "report" {
+        if !name.starts_with("report-") && name != "metrics" {
             eprintln!("[{name}] rc={rc}\n{body}");
         }
     }
