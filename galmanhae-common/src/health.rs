@@ -17,16 +17,19 @@ pub enum HealthCounter {
     DropOverflowFull = 4,
     /// An untranslated packet whose flow did not fit in `LEAKS`: lost.
     LeakMapFull = 5,
+    /// A socket's RTO or SYN timeout that did not fit in `TIME_LOST`: its time is lost.
+    TimeMapFull = 6,
 }
 
 impl HealthCounter {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::FlowMapFull,
         Self::OverflowMapFull,
         Self::ReadError,
         Self::DropMapFull,
         Self::DropOverflowFull,
         Self::LeakMapFull,
+        Self::TimeMapFull,
     ];
     #[expect(clippy::cast_possible_truncation, reason = "a handful of counters")]
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -39,6 +42,7 @@ impl HealthCounter {
             Self::DropMapFull => "drop_map_full",
             Self::DropOverflowFull => "drop_overflow_full",
             Self::LeakMapFull => "leak_map_full",
+            Self::TimeMapFull => "time_map_full",
         }
     }
 }

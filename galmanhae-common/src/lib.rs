@@ -9,6 +9,7 @@ pub mod health;
 pub mod leak;
 pub mod offsets;
 pub mod retransmit;
+pub mod stall;
 
 /// An IPv4 address as the maps keep it: v4-mapped IPv6 (`::ffff:a.b.c.d`).
 #[expect(

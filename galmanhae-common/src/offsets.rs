@@ -114,6 +114,9 @@ pub struct StructOffsets {
     /// `struct tcp_sock` -> `total_retrans`: the kernel adds to it exactly the segments it adds
     /// to `RetransSegs`, in the same statement.
     pub tcp_total_retrans: u32,
+    /// `struct tcp_sock` -> `retrans_stamp`: in `SYN_SENT`, when the first SYN was sent
+    /// (`tcp_time_stamp`, milliseconds of the monotonic clock).
+    pub tcp_retrans_stamp: u32,
 }
 
 /// `struct sock` -> `__sk_common` members: what the `tcp:tcp_retransmit_skb` record copies
@@ -197,6 +200,7 @@ impl KernelOffsets {
             ct_orig_src_port: ABSENT,
             ct_orig_l3num: ABSENT,
             tcp_total_retrans: ABSENT,
+            tcp_retrans_stamp: ABSENT,
         },
         sock: SockOffsets {
             family: ABSENT,
@@ -211,6 +215,6 @@ impl KernelOffsets {
     };
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 76 + 32);
+const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 80 + 32);
 
 crate::impl_pod!(KernelOffsets);

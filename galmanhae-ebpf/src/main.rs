@@ -16,6 +16,7 @@ mod leak;
 mod maps;
 mod packet;
 mod retransmit;
+mod stall;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
@@ -54,6 +55,28 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 )]
 pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
     retransmit::on_retransmit_synack(&ctx);
+    0
+}
+
+/// `tcp_cong_state_set` as a BTF tracepoint: RTO recoveries begin and end (time lost).
+#[btf_tracepoint(function = "tcp_cong_state_set")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
+pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
+    stall::on_cong_state_set(&ctx);
+    0
+}
+
+/// `inet_sock_set_state` as a BTF tracepoint: a timed-out handshake or recovery ends.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    stall::on_inet_sock_set_state(&ctx);
     0
 }
 

@@ -246,7 +246,7 @@ pub fn on_retransmit_synack(ctx: &TracePointContext) {
 
 /// The flow of a socket, from its `sock_common`: what the tracepoint record copies out.
 #[inline(always)]
-fn socket_flow_key<M: Memory>(sk: u64) -> FlowKey {
+pub(crate) fn socket_flow_key<M: Memory>(sk: u64) -> FlowKey {
     let family = M::at::<u16>(sk, offset!(sock.family)).unwrap_or(0);
     let (local_addr, remote_addr) = if family == AF_INET6 {
         (

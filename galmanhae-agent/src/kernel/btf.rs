@@ -278,6 +278,7 @@ pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), B
     let ct_orig_l3num = orig_src("l3num");
     // https://elixir.bootlin.com/linux/v6.18/source/include/linux/tcp.h (struct tcp_sock)
     let tcp_total_retrans = optional(btf.offset_of("tcp_sock", "total_retrans"));
+    let tcp_retrans_stamp = optional(btf.offset_of("tcp_sock", "retrans_stamp"));
     // tcp_skb_pcount(): TCP_SKB_CB(skb)->tcp_gso_segs, skb->cb holds struct tcp_skb_cb.
     let skb_tcp_gso_segs = match (
         btf.offset_of("sk_buff", "cb"),
@@ -317,6 +318,7 @@ pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), B
             ct_orig_src_port,
             ct_orig_l3num,
             tcp_total_retrans,
+            tcp_retrans_stamp,
         },
         notes,
     ))

@@ -20,6 +20,7 @@ use galmanhae_common::{
     leak::V4_MAPPED_PREFIX,
     offsets::{ABSENT, KernelOffsets, KfreeSkbFields, RetransmitSkbFields, RetransmitSynackFields},
     retransmit::{FLOW_MAP_CAPACITY, OVERFLOW_MAP_CAPACITY},
+    stall::TIME_LOST_CAPACITY,
 };
 use ipnet::IpNet;
 
@@ -160,6 +161,17 @@ const RETRANSMIT_SYNACK: TracepointSpec = TracepointSpec {
 };
 
 const NAT_LEAK_PROGRAM: &str = "nat_leak_egress";
+/// The time-lost programs: BTF tracepoints only (their records carry no socket state to read).
+const CONG_STATE_SET: TracepointSpec = TracepointSpec {
+    program: "tcp_cong_state_set",
+    category: "tcp",
+    name: "tcp_cong_state_set",
+};
+const INET_SOCK_SET_STATE: TracepointSpec = TracepointSpec {
+    program: "inet_sock_set_state",
+    category: "sock",
+    name: "inet_sock_set_state",
+};
 
 /// The uplinks attached to (ifindex, name), and those that failed (name, why).
 type UplinkAttachments = (Vec<(u32, String)>, Vec<(String, String)>);
@@ -185,6 +197,7 @@ impl Probes {
         let drop_reasons = DropReasons::resolve(&btf, drop_format.as_ref().ok());
         let drops = drop_format.and_then(|f| f.kfree_skb());
         let recursion_misses_offset = btf.offset_of("bpf_prog_info", "recursion_misses").ok();
+        let rto_counters = btf.offset_of("tcp_sock", "total_rto_time").is_ok();
         // Done with our parse before aya makes its own below.
         drop(btf);
         if let Ok(fields) = &drops {
@@ -208,6 +221,7 @@ impl Probes {
             .map_max_entries("RETRANSMIT_OVERFLOW", OVERFLOW_MAP_CAPACITY)
             .map_max_entries("DROPS", DROP_MAP_CAPACITY)
             .map_max_entries("DROP_OVERFLOW", DROP_OVERFLOW_CAPACITY)
+            .map_max_entries("TIME_LOST", TIME_LOST_CAPACITY)
             .load(PROGRAMS)?;
 
         // aya's own parse of the kernel's BTF (it needs it to load BTF-typed programs); about
@@ -217,12 +231,13 @@ impl Probes {
         } else {
             aya::Btf::from_sys_fs().map_err(|e| e.to_string())
         };
-        let hooks = attach_all(
+        let mut hooks = attach_all(
             &mut ebpf,
             aya_btf.as_ref(),
             (skb, synack, drops),
             &drop_reasons,
         );
+        hooks.extend(attach_time_lost(&mut ebpf, aya_btf.as_ref(), rto_counters));
 
         let stats = if options.bpf_stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -539,6 +554,59 @@ fn attach_preferring_btf(
             hook
         }
     }
+}
+
+/// The two time-lost hooks, each attached or unavailable with why: without them every other
+/// count stands, only `time_lost` is missing.
+fn attach_time_lost(
+    ebpf: &mut Ebpf,
+    btf: Result<&aya::Btf, &String>,
+    rto_counters: bool,
+) -> Vec<Hook> {
+    let clock = if rto_counters {
+        "the kernel's own total_rto_time (6.7+) agrees in the tests"
+    } else {
+        "no total_rto_time in this kernel (before 6.7): event timestamps only"
+    };
+    [
+        (
+            &CONG_STATE_SET,
+            format!("time lost: RTO recoveries timed from entering to leaving TCP_CA_Loss; {clock}"),
+        ),
+        (
+            &INET_SOCK_SET_STATE,
+            "time lost: ends timed-out handshakes (established or closed) and recoveries at close"
+                .to_owned(),
+        ),
+    ]
+    .into_iter()
+    .map(|(spec, detail)| {
+        let attached = (|| -> Result<(), Box<dyn std::error::Error>> {
+            let btf = btf.map_err(|e| format!("kernel BTF for aya: {e}"))?;
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(spec.program)
+                .ok_or("no tp_btf program in the object")?
+                .try_into()?;
+            program.load(spec.name, btf)?;
+            program.attach()?;
+            Ok(())
+        })();
+        let (status, detail) = match attached {
+            Ok(()) => (HookStatus::Attached, detail),
+            Err(e) => (
+                HookStatus::Unavailable,
+                format!("time lost is not measured: tp_btf refused: {}", error_chain(e.as_ref())),
+            ),
+        };
+        Hook {
+            name: format!("{}:{}", spec.category, spec.name),
+            kind: "tp_btf",
+            status,
+            detail,
+            program: spec.program,
+        }
+    })
+    .collect()
 }
 
 /// The function the optional conntrack hook watches.

@@ -1,0 +1,175 @@
+//! `tcp:tcp_cong_state_set` and `sock:inet_sock_set_state`: the time a socket loses to
+//! retransmission timeouts, per socket, in the kernel.
+//!
+//! Every RTO calls `tcp_enter_loss()`, which sets `TCP_CA_Loss`; the tracepoint fires before
+//! the state is stored, so the socket still holds the previous one. A recovery runs from the
+//! first timeout to the first change out of `TCP_CA_Loss`, or to the socket's close. A
+//! timeout in `SYN_SENT` is the handshake's: it runs from the first SYN to established or
+//! closed. Only sockets that time out get an entry: the cost follows the sockets in trouble.
+//! <https://elixir.bootlin.com/linux/v6.18/source/net/ipv4/tcp_input.c> (`tcp_set_ca_state`)
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
+    macros::map,
+    maps::HashMap,
+    programs::BtfTracePointContext,
+};
+use galmanhae_common::{
+    health::HealthCounter,
+    stall::{CLOSED, IN_SYN, SYN_START_ESTIMATED, SocketTime, TIME_LOST_CAPACITY},
+};
+
+use crate::{
+    health,
+    kernel::{Direct, Memory, offset},
+    retransmit::socket_flow_key,
+};
+
+#[map]
+static TIME_LOST: HashMap<u64, SocketTime> =
+    HashMap::with_max_entries(TIME_LOST_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// `include/net/tcp_states.h`
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: u8 = 2;
+const TCP_CLOSE: i32 = 7;
+/// `enum tcp_ca_state`
+const TCP_CA_LOSS: u8 = 4;
+/// `TCP_TIMEOUT_INIT`: the first SYN's timeout, when `retrans_stamp` cannot say.
+const INITIAL_RTO_NS: u64 = 1_000_000_000;
+/// A handshake older than this is not what `retrans_stamp` means (a wrapped or unset stamp).
+const MAX_SYN_AGE_MS: u32 = 600_000;
+const NS_PER_MS: u64 = 1_000_000;
+
+/// What a socket's entry is created from (zeros, from memory, not the stack).
+// SAFETY: every field is an integer or an array of them: all zeros is a valid value.
+static EMPTY: SocketTime = unsafe { core::mem::zeroed() };
+
+/// `tp_btf/tcp_cong_state_set(sk, ca_state)`.
+pub fn on_cong_state_set(ctx: &BtfTracePointContext) {
+    let sk: u64 = ctx.arg(0);
+    let new = (ctx.arg::<u64>(1) & 0xff) as u8;
+    // SAFETY: any socket; null for one that is not a full TCP socket.
+    let tcp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
+    let old = Direct::bits(tcp, offset!(structs.icsk_ca_state));
+    if new != TCP_CA_LOSS && old != Some(TCP_CA_LOSS) {
+        return;
+    }
+    // SAFETY: takes any socket.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if new == TCP_CA_LOSS {
+        timeout(cookie, sk, tcp, now);
+    } else if let Some(entry) = TIME_LOST.get_ptr_mut(cookie) {
+        // SAFETY: this socket's entry; its state changes run under its lock.
+        end_recovery(unsafe { &mut *entry }, now);
+    }
+}
+
+/// A retransmission timeout: the first of a recovery starts it.
+#[inline(always)]
+fn timeout(cookie: u64, sk: u64, tcp: u64, now: u64) {
+    let entry = match TIME_LOST.get_ptr_mut(cookie) {
+        Some(entry) => entry,
+        None => {
+            #[expect(
+                clippy::needless_borrows_for_generic_args,
+                reason = "by value, the entry would be copied to the stack first"
+            )]
+            let created = TIME_LOST.insert(cookie, &EMPTY, u64::from(BPF_NOEXIST));
+            match created.ok().and_then(|()| TIME_LOST.get_ptr_mut(cookie)) {
+                Some(entry) => {
+                    // SAFETY: just created; only this socket writes it.
+                    unsafe { (*entry).flow = socket_flow_key::<Direct>(sk) };
+                    entry
+                }
+                None => {
+                    health::bump(HealthCounter::TimeMapFull);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: this socket's entry; its state changes run under its lock.
+    let entry = unsafe { &mut *entry };
+    let in_syn = Direct::at::<u8>(sk, offset!(sock.state)) == Some(TCP_SYN_SENT);
+    if in_syn {
+        entry.syn_timeouts += 1;
+        if entry.syn_start == 0 {
+            entry.syn_start = first_syn(tcp, now, &mut entry.flags);
+        }
+    }
+    if entry.loss_since == 0 {
+        entry.loss_since = now;
+        entry.timeouts = 1;
+        entry.flags = (entry.flags & !IN_SYN) | if in_syn { IN_SYN } else { 0 };
+    } else {
+        entry.timeouts += 1;
+    }
+}
+
+/// When the handshake's first SYN left: `tcp_connect()` stamps it in `retrans_stamp`
+/// (milliseconds of the same clock, 32 bits).
+#[inline(always)]
+fn first_syn(tcp: u64, now: u64, flags: &mut u32) -> u64 {
+    let now_ms = (now / NS_PER_MS) as u32;
+    match Direct::at::<u32>(tcp, offset!(structs.tcp_retrans_stamp)) {
+        Some(stamp) if stamp != 0 && now_ms.wrapping_sub(stamp) < MAX_SYN_AGE_MS => {
+            now.saturating_sub(u64::from(now_ms.wrapping_sub(stamp)) * NS_PER_MS)
+        }
+        _ => {
+            *flags |= SYN_START_ESTIMATED;
+            now.saturating_sub(INITIAL_RTO_NS)
+        }
+    }
+}
+
+/// The recovery in progress ends now; a handshake's is counted as SYN time, not as a stall.
+#[inline(always)]
+fn end_recovery(entry: &mut SocketTime, now: u64) {
+    if entry.loss_since == 0 {
+        return;
+    }
+    if entry.flags & IN_SYN == 0 {
+        let stall = now.saturating_sub(entry.loss_since);
+        entry.stall_ns += stall;
+        entry.recoveries += 1;
+        if stall > entry.longest_ns {
+            entry.longest_ns = stall;
+        }
+        if entry.timeouts > entry.max_timeouts {
+            entry.max_timeouts = entry.timeouts;
+        }
+    }
+    entry.loss_since = 0;
+    entry.timeouts = 0;
+    entry.flags &= !IN_SYN;
+}
+
+/// `tp_btf/inet_sock_set_state(sk, oldstate, newstate)`: a handshake that timed out ends at
+/// established or close; any recovery ends at close. Only sockets with an entry are touched.
+pub fn on_inet_sock_set_state(ctx: &BtfTracePointContext) {
+    let old = (ctx.arg::<u64>(1) & 0xffff_ffff) as i32;
+    let new = (ctx.arg::<u64>(2) & 0xffff_ffff) as i32;
+    let handshake_ends = old == i32::from(TCP_SYN_SENT) && new == TCP_ESTABLISHED;
+    if !handshake_ends && new != TCP_CLOSE {
+        return;
+    }
+    let sk: u64 = ctx.arg(0);
+    // SAFETY: takes any socket.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    let Some(entry) = TIME_LOST.get_ptr_mut(cookie) else {
+        return;
+    };
+    // SAFETY: this socket's entry; its state changes run under its lock.
+    let entry = unsafe { &mut *entry };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if entry.syn_start != 0 && entry.syn_ns == 0 {
+        entry.syn_ns = now.saturating_sub(entry.syn_start).max(1);
+    }
+    end_recovery(entry, now);
+    if new == TCP_CLOSE {
+        entry.flags |= CLOSED;
+    }
+}
