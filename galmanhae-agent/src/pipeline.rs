@@ -25,6 +25,7 @@ use crate::{
         nat_leaks::{self, LeakSample},
         netns_snmp::{self, TcpSegments},
         retransmits::{self, ReadError, RetransmitSample},
+        time_lost::{TimeLost, TimeLostSample},
     },
     kernel::probes::Probes,
 };
@@ -36,6 +37,7 @@ pub struct Snapshot {
     pub retransmits: RetransmitSample,
     pub drops: DropSample,
     pub leaks: LeakSample,
+    pub time_lost: TimeLostSample,
     pub netns_tcp: BTreeMap<u32, TcpSegments>,
 }
 
@@ -46,6 +48,7 @@ impl Default for Snapshot {
             retransmits: RetransmitSample::default(),
             drops: DropSample::default(),
             leaks: LeakSample::default(),
+            time_lost: TimeLostSample::default(),
             netns_tcp: BTreeMap::new(),
         }
     }
@@ -78,6 +81,7 @@ impl Pipeline {
         let retransmits = retransmits::read(&self.probes.ebpf)?;
         let drops = drops::read(&self.probes.ebpf)?;
         let leaks = nat_leaks::read(&self.probes.ebpf)?;
+        let time_lost = TimeLostSample::read(&self.probes.ebpf)?;
         let restat = self
             .last_restat
             .is_none_or(|last| last.elapsed() >= RESTAT_EVERY);
@@ -91,6 +95,7 @@ impl Pipeline {
             retransmits,
             drops,
             leaks,
+            time_lost,
             netns_tcp: netns_snmp::read_all(&processes),
         })
     }
@@ -104,6 +109,8 @@ pub struct WorkloadTotals {
     pub netns_tcp: TcpSegments,
     /// What the kernel hooks counted for its sockets (flows and overflow).
     pub hooked: RetransmitCounters,
+    /// Time its sockets lost to RTO recoveries and timed-out handshakes.
+    pub time_lost: TimeLost,
     /// Its namespace disappeared before the window ended: counters end at the last reading.
     pub vanished: bool,
 }
@@ -114,6 +121,7 @@ pub struct FlowTotals {
     pub workload: Workload,
     pub key: FlowKey,
     pub counters: RetransmitCounters,
+    pub time_lost: TimeLost,
     /// How the flow leaves the host, if it is translated (conntrack, host namespace).
     pub nat: Option<Binding>,
 }
@@ -202,18 +210,27 @@ impl Window {
         let delta = self.latest.retransmits.since(&self.start.retransmits);
         let mut workloads: HashMap<Workload, WorkloadTotals> = HashMap::new();
 
-        let by_flow = delta.by_flow();
+        let mut by_flow: HashMap<FlowKey, (RetransmitCounters, TimeLost)> = delta
+            .by_flow()
+            .into_iter()
+            .map(|(key, counters)| (key, (counters, TimeLost::default())))
+            .collect();
+        let time_lost = self.latest.time_lost.since(&self.start.time_lost);
+        for (key, lost) in &time_lost {
+            by_flow.entry(*key).or_default().1.add(lost);
+        }
         let mut flows = Vec::with_capacity(by_flow.len());
-        for (key, counters) in &by_flow {
+        for (key, (counters, lost)) in &by_flow {
             let workload = attributor.workload(key.netns, key.cgroup_id);
-            totals(&mut workloads, workload.clone())
-                .hooked
-                .add(counters);
+            let entry = totals(&mut workloads, workload.clone());
+            entry.hooked.add(counters);
+            entry.time_lost.add(lost);
             let (local, remote) = endpoints(key);
             flows.push(FlowTotals {
                 workload,
                 key: *key,
                 counters: *counters,
+                time_lost: *lost,
                 nat: nat.translate(IPPROTO_TCP, local, remote),
             });
         }
@@ -274,6 +291,7 @@ fn totals(map: &mut HashMap<Workload, WorkloadTotals>, workload: Workload) -> &m
             workload,
             netns_tcp: TcpSegments::default(),
             hooked: RetransmitCounters::default(),
+            time_lost: TimeLost::default(),
             vanished: false,
         })
 }

@@ -18,7 +18,7 @@ use std::{
 use galmanhae_lab::{
     DB_HOST_PORT, DB_PORT, DB_V4, DB_V6, docker,
     fault::{self, Target},
-    traffic,
+    stream, traffic,
 };
 use serde_json::Value;
 
@@ -278,6 +278,81 @@ fn diagnose_during(duration: &str, culprit: Job, control: &Job) -> Value {
     exec_for(control.0, control.1, &control.2);
     background.join().expect("the culprit's job");
     run.report()
+}
+
+/// Seconds of a flow's `time_lost` member `key`, summed over `workload`'s flows from `port`.
+fn time_lost_of(report: &Value, workload: &str, port: u16, key: &str) -> f64 {
+    flows(report, workload)
+        .iter()
+        .filter(|f| {
+            f["local"]
+                .as_str()
+                .is_some_and(|l| l.ends_with(&format!(":{port}")))
+        })
+        .filter_map(|f| f["time_lost"][key].as_f64())
+        .sum()
+}
+
+#[test]
+fn a_black_hole_of_t_seconds_is_an_rto_stall_equal_to_the_sockets_own() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-stall", &[]);
+    lab.container("t-steady", &[]);
+    let db = DB_V4.parse().expect("the db address");
+    for black_hole in [3_u64, 8] {
+        // Timeouts back off 0.2, 0.4, 0.8... s: the stall ends at the first one after the
+        // black hole, at most about twice its length.
+        let length = Duration::from_secs(2 + 2 * black_hole + 3);
+        let run = Diagnose::start(&["--duration", "120s", "--top", "1000"]);
+        let culprit = thread::spawn(move || stream::paced_stream("t-stall", db, DB_PORT, length));
+        let control = thread::spawn(move || stream::paced_stream("t-steady", db, DB_PORT, length));
+        thread::sleep(Duration::from_secs(2));
+        fault::blackhole(&Target::Container("t-stall".to_owned())).expect("black hole");
+        thread::sleep(Duration::from_secs(black_hole));
+        fault::clear_all(false).expect("lifting the black hole");
+        let culprit = culprit
+            .join()
+            .expect("culprit thread")
+            .expect("culprit stream");
+        let control = control
+            .join()
+            .expect("control thread")
+            .expect("control stream");
+        let report = run.stop();
+
+        let stall = time_lost_of(&report, "t-stall", culprit.local_port, "rto_stall_seconds");
+        let kernel = f64::from(culprit.total_rto_time_ms) / 1000.0;
+        #[expect(clippy::cast_precision_loss, reason = "seconds")]
+        let floor = 0.9 * black_hole as f64;
+        assert!(
+            (stall - kernel).abs() <= 0.05 && stall >= floor,
+            "{black_hole} s black hole: galmanhae says {stall} s, tcp_info {kernel} s \
+             ({culprit:?}); flows {:#}",
+            report["flows"]
+        );
+        let recoveries = flows(&report, "t-stall")
+            .iter()
+            .filter_map(|f| f["time_lost"]["rto_recoveries"].as_u64())
+            .sum::<u64>();
+        assert_eq!(
+            recoveries,
+            u64::from(culprit.total_rto_recoveries),
+            "{culprit:?}"
+        );
+        let steady = time_lost_of(&report, "t-steady", control.local_port, "rto_stall_seconds");
+        assert_eq!(
+            control.total_rto_time_ms, 0,
+            "the control stalled: {control:?}"
+        );
+        assert!(
+            steady.abs() < f64::EPSILON,
+            "the control reports {steady} s"
+        );
+        eprintln!("{black_hole} s black hole: {stall} s = tcp_info {kernel} s");
+    }
 }
 
 #[test]

@@ -37,6 +37,11 @@ pub fn syn_blackhole(target: &Target) -> anyhow::Result<()> {
     drop_tcp(target, &["--syn"])
 }
 
+/// Drops every TCP segment of the target to the db: a black hole (cleared by `clear_all`).
+pub fn blackhole(target: &Target) -> anyhow::Result<()> {
+    drop_tcp(target, &[])
+}
+
 /// Lowers the host's egress MTU towards the db (containers keep 1500) and, with
 /// `block_icmp`, drops the "fragmentation needed" messages the host sends back: a path MTU
 /// black hole.

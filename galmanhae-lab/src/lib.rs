@@ -11,6 +11,7 @@ pub mod docker;
 pub mod fault;
 pub mod snmp;
 pub mod storm;
+pub mod stream;
 pub mod traffic;
 
 use std::{

@@ -7,3 +7,4 @@ pub mod netfilter;
 pub mod netns_snmp;
 pub mod paths;
 pub mod retransmits;
+pub mod time_lost;

@@ -571,7 +571,9 @@ fn attach_time_lost(
     [
         (
             &CONG_STATE_SET,
-            format!("time lost: RTO recoveries timed from entering to leaving TCP_CA_Loss; {clock}"),
+            format!(
+                "time lost: RTO recoveries timed from entering to leaving TCP_CA_Loss; {clock}"
+            ),
         ),
         (
             &INET_SOCK_SET_STATE,
@@ -595,7 +597,10 @@ fn attach_time_lost(
             Ok(()) => (HookStatus::Attached, detail),
             Err(e) => (
                 HookStatus::Unavailable,
-                format!("time lost is not measured: tp_btf refused: {}", error_chain(e.as_ref())),
+                format!(
+                    "time lost is not measured: tp_btf refused: {}",
+                    error_chain(e.as_ref())
+                ),
             ),
         };
         Hook {

@@ -16,7 +16,7 @@ pub use crate::addr::endpoints;
 use crate::{
     addr::{conntrack_source, describe, packet_endpoints},
     attribute::nat::{Binding, Direction},
-    collect::drops::DropReasons,
+    collect::{drops::DropReasons, time_lost::TimeLost},
     conntrack::{MasqueradeRule, Stats, Sysctls},
     kernel::{kallsyms::Symbolizer, prereq::Check, probes::Hook},
     pipeline::Summary,
@@ -105,7 +105,45 @@ pub struct WorkloadReport {
     pub hooked_retransmits: u64,
     pub hooked_retransmitted_segments: u64,
     pub failed_attempts: u64,
+    pub time_lost: TimeLostReport,
     pub vanished: bool,
+}
+
+/// What retransmissions cost in time: RTO recoveries and timed-out handshakes (a running one
+/// counted up to the end of the window).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct TimeLostReport {
+    pub rto_stall_seconds: f64,
+    pub longest_rto_stall_seconds: f64,
+    pub rto_recoveries: u64,
+    pub max_consecutive_timeouts: u32,
+    pub syn_retry_seconds: f64,
+    pub syn_timeouts: u64,
+    /// Handshakes whose first SYN time was assumed one initial RTO before the first timeout.
+    pub syn_start_estimated: u64,
+}
+
+impl From<&TimeLost> for TimeLostReport {
+    #[expect(clippy::cast_precision_loss, reason = "nanoseconds as seconds")]
+    fn from(t: &TimeLost) -> Self {
+        let seconds = |ns: u64| (ns as f64 / 1e9 * 1000.0).round() / 1000.0;
+        Self {
+            rto_stall_seconds: seconds(t.rto_stall_ns),
+            longest_rto_stall_seconds: seconds(t.longest_rto_stall_ns),
+            rto_recoveries: t.rto_recoveries,
+            max_consecutive_timeouts: t.max_consecutive_timeouts,
+            syn_retry_seconds: seconds(t.syn_retry_ns),
+            syn_timeouts: t.syn_timeouts,
+            syn_start_estimated: t.syn_estimated,
+        }
+    }
+}
+
+impl TimeLostReport {
+    /// Seconds lost in all, stalls and handshakes.
+    pub fn seconds(&self) -> f64 {
+        self.rto_stall_seconds + self.syn_retry_seconds
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -119,6 +157,7 @@ pub struct FlowReport {
     pub retransmitted_segments: u64,
     pub failed_attempts: u64,
     pub kinds: Kinds,
+    pub time_lost: TimeLostReport,
     /// The flow as it leaves the host, when it is translated; `null` otherwise.
     pub nat: Option<NatReport>,
     /// Average payload of a retransmitted segment, bytes.
@@ -317,6 +356,7 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
             hooked_retransmits: w.hooked.retransmits,
             hooked_retransmitted_segments: w.hooked.segments,
             failed_attempts: w.hooked.failed,
+            time_lost: TimeLostReport::from(&w.time_lost),
             vanished: w.vanished,
         })
         .collect();
@@ -346,6 +386,7 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
                 retransmitted_segments: f.counters.segments,
                 failed_attempts: f.counters.failed,
                 kinds: Kinds::from_counters(&f.counters),
+                time_lost: TimeLostReport::from(&f.time_lost),
                 nat: f.nat.as_ref().map(NatReport::from),
                 retransmitted_segment_bytes: (f.counters.segments > 0 && f.counters.bytes > 0)
                     .then(|| f.counters.bytes / f.counters.segments),

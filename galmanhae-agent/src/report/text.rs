@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{DiagnoseReport, FlowReport, WorkloadReport};
+use super::{DiagnoseReport, FlowReport, TimeLostReport, WorkloadReport};
 use crate::kernel::probes::HookStatus;
 
 pub fn render(report: &DiagnoseReport) -> String {
@@ -73,19 +73,20 @@ fn workloads(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     }
     writeln!(
         out,
-        "  {:<24} {:<10} {:<11} {:>12} {:>12} {:>8}",
-        "WORKLOAD", "KIND", "RUNTIME", "SENT SEGS", "RETRANS", "RATIO"
+        "  {:<24} {:<10} {:<11} {:>12} {:>12} {:>8} {:>10}",
+        "WORKLOAD", "KIND", "RUNTIME", "SENT SEGS", "RETRANS", "RATIO", "TIME LOST"
     )?;
     for w in &r.workloads {
         writeln!(
             out,
-            "  {:<24} {:<10} {:<11} {:>12} {:>12} {:>7.2}%{}",
+            "  {:<24} {:<10} {:<11} {:>12} {:>12} {:>7.2}% {:>10}{}",
             truncate(&w.name, 24),
             w.kind,
             w.runtime,
             w.sent_segments,
             w.retransmitted_segments,
             w.retransmit_ratio * 100.0,
+            time_lost_cell(&w.time_lost),
             workload_marks(w)
         )?;
     }
@@ -99,17 +100,18 @@ fn flows(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     }
     writeln!(
         out,
-        "  {:<20} {:<48} {:>8} {:>8}  KINDS",
-        "WORKLOAD", "LOCAL -> REMOTE", "RETRANS", "SEGS"
+        "  {:<20} {:<48} {:>8} {:>8} {:>10}  KINDS",
+        "WORKLOAD", "LOCAL -> REMOTE", "RETRANS", "SEGS", "TIME LOST"
     )?;
     for f in &r.flows {
         writeln!(
             out,
-            "  {:<20} {:<48} {:>8} {:>8}  {}",
+            "  {:<20} {:<48} {:>8} {:>8} {:>10}  {}",
             truncate(&f.workload, 20),
             format!("{} -> {}", f.local, f.remote),
             f.retransmits,
             f.retransmitted_segments,
+            time_lost_cell(&f.time_lost),
             kinds(f)
         )?;
     }
@@ -285,8 +287,64 @@ fn health(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     Ok(())
 }
 
-/// One line that says what matters most: the top finding, else the worst workload.
+/// Seconds lost, `-` for none.
+fn time_lost_cell(t: &TimeLostReport) -> String {
+    if t.seconds() > 0.0 {
+        format!("{:.1} s", t.seconds())
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// What the workload that lost the most time lost, as the verdict's first sentence.
+fn time_lead(r: &DiagnoseReport) -> Option<String> {
+    let w = r
+        .workloads
+        .iter()
+        .filter(|w| w.time_lost.seconds() > 0.0)
+        .max_by(|a, b| a.time_lost.seconds().total_cmp(&b.time_lost.seconds()))?;
+    let t = &w.time_lost;
+    let remote = r
+        .flows
+        .iter()
+        .filter(|f| f.workload == w.name)
+        .max_by(|a, b| a.time_lost.seconds().total_cmp(&b.time_lost.seconds()))
+        .map_or(String::new(), |f| format!(" on {}", f.remote));
+    let mut parts = Vec::new();
+    if t.rto_stall_seconds > 0.0 {
+        parts.push(format!(
+            "{:.1} s to RTO stalls{remote}, longest {:.1} s ({} timeouts in a row)",
+            t.rto_stall_seconds, t.longest_rto_stall_seconds, t.max_consecutive_timeouts
+        ));
+    }
+    if t.syn_retry_seconds > 0.0 {
+        parts.push(format!(
+            "{:.1} s to SYN retries ({} SYN timeouts)",
+            t.syn_retry_seconds, t.syn_timeouts
+        ));
+    }
+    Some(format!(
+        "{} `{}` lost {} in this window.",
+        w.kind,
+        w.name,
+        parts.join(" and ")
+    ))
+}
+
+/// One line that says what matters most: time lost first when any was, then the top finding,
+/// else the worst workload.
 fn verdict(r: &DiagnoseReport) -> String {
+    let verdict = finding_verdict(r);
+    match time_lead(r) {
+        Some(time) => format!(
+            "Verdict: {time} {}",
+            verdict.trim_start_matches("Verdict: ")
+        ),
+        None => verdict,
+    }
+}
+
+fn finding_verdict(r: &DiagnoseReport) -> String {
     if let Some(f) = r.findings.first() {
         let more = match r.findings.len() {
             1 => String::new(),
