@@ -70,26 +70,9 @@ pub fn on_cong_state_set(ctx: &BtfTracePointContext) {
 /// A retransmission timeout: the first of a recovery starts it.
 #[inline(always)]
 fn timeout(cookie: u64, sk: u64, tcp: u64, now: u64) {
-    let entry = match TIME_LOST.get_ptr_mut(cookie) {
-        Some(entry) => entry,
-        None => {
-            #[expect(
-                clippy::needless_borrows_for_generic_args,
-                reason = "by value, the entry would be copied to the stack first"
-            )]
-            let created = TIME_LOST.insert(cookie, &EMPTY, u64::from(BPF_NOEXIST));
-            match created.ok().and_then(|()| TIME_LOST.get_ptr_mut(cookie)) {
-                Some(entry) => {
-                    // SAFETY: just created; only this socket writes it.
-                    unsafe { (*entry).flow = socket_flow_key::<Direct>(sk) };
-                    entry
-                }
-                None => {
-                    health::bump(HealthCounter::TimeMapFull);
-                    return;
-                }
-            }
-        }
+    let Some(entry) = entry_for(cookie, sk) else {
+        health::bump(HealthCounter::TimeMapFull);
+        return;
     };
     // SAFETY: this socket's entry; its state changes run under its lock.
     let entry = unsafe { &mut *entry };
@@ -109,9 +92,30 @@ fn timeout(cookie: u64, sk: u64, tcp: u64, now: u64) {
     }
 }
 
+/// The socket's entry, created with its flow at its first timeout; `None` when the map is full.
+#[inline(always)]
+fn entry_for(cookie: u64, sk: u64) -> Option<*mut SocketTime> {
+    if let Some(entry) = TIME_LOST.get_ptr_mut(cookie) {
+        return Some(entry);
+    }
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the entry would be copied to the stack first"
+    )]
+    let created = TIME_LOST.insert(cookie, &EMPTY, u64::from(BPF_NOEXIST));
+    let entry = created.ok().and_then(|()| TIME_LOST.get_ptr_mut(cookie))?;
+    // SAFETY: just created; only this socket writes it.
+    unsafe { (*entry).flow = socket_flow_key::<Direct>(sk) };
+    Some(entry)
+}
+
 /// When the handshake's first SYN left: `tcp_connect()` stamps it in `retrans_stamp`
 /// (milliseconds of the same clock, 32 bits).
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the kernel's stamp is the low 32 bits of the milliseconds"
+)]
 fn first_syn(tcp: u64, now: u64, flags: &mut u32) -> u64 {
     let now_ms = (now / NS_PER_MS) as u32;
     match Direct::at::<u32>(tcp, offset!(structs.tcp_retrans_stamp)) {

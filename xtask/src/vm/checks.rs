@@ -61,6 +61,10 @@ pub(crate) fn run_all(console: &Console) -> Vec<Outcome> {
         syn(&report("syn")?)
     }));
     outcomes.push(check(
+        "time lost: app's black-holed stream stalls, its SYNs wait, web none",
+        || time_lost(&report("pmtu")?, &report("syn")?),
+    ));
+    outcomes.push(check(
         "conntrack: the host's table is conntrack_full, app's flows",
         || conntrack_full(&report("conntrack")?),
     ));
@@ -326,6 +330,49 @@ fn syn(report: &Value) -> Result<String, String> {
     }
     none_for(report, "netns:web")?;
     Ok(format!("{syns} SYN retransmits to 198.19.0.2:5433"))
+}
+
+/// Sum of `key` in the `time_lost` of `workload`'s flows whose remote ends in `remote`.
+fn lost(report: &Value, workload: &str, remote: &str, key: &str) -> Result<f64, String> {
+    Ok(array(report, "flows")?
+        .iter()
+        .filter(|f| f["workload"] == workload)
+        .filter(|f| f["remote"].as_str().is_some_and(|r| r.ends_with(remote)))
+        .filter_map(|f| f["time_lost"][key].as_f64())
+        .sum())
+}
+
+/// Where the kernel keeps no RTO time (before 6.7) the stall comes from event timestamps: the
+/// PMTU black hole stalls app's stream for most of its 6 s, and each of its two connections
+/// to the SYN black hole waits its 4 s (from the first SYN, read from `retrans_stamp`).
+fn time_lost(pmtu: &Value, syn: &Value) -> Result<String, String> {
+    let hook = hook(pmtu, "tcp:tcp_cong_state_set")?;
+    if hook["status"] != "attached" {
+        return Err(format!("{hook}"));
+    }
+    let stall = lost(pmtu, "netns:app", ":5432", "rto_stall_seconds")?;
+    let window = pmtu["duration_s"].as_f64().unwrap_or(0.0);
+    if !(3.0..=window).contains(&stall) {
+        return Err(format!("app stalled {stall} s in a {window} s window"));
+    }
+    let waited = lost(syn, "netns:app", ":5433", "syn_retry_seconds")?;
+    let estimated = lost(syn, "netns:app", ":5433", "syn_start_estimated")?;
+    if !(7.0..=9.0).contains(&waited) || estimated > 0.0 {
+        return Err(format!(
+            "two 4 s handshakes waited {waited} s ({estimated} estimated)"
+        ));
+    }
+    for (report, what) in [(pmtu, "pmtu"), (syn, "syn")] {
+        let web = lost(report, "netns:web", "", "rto_stall_seconds")?
+            + lost(report, "netns:web", "", "syn_retry_seconds")?;
+        if web > 0.0 {
+            return Err(format!("web lost {web} s in {what}"));
+        }
+    }
+    Ok(format!(
+        "stall {stall:.2} s of {window:.0} s, SYN waits {waited:.2} s; {}",
+        hook["detail"].as_str().unwrap_or_default()
+    ))
 }
 
 fn conntrack_full(report: &Value) -> Result<String, String> {

@@ -28,7 +28,10 @@ fn scenario_reports() -> [(&'static str, Value); 3] {
         (
             "pmtu",
             json!({
-                "flows": [],
+                "duration_s": 8.0,
+                "hooks": [{"name": "tcp:tcp_cong_state_set", "status": "attached", "detail": "x"}],
+                "flows": [{"workload": "netns:app", "remote": "198.19.0.2:5432",
+                           "time_lost": {"rto_stall_seconds": 5.2}}],
                 "drops": [{"workload": "netns:app", "reason": "PKT_TOO_BIG", "packets": 9,
                            "icmp_too_big": 9}],
                 "findings": [{"id": "path_mtu", "workload": "netns:app", "severity": "high"}]
@@ -37,8 +40,12 @@ fn scenario_reports() -> [(&'static str, Value); 3] {
         (
             "syn",
             json!({
-                "flows": [{"workload": "netns:app", "kinds": {"syn": 2}},
-                          {"workload": "netns:app", "kinds": {"syn": 2}}],
+                "flows": [{"workload": "netns:app", "remote": "198.19.0.2:5433",
+                           "kinds": {"syn": 2},
+                           "time_lost": {"syn_retry_seconds": 4.0, "syn_start_estimated": 0}},
+                          {"workload": "netns:app", "remote": "198.19.0.2:5433",
+                           "kinds": {"syn": 2},
+                           "time_lost": {"syn_retry_seconds": 4.0, "syn_start_estimated": 0}}],
                 "findings": [{"id": "syn_retransmits", "workload": "netns:app",
                               "flows": ["-> 198.19.0.2:5433"]}]
             }),
@@ -129,7 +136,7 @@ fn failed(c: &Console) -> Vec<(&'static str, String)> {
 fn a_matching_run_passes_every_check() {
     let c = console_with(17);
     assert_eq!(failed(&c), []);
-    assert_eq!(run_all(&c).len(), 18);
+    assert_eq!(run_all(&c).len(), 19);
 }
 
 #[test]
