@@ -386,7 +386,7 @@ def documented_families():
     says `none`."""
     families = {}
     for line in open(METRICS, encoding="utf-8"):
-        m = re.match(r"\|\s*`(galmanhae_[a-z0-9_]+)`\s*\|\s*(counter|gauge)[^|]*\|([^|]*)\|", line)
+        m = re.match(r"\|\s*`(galmanhae_[a-z0-9_]+)`\s*\|\s*(counter|gauge|histogram)[^|]*\|([^|]*)\|", line)
         if m:
             cell = m.group(3).strip()
             families[m.group(1)] = None if cell == "none" else re.findall(r"`([a-z_]+)`", cell)
@@ -446,6 +446,9 @@ def cmd_contract():
     for text in texts:
         used |= set(re.findall(r"\bgalmanhae_[a-z0-9_]+", text))
     # galmanhae_bpf_program_run_time_seconds_total etc. are names; job="galmanhae" is not.
+    # A histogram is used through its _bucket, _sum and _count series.
+    used = {re.sub(r"_(bucket|sum|count)$", "", n) if re.sub(r"_(bucket|sum|count)$", "", n) in families else n
+            for n in used}
     for name in sorted(used - set(families)):
         problems.append(f"{name} is used but not in the METRICS.md summary table")
     for name, labels in families.items():
@@ -477,6 +480,16 @@ def fixture_series():
         s.append(("galmanhae_tcp_retransmits_total", {"workload": "app", "remote": remote, "kind": kind}, rate))
     for remote, rate in [("10.0.0.5:3306", 3.0), ("other", 0.2)]:
         s.append(("galmanhae_tcp_retransmit_segments_total", {"workload": "app", "remote": remote}, rate))
+    for remote, rate in [("10.0.0.5:3306", 0.08), ("other", 0.01)]:
+        s.append(("galmanhae_tcp_rto_stall_seconds_total", {"workload": "app", "remote": remote}, rate))
+    s.append(("galmanhae_tcp_syn_retry_seconds_total", {"workload": "app", "remote": "10.0.0.5:3306"}, 0.03))
+    cumulative = 0.0
+    for le, rate in [("0.2", 0.0), ("0.5", 0.01), ("1", 0.01), ("2", 0.0), ("5", 0.005), ("10", 0.002),
+                     ("20", 0.001), ("30", 0.0), ("60", 0.0), ("+Inf", 0.0)]:
+        cumulative += rate
+        s.append(("galmanhae_tcp_rto_stall_duration_seconds_bucket", {"workload": "app", "le": le}, cumulative))
+    s.append(("galmanhae_tcp_rto_stall_duration_seconds_sum", {"workload": "app"}, 0.08))
+    s.append(("galmanhae_tcp_rto_stall_duration_seconds_count", {"workload": "app"}, cumulative))
     s.append(("galmanhae_skb_drops_total", {"workload": "app", "reason": "NETFILTER_DROP", "location": "nf_hook_slow"}, 2.0))
     s.append(("galmanhae_skb_drops_total", {"workload": "host", "reason": "NO_SOCKET", "location": "tcp_v4_rcv"}, 5.0))
     for ns, entries in [("host", 950.0), ("app", 20.0)]:
@@ -522,7 +535,8 @@ def cmd_fixture(end):
     end = int(end)
     series = fixture_series()
     families = documented_families()
-    missing = set(families) - {name for name, _, _ in series}
+    missing = set(families) - {re.sub(r"_(bucket|sum|count)$", "", name) for name, _, _ in series} - \
+        {name for name, _, _ in series}
     if missing:
         raise CheckFailed(f"fixture has no series of {sorted(missing)}: add them to fixture_series()")
     base = {"job": "galmanhae", "instance": f"127.0.0.2:{PORT}"}

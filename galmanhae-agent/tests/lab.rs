@@ -351,6 +351,9 @@ fn a_black_hole_of_t_seconds_is_an_rto_stall_equal_to_the_sockets_own() {
             steady.abs() < f64::EPSILON,
             "the control reports {steady} s"
         );
+        let f = finding(&report, "rto_stalls", "t-stall");
+        assert_eq!(f["severity"], "high", "{f:#}");
+        assert_no_findings(&report, "t-steady");
         eprintln!("{black_hole} s black hole: {stall} s = tcp_info {kernel} s");
     }
 }

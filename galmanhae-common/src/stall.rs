@@ -17,6 +17,14 @@ pub const IN_SYN: u32 = 2;
 /// to have started one initial RTO (1 s) before the first timeout.
 pub const SYN_START_ESTIMATED: u32 = 4;
 
+/// Upper bounds (ms) of the buckets completed recoveries are counted in; the last bucket,
+/// past the final bound, is `+Inf`. From the 200 ms minimum RTO to a minute.
+pub const STALL_BUCKETS_MS: [u64; 9] = [
+    200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 60_000,
+];
+/// [`STALL_BUCKETS_MS`] and `+Inf`.
+pub const STALL_BUCKETS: usize = STALL_BUCKETS_MS.len() + 1;
+
 /// An entry of `TIME_LOST`, keyed by the socket's cookie. One entry for all CPUs: a socket's
 /// state changes run under its lock.
 #[repr(C)]
@@ -40,8 +48,11 @@ pub struct SocketTime {
     pub syn_timeouts: u32,
     pub flags: u32,
     pub padding: u32,
+    /// Completed recoveries by duration, in the buckets of [`STALL_BUCKETS_MS`].
+    pub stall_buckets: [u16; STALL_BUCKETS],
+    pub padding2: [u16; 2],
 }
 
-const _: () = assert!(size_of::<SocketTime>() == size_of::<FlowKey>() + 5 * 8 + 6 * 4);
+const _: () = assert!(size_of::<SocketTime>() == size_of::<FlowKey>() + 5 * 8 + 6 * 4 + 24);
 
 crate::impl_pod!(SocketTime);

@@ -17,7 +17,9 @@ use aya_ebpf::{
 };
 use galmanhae_common::{
     health::HealthCounter,
-    stall::{CLOSED, IN_SYN, SYN_START_ESTIMATED, SocketTime, TIME_LOST_CAPACITY},
+    stall::{
+        CLOSED, IN_SYN, STALL_BUCKETS_MS, SYN_START_ESTIMATED, SocketTime, TIME_LOST_CAPACITY,
+    },
 };
 
 use crate::{
@@ -144,6 +146,13 @@ fn end_recovery(entry: &mut SocketTime, now: u64) {
         }
         if entry.timeouts > entry.max_timeouts {
             entry.max_timeouts = entry.timeouts;
+        }
+        let bucket = STALL_BUCKETS_MS
+            .iter()
+            .take_while(|bound| stall > **bound * NS_PER_MS)
+            .count();
+        if let Some(count) = entry.stall_buckets.get_mut(bucket) {
+            *count = count.saturating_add(1);
         }
     }
     entry.loss_since = 0;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use aya::Ebpf;
 use galmanhae_common::{
     retransmit::FlowKey,
-    stall::{IN_SYN, SYN_START_ESTIMATED, SocketTime},
+    stall::{IN_SYN, STALL_BUCKETS, SYN_START_ESTIMATED, SocketTime},
 };
 
 use super::maps::{ReadError, read_hash};
@@ -35,6 +35,9 @@ pub struct TimeLost {
     pub syn_timeouts: u64,
     /// Handshakes whose first SYN time was assumed (one initial RTO before the first timeout).
     pub syn_estimated: u64,
+    /// Recoveries that ended in the window, by duration (`STALL_BUCKETS_MS`), and their time.
+    pub stall_buckets: [u64; STALL_BUCKETS],
+    pub completed_stall_ns: u64,
 }
 
 impl TimeLost {
@@ -53,6 +56,10 @@ impl TimeLost {
         self.syn_retry_ns += other.syn_retry_ns;
         self.syn_timeouts += other.syn_timeouts;
         self.syn_estimated += other.syn_estimated;
+        for (mine, theirs) in self.stall_buckets.iter_mut().zip(other.stall_buckets) {
+            *mine += theirs;
+        }
+        self.completed_stall_ns += other.completed_stall_ns;
     }
 }
 
@@ -122,6 +129,10 @@ impl TimeLostSample {
                 syn_estimated: u64::from(
                     socket.flags & SYN_START_ESTIMATED != 0 && now.syn > then.syn,
                 ),
+                stall_buckets: buckets_since(socket, earlier.sockets.get(cookie)),
+                completed_stall_ns: socket
+                    .stall_ns
+                    .saturating_sub(earlier.sockets.get(cookie).map_or(0, |s| s.stall_ns)),
             };
             if !lost.is_zero() {
                 flows.entry(socket.flow).or_default().add(&lost);
@@ -129,6 +140,16 @@ impl TimeLostSample {
         }
         flows
     }
+}
+
+/// Recoveries per bucket that ended between `then` and `now` (16-bit counters: wrapping).
+fn buckets_since(now: &SocketTime, then: Option<&SocketTime>) -> [u64; STALL_BUCKETS] {
+    let mut out = [0; STALL_BUCKETS];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let before = then.map_or(0, |t| t.stall_buckets[i]);
+        *slot = u64::from(now.stall_buckets[i].wrapping_sub(before));
+    }
+    out
 }
 
 /// `CLOCK_MONOTONIC`, as `bpf_ktime_get_ns()` reads it.
@@ -202,6 +223,7 @@ mod tests {
             "bounded by the window's stall"
         );
         assert_eq!(t.rto_recoveries, 1);
+        assert_eq!(t.completed_stall_ns, S / 2);
         // An idle socket in the window loses nothing and is not listed.
         assert!(
             sample(30 * S, &[(7, after)])

@@ -6,6 +6,7 @@ mod conntrack;
 mod drops;
 mod mtu;
 mod syn;
+mod time;
 
 use serde::Serialize;
 
@@ -43,7 +44,7 @@ impl Severity {
 
 /// Causes before symptoms: at equal severity a finding that names a mechanism (a full table,
 /// a black hole) ranks above one that only locates the loss.
-const SPECIFICITY: [&str; 7] = [
+const SPECIFICITY: [&str; 8] = [
     "conntrack_full",
     "snat_collision",
     "nat_leak",
@@ -51,6 +52,7 @@ const SPECIFICITY: [&str; 7] = [
     "local_drops",
     "syn_retransmits",
     "loss_beyond_host",
+    "rto_stalls",
 ];
 
 /// Every finding the evidence supports, most important first.
@@ -63,6 +65,8 @@ pub fn evaluate(report: &DiagnoseReport) -> Vec<Finding> {
     findings.extend(drops::local_drops(report));
     findings.extend(syn::syn_retransmits(report));
     findings.extend(drops::loss_beyond_host(report));
+    time::cite(report, &mut findings);
+    findings.extend(time::rto_stalls(report));
     findings.sort_by_key(|f| {
         (
             std::cmp::Reverse(f.severity),

@@ -16,15 +16,16 @@ use galmanhae_common::{
     health::HealthCounter,
     leak::LEAK_MAP_CAPACITY,
     retransmit::OVERFLOW_MAP_CAPACITY,
+    stall::{STALL_BUCKETS, STALL_BUCKETS_MS, TIME_LOST_CAPACITY},
 };
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
 
-use super::{Exporter, Families, Lifecycle as _, series::Series};
+use super::{Exporter, Families, Lifecycle as _, OnlyWorkload, series::Series};
 use crate::kernel::probes::{HookStatus, RunStats};
 
 /// Scrapes within this long of a pass serve that pass: a scrape storm costs no more than
@@ -181,6 +182,23 @@ fn encode_families(
         "Retransmitted segments counted in the kernel, per server-side remote (sums to RetransSegs)",
         &exporter.retransmit_segments,
     )?;
+    seconds(
+        encoder,
+        (
+            "galmanhae_tcp_rto_stall",
+            "Time the workload's sockets to the remote spent in RTO recovery (timeout to recovery or close)",
+        ),
+        &exporter.rto_stall,
+    )?;
+    seconds(
+        encoder,
+        (
+            "galmanhae_tcp_syn_retry",
+            "Time from the first SYN to established or closed, for handshakes that timed out",
+        ),
+        &exporter.syn_retry,
+    )?;
+    stall_histograms(encoder, exporter)?;
     counters(
         encoder,
         "galmanhae_skb_drops",
@@ -318,7 +336,7 @@ fn encode_maps(
 ) -> Result<(), std::fmt::Error> {
     let probes = &exporter.pipeline.probes;
     let sample = &exporter.last;
-    let maps: [(&str, usize, u32); 6] = [
+    let maps: [(&str, usize, u32); 7] = [
         (
             "retransmit_sockets",
             sample.retransmits.sockets.len(),
@@ -341,6 +359,11 @@ fn encode_maps(
             DROP_OVERFLOW_CAPACITY,
         ),
         ("leaks", sample.leaks.len(), LEAK_MAP_CAPACITY),
+        (
+            "time_lost",
+            sample.time_lost.sockets.len(),
+            TIME_LOST_CAPACITY,
+        ),
     ];
     {
         let mut family = encoder.encode_descriptor(
@@ -481,6 +504,67 @@ fn series<L: EncodeLabelSet + std::hash::Hash + Eq>(
         } else {
             gauge_value(value).encode(metric)?;
         }
+    }
+    Ok(())
+}
+
+/// Counters kept in nanoseconds, served in seconds.
+fn seconds<L: EncodeLabelSet + std::hash::Hash + Eq>(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    folded: &Series<L>,
+) -> Result<(), std::fmt::Error> {
+    let mut family =
+        encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Counter)?;
+    for (labels, nanoseconds) in folded.iter() {
+        #[expect(clippy::cast_precision_loss, reason = "seconds")]
+        ConstCounter::new(nanoseconds as f64 / 1e9).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// `galmanhae_tcp_rto_stall_duration_seconds{workload}`: completed recoveries by duration.
+fn stall_histograms(
+    encoder: &mut DescriptorEncoder,
+    exporter: &Families,
+) -> Result<(), std::fmt::Error> {
+    let mut workloads: BTreeMap<&str, [u64; STALL_BUCKETS]> = BTreeMap::new();
+    for (labels, count) in exporter.stall_buckets.iter() {
+        if let Some(slot) = workloads
+            .entry(labels.workload.as_str())
+            .or_default()
+            .get_mut(labels.bucket)
+        {
+            *slot += count;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "galmanhae_tcp_rto_stall_duration",
+        "Completed RTO recoveries of the workload's sockets, by how long each lasted",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for (workload, counts) in workloads {
+        let labels = OnlyWorkload {
+            workload: workload.to_owned(),
+        };
+        let sum = exporter.stall_sum.get(&labels).unwrap_or(0);
+        #[expect(clippy::cast_precision_loss, reason = "seconds")]
+        let buckets: Vec<(f64, u64)> = STALL_BUCKETS_MS
+            .iter()
+            .map(|ms| *ms as f64 / 1000.0)
+            .chain([f64::MAX])
+            .zip(counts)
+            .collect();
+        #[expect(clippy::cast_precision_loss, reason = "seconds")]
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(
+                sum as f64 / 1e9,
+                counts.iter().sum(),
+                &buckets,
+                None,
+            )?;
     }
     Ok(())
 }

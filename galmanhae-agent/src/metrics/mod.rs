@@ -9,6 +9,7 @@
 pub mod families;
 pub mod http;
 pub mod series;
+mod time_lost;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -64,6 +65,18 @@ impl WorkloadLabels {
 pub struct RemoteLabels {
     pub workload: String,
     pub remote: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OnlyWorkload {
+    pub workload: String,
+}
+
+/// A bucket (index into `STALL_BUCKETS_MS`, `+Inf` last) of a workload's stall histogram.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StallBucket {
+    pub workload: String,
+    pub bucket: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -148,6 +161,12 @@ pub struct Families {
     pub retransmitted: Series<WorkloadLabels>,
     pub retransmits: Series<RetransmitLabels>,
     pub retransmit_segments: Series<RemoteLabels>,
+    /// Nanoseconds in RTO recovery, and waiting for SYN retries, per remote.
+    pub rto_stall: Series<RemoteLabels>,
+    pub syn_retry: Series<RemoteLabels>,
+    /// Completed recoveries per duration bucket, and their nanoseconds, per workload.
+    pub stall_buckets: Series<StallBucket>,
+    pub stall_sum: Series<OnlyWorkload>,
     pub drops: Series<DropLabels>,
     pub leaks: Series<LeakLabels>,
     pub conntrack_entries: Series<NamespaceLabels>,
@@ -158,12 +177,16 @@ pub struct Families {
 }
 
 impl Families {
-    fn all(&self) -> [&dyn Lifecycle; 11] {
+    fn all(&self) -> [&dyn Lifecycle; 15] {
         [
             &self.sent,
             &self.retransmitted,
             &self.retransmits,
             &self.retransmit_segments,
+            &self.rto_stall,
+            &self.syn_retry,
+            &self.stall_buckets,
+            &self.stall_sum,
             &self.drops,
             &self.leaks,
             &self.conntrack_entries,
@@ -174,12 +197,16 @@ impl Families {
         ]
     }
 
-    fn all_mut(&mut self) -> [&mut dyn Lifecycle; 11] {
+    fn all_mut(&mut self) -> [&mut dyn Lifecycle; 15] {
         [
             &mut self.sent,
             &mut self.retransmitted,
             &mut self.retransmits,
             &mut self.retransmit_segments,
+            &mut self.rto_stall,
+            &mut self.syn_retry,
+            &mut self.stall_buckets,
+            &mut self.stall_sum,
             &mut self.drops,
             &mut self.leaks,
             &mut self.conntrack_entries,
@@ -398,7 +425,11 @@ impl Exporter {
     fn fold_retransmits(&mut self, summary: &Summary, now: Instant) {
         for flow in &summary.flows {
             let remote = remote_label(&flow.key, &flow.counters);
-            self.count_retransmits(&flow.workload.name, Some(remote), &flow.counters, now);
+            let remote =
+                self.count_retransmits(&flow.workload.name, Some(remote), &flow.counters, now);
+            if let Some(remote) = remote {
+                self.count_time_lost(&flow.workload.name, remote, &flow.time_lost, now);
+            }
         }
         for (owner, counters) in &summary.retransmits.overflow {
             let workload = self
@@ -416,9 +447,9 @@ impl Exporter {
         remote: Option<String>,
         counters: &RetransmitCounters,
         now: Instant,
-    ) {
+    ) -> Option<String> {
         if !self.admit(workload, family::RETRANSMITS, now) {
-            return;
+            return None;
         }
         let max = self.limits.max_remotes_per_workload;
         let top = self
@@ -466,6 +497,7 @@ impl Exporter {
                 self.series.retransmits.add(labels, count, now);
             }
         }
+        Some(remote)
     }
 
     fn fold_drops(&mut self, summary: &Summary, now: Instant) {
@@ -708,6 +740,34 @@ impl Exporter {
             &changed,
             now,
         );
+        self.evicted += self.free_closed_sockets();
+    }
+
+    /// Deletes the `TIME_LOST` entries of closed sockets, already folded: they never change
+    /// again, and the map holds only sockets that may still lose time.
+    fn free_closed_sockets(&mut self) -> u64 {
+        let closed: Vec<u64> = self
+            .last
+            .time_lost
+            .sockets
+            .iter()
+            .filter(|(_, s)| s.flags & galmanhae_common::stall::CLOSED != 0)
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        if closed.is_empty() {
+            return 0;
+        }
+        for cookie in &closed {
+            self.last.time_lost.sockets.remove(cookie);
+        }
+        let ebpf = &mut self.pipeline.probes.ebpf;
+        match remove_keys::<u64, galmanhae_common::stall::SocketTime>(ebpf, "TIME_LOST", &closed) {
+            Ok(n) => n as u64,
+            Err(e) => {
+                log::warn!("freeing closed sockets of TIME_LOST: {e}");
+                0
+            }
+        }
     }
 }
 
