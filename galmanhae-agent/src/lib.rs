@@ -21,3 +21,4 @@ pub mod path;
 pub mod pipeline;
 pub mod report;
 pub mod systemd;
+pub mod timeline;

@@ -21,15 +21,17 @@ use std::{
 
 use common::{GALMANHAE, Scenario, describe, fails, privileged, retrans_segs, stream_from};
 use galmanhae_lab::{
-    DB_V4,
+    DB_PORT, DB_V4,
     fault::{self, Target},
-    free_loopback_address,
+    free_loopback_address, stream,
 };
 use serde_json::Value;
 
 /// Our programs' names, as `bpftool prog show` lists them.
-const PROGRAMS: [&str; 7] = [
+const PROGRAMS: [&str; 9] = [
     "tcp_rtx_skb_btf",
+    "tcp_cong_state_set",
+    "inet_sock_set_state",
     "kfree_skb_btf",
     "tcp_retransmit_skb",
     "tcp_retransmit_synack",
@@ -303,7 +305,7 @@ fn prometheus_sees_the_lossy_containers_ratio_and_not_the_healthy_ones() {
     // The kernel hooks name the server side and the kind.
     let remotes = prometheus
         .query("sum by (workload, remote) (galmanhae_tcp_retransmits_total{kind!=\"failed\"})");
-    let to_db = format!("{DB_V4}:{}", galmanhae_lab::DB_PORT);
+    let to_db = format!("{DB_V4}:{DB_PORT}");
     assert!(
         remotes
             .iter()
@@ -452,6 +454,45 @@ fn series_of(daemon: &Daemon, workload: &str) -> BTreeMap<String, f64> {
         .into_iter()
         .filter(|(series, _)| series.contains(&label))
         .collect()
+}
+
+#[test]
+fn time_lost_is_served_equal_to_the_sockets_own() {
+    if !privileged() {
+        return;
+    }
+    let mut scenario = Scenario::new();
+    scenario.container("t-stall", &[]);
+    let daemon = Daemon::start(&[]);
+    let db = DB_V4.parse().expect("the db address");
+    let culprit = thread::spawn(move || {
+        stream::paced_stream("t-stall", db, DB_PORT, Duration::from_secs(10))
+    });
+    thread::sleep(Duration::from_secs(2));
+    fault::blackhole(&Target::Container("t-stall".to_owned())).expect("black hole");
+    thread::sleep(Duration::from_secs(3));
+    fault::clear_all(false).expect("lifting the black hole");
+    let culprit = culprit.join().expect("the stream").expect("the stream");
+    let kernel = f64::from(culprit.total_rto_time_ms) / 1000.0;
+    let stall = format!(
+        "galmanhae_tcp_rto_stall_seconds_total{{workload=\"t-stall\",remote=\"{DB_V4}:{DB_PORT}\"}}"
+    );
+    let count = "galmanhae_tcp_rto_stall_duration_seconds_count{workload=\"t-stall\"}";
+    let mut served = BTreeMap::new();
+    // A new series is served at zero first, its count from the next pass on.
+    let settled = galmanhae_lab::wait_for(Duration::from_secs(25), "t-stall's time lost", || {
+        served = series_of(&daemon, "t-stall");
+        served
+            .get(&stall)
+            .is_some_and(|v| (v - kernel).abs() <= 0.05)
+            && served.get(count).copied() == Some(f64::from(culprit.total_rto_recoveries))
+    });
+    assert!(
+        settled.is_ok() && kernel >= 2.7,
+        "tcp_info {kernel} s over {} recoveries ({culprit:?}); served {served:#?}",
+        culprit.total_rto_recoveries
+    );
+    eprintln!("served {:?} s = tcp_info {kernel} s", served.get(&stall));
 }
 
 /// The shortest grace period allowed: shorter than a scrape interval, series would flap.

@@ -351,6 +351,27 @@ fn a_black_hole_of_t_seconds_is_an_rto_stall_equal_to_the_sockets_own() {
             steady.abs() < f64::EPSILON,
             "the control reports {steady} s"
         );
+        // The timeline shows the black hole's seconds as stall seconds, adding up to the stall.
+        let row = report["timeline"]["workloads"]
+            .as_array()
+            .expect("timeline rows")
+            .iter()
+            .find(|r| r["workload"] == "t-stall")
+            .expect("a timeline row for t-stall");
+        let per_second: Vec<f64> = row["stall_seconds"]
+            .as_array()
+            .expect("stall seconds")
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        let stalled = per_second.iter().filter(|s| **s > 0.5).count();
+        let total: f64 = per_second.iter().sum();
+        #[expect(clippy::cast_precision_loss, reason = "seconds")]
+        let stalled_seconds = stalled as f64;
+        assert!(
+            (total - stall).abs() <= 0.05 && stalled_seconds >= floor - 1.0,
+            "timeline {per_second:?} against a stall of {stall} s"
+        );
         let f = finding(&report, "rto_stalls", "t-stall");
         assert_eq!(f["severity"], "high", "{f:#}");
         assert_no_findings(&report, "t-steady");

@@ -13,8 +13,9 @@ use crate::{
     cli::DiagnoseArgs,
     collect::{nat_leaks, netfilter, paths},
     kernel::probes::{Probes, RunStats},
-    pipeline::Window,
-    report::{self, HookReport, ReportContext},
+    pipeline::{Pipeline, Window},
+    report::{self, HookReport, ReportContext, timeline::TimelineReport},
+    timeline::Timeline,
 };
 
 const TICK: Duration = Duration::from_secs(1);
@@ -37,28 +38,8 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         humantime::format_duration(args.duration)
     );
 
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + args.duration;
-    let mut progress = Progress::new();
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => break,
-            _ = &mut ctrl_c => {
-                eprintln!("\ngalmanhae: interrupted, reporting what was seen");
-                break;
-            }
-            _ = ticks.tick() => {
-                window.update(pipeline.snapshot().context("reading the maps")?);
-                progress.show(started.elapsed(), args.duration, &window);
-            }
-        }
-    }
-    window.update(pipeline.snapshot().context("last snapshot")?);
+    let timeline = watch(&mut pipeline, &mut window, args.duration).await?;
     let conntrack_end = netfilter::sample(&pipeline.attributor);
-    progress.finish();
 
     pipeline.attributor.refresh_names();
     notes.extend(pipeline.probes.notes.iter().cloned());
@@ -88,7 +69,7 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         .learn(summary.drops.iter().map(|d| d.location));
     let hooks = hook_reports(&pipeline.probes, &baseline_stats);
     notes.extend(pipeline.attributor.notes.iter().cloned());
-    let report = report::build(
+    let mut report = report::build(
         &summary,
         ReportContext {
             prerequisites: checks,
@@ -109,6 +90,10 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
         },
     );
 
+    report.timeline = TimelineReport::new(
+        timeline.by_name(|o| pipeline.attributor.workload(o.netns, o.cgroup_id).name),
+        timeline.dropped,
+    );
     let rendered = if args.json {
         report::json::render(&report).context("encoding the JSON report")?
     } else {
@@ -117,6 +102,42 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{rendered}").context("writing the report")?;
     Ok(())
+}
+
+/// Takes a snapshot every tick until `duration` is over or Ctrl-C, with live progress; the
+/// window ends at a last snapshot. Returns the per-second timeline.
+async fn watch(
+    pipeline: &mut Pipeline,
+    window: &mut Window,
+    duration: Duration,
+) -> anyhow::Result<Timeline> {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut progress = Progress::new();
+    let mut timeline = Timeline::default();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break,
+            _ = &mut ctrl_c => {
+                eprintln!("\ngalmanhae: interrupted, reporting what was seen");
+                break;
+            }
+            _ = ticks.tick() => {
+                let snapshot = pipeline.snapshot().context("reading the maps")?;
+                timeline.record(window.latest(), &snapshot);
+                window.update(snapshot);
+                progress.show(started.elapsed(), duration, window);
+            }
+        }
+    }
+    let last = pipeline.snapshot().context("last snapshot")?;
+    timeline.record(window.latest(), &last);
+    window.update(last);
+    progress.finish();
+    Ok(timeline)
 }
 
 /// Each hook with its kernel-side runs, cost and skipped runs over the window.

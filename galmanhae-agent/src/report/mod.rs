@@ -2,6 +2,7 @@
 
 pub mod json;
 pub mod text;
+pub mod timeline;
 
 use std::collections::BTreeMap;
 
@@ -40,6 +41,7 @@ pub struct DiagnoseReport {
     pub paths: Vec<PathReport>,
     pub leaks: Vec<LeakReport>,
     pub findings: Vec<Finding>,
+    pub timeline: timeline::TimelineReport,
     pub health: HealthReport,
     pub notes: Vec<String>,
 }
@@ -417,6 +419,7 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
         paths: context.paths,
         leaks: context.leaks,
         findings: Vec::new(),
+        timeline: timeline::TimelineReport::default(),
         health: HealthReport {
             flow_map_entries: summary.flow_entries,
             flow_map_capacity: context.flow_capacity,

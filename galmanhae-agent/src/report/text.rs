@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{DiagnoseReport, FlowReport, TimeLostReport, WorkloadReport};
+use super::{DiagnoseReport, FlowReport, TimeLostReport, WorkloadReport, timeline::sparkline};
 use crate::kernel::probes::HookStatus;
 
 pub fn render(report: &DiagnoseReport) -> String {
@@ -27,6 +27,7 @@ fn write_report(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     hooks(out, r)?;
     workloads(out, r)?;
     flows(out, r)?;
+    timeline(out, r)?;
     drops(out, r)?;
     conntrack(out, r)?;
     nat(out, r)?;
@@ -114,6 +115,43 @@ fn flows(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
             time_lost_cell(&f.time_lost),
             kinds(f)
         )?;
+    }
+    Ok(())
+}
+
+/// A sparkline row of retransmits and one of stall seconds per workload, with the period of
+/// bursts that repeat.
+fn timeline(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
+    let t = &r.timeline;
+    if t.workloads.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\nTimeline ({} s, one column per {} s; retransmits, then RTO-stall seconds)",
+        t.seconds,
+        t.seconds.div_ceil(60).max(1)
+    )?;
+    for row in &t.workloads {
+        #[expect(clippy::cast_precision_loss, reason = "bar heights")]
+        let retransmits: Vec<f64> = row.retransmits.iter().map(|n| *n as f64).collect();
+        let period = row
+            .period_s
+            .map_or(String::new(), |p| format!("  bursts every {p:.0} s"));
+        writeln!(
+            out,
+            "  {:<20} retrans |{}|{period}",
+            truncate(&row.workload, 20),
+            sparkline(&retransmits)
+        )?;
+        if row.stall_seconds.iter().any(|s| *s > 0.0) {
+            writeln!(
+                out,
+                "  {:<20} stalled |{}|",
+                "",
+                sparkline(&row.stall_seconds)
+            )?;
+        }
     }
     Ok(())
 }
@@ -323,8 +361,15 @@ fn time_lead(r: &DiagnoseReport) -> Option<String> {
             t.syn_retry_seconds, t.syn_timeouts
         ));
     }
+    let bursts = r
+        .timeline
+        .workloads
+        .iter()
+        .find(|row| row.workload == w.name)
+        .and_then(|row| row.period_s)
+        .map_or(String::new(), |p| format!(", in bursts every {p:.0} s"));
     Some(format!(
-        "{} `{}` lost {} in this window.",
+        "{} `{}` lost {} in this window{bursts}.",
         w.kind,
         w.name,
         parts.join(" and ")

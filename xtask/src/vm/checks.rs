@@ -11,6 +11,8 @@ pub(crate) const SCENARIOS: &[&str] = &["loss", "pmtu", "syn", "conntrack"];
 /// The eBPF programs of the agent, as `bpftool` lists them.
 const PROGRAMS: &[&str] = &[
     "tcp_rtx_skb_btf",
+    "tcp_cong_state_set",
+    "inet_sock_set_state",
     "tcp_retransmit_skb",
     "tcp_retransmit_synack",
     "kfree_skb_btf",
