@@ -380,6 +380,39 @@ fn a_black_hole_of_t_seconds_is_an_rto_stall_equal_to_the_sockets_own() {
 }
 
 #[test]
+fn syns_dropped_for_3_s_are_syn_retry_seconds_equal_to_the_connects_wait() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-syn", &[]);
+    lab.container("t-steady", &[]);
+    let db = DB_V4.parse().expect("the db address");
+    let run = Diagnose::start(&["--duration", "120s", "--top", "1000"]);
+    fault::syn_blackhole(&Target::Container("t-syn".to_owned())).expect("SYN black hole");
+    let culprit =
+        thread::spawn(move || stream::timed_connect("t-syn", db, DB_PORT, Duration::from_secs(20)));
+    thread::sleep(Duration::from_secs(3));
+    fault::clear_all(false).expect("letting SYNs through");
+    let (waited, port) = culprit.join().expect("thread").expect("the connect");
+    let (_, steady_port) =
+        stream::timed_connect("t-steady", db, DB_PORT, Duration::from_secs(5)).expect("control");
+    thread::sleep(Duration::from_secs(1));
+    let report = run.stop();
+    let waited = waited.as_secs_f64();
+    let syn = time_lost_of(&report, "t-syn", port, "syn_retry_seconds");
+    // SYNs go at 0, 1, 3, 7 s: the first after the 3 s black hole gets through.
+    assert!(
+        (syn - waited).abs() <= 0.1 && waited >= 2.9,
+        "galmanhae says {syn} s, connect() waited {waited} s; flows {:#}",
+        report["flows"]
+    );
+    let steady = time_lost_of(&report, "t-steady", steady_port, "syn_retry_seconds");
+    assert!(steady.abs() < f64::EPSILON, "the control waited {steady} s");
+    eprintln!("SYNs dropped for 3 s: syn_retry_seconds {syn} s, connect() {waited} s");
+}
+
+#[test]
 fn loss_at_the_remote_end_is_beyond_the_host() {
     if !privileged() {
         return;

@@ -77,6 +77,34 @@ pub fn paced_stream(
     })
 }
 
+/// Connects from `container`'s namespace to `db:port` once, waiting up to `timeout`; how long
+/// `connect()` took (a lost SYN makes it wait for the kernel's retries) and the local port.
+pub fn timed_connect(
+    container: &str,
+    db: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<(Duration, u16)> {
+    let pid = docker::pid(container)?;
+    let target = SocketAddrV4::new(db, port);
+    thread::scope(|scope| {
+        scope
+            .spawn(move || -> anyhow::Result<(Duration, u16)> {
+                enter_netns(format!("/proc/{pid}/ns/net"))?;
+                let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+                let started = Instant::now();
+                socket
+                    .connect_timeout(&target.into(), timeout)
+                    .with_context(|| format!("connecting to {target} from {container}"))?;
+                let took = started.elapsed();
+                let port = socket.local_addr()?.as_socket().map_or(0, |a| a.port());
+                Ok((took, port))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the connect's thread panicked")))
+    })
+}
+
 /// `tcpi_total_rto*` of `socket`.
 pub fn rto_info(socket: &Socket) -> anyhow::Result<RtoInfo> {
     let mut info = MaybeUninit::<[u8; TCP_INFO_RTO_END]>::zeroed();
