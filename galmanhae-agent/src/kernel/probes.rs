@@ -526,17 +526,7 @@ fn attach_preferring_btf(
     let Ok(detail) = format else {
         return attach_tracepoint(ebpf, spec, format);
     };
-    let attached = (|| -> Result<(), Box<dyn std::error::Error>> {
-        let btf = btf.map_err(|e| format!("kernel BTF for aya: {e}"))?;
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(btf_program)
-            .ok_or("no tp_btf program in the object")?
-            .try_into()?;
-        program.load(spec.name, btf)?;
-        program.attach()?;
-        Ok(())
-    })();
-    match attached {
+    match load_btf_tracepoint(ebpf, btf, btf_program, spec.name) {
         Ok(()) => Hook {
             name: format!("{}:{}", spec.category, spec.name),
             kind: "tp_btf",
@@ -554,6 +544,23 @@ fn attach_preferring_btf(
             hook
         }
     }
+}
+
+/// Loads `program` as a BTF tracepoint on the kernel function `name` and attaches it.
+fn load_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: Result<&aya::Btf, &String>,
+    program: &str,
+    name: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let btf = btf.map_err(|e| format!("kernel BTF for aya: {e}"))?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or("no tp_btf program in the object")?
+        .try_into()?;
+    program.load(name, btf)?;
+    program.attach()?;
+    Ok(())
 }
 
 /// The two time-lost hooks, each attached or unavailable with why: without them every other
@@ -583,16 +590,7 @@ fn attach_time_lost(
     ]
     .into_iter()
     .map(|(spec, detail)| {
-        let attached = (|| -> Result<(), Box<dyn std::error::Error>> {
-            let btf = btf.map_err(|e| format!("kernel BTF for aya: {e}"))?;
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(spec.program)
-                .ok_or("no tp_btf program in the object")?
-                .try_into()?;
-            program.load(spec.name, btf)?;
-            program.attach()?;
-            Ok(())
-        })();
+        let attached = load_btf_tracepoint(ebpf, btf, spec.program, spec.name);
         let (status, detail) = match attached {
             Ok(()) => (HookStatus::Attached, detail),
             Err(e) => (
