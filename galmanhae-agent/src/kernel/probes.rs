@@ -563,6 +563,16 @@ fn load_btf_tracepoint(
     Ok(())
 }
 
+/// What a refused BTF tracepoint says of the kernel: one without the tracepoint (or without
+/// BTF for aya) lacks the hook; one whose verifier or attach refused the program has it, and
+/// the agent is at fault, which an operator should hear of.
+fn refusal_status(error: &(dyn std::error::Error + 'static)) -> HookStatus {
+    match error.downcast_ref::<ProgramError>() {
+        Some(ProgramError::Btf(_)) | None => HookStatus::Unavailable,
+        Some(_) => HookStatus::Failed,
+    }
+}
+
 /// The two time-lost hooks, each attached or unavailable with why: without them every other
 /// count stands, only `time_lost` is missing.
 fn attach_time_lost(
@@ -594,7 +604,7 @@ fn attach_time_lost(
         let (status, detail) = match attached {
             Ok(()) => (HookStatus::Attached, detail),
             Err(e) => (
-                HookStatus::Unavailable,
+                refusal_status(e.as_ref()),
                 format!(
                     "time lost is not measured: tp_btf refused: {}",
                     error_chain(e.as_ref())
@@ -700,5 +710,21 @@ fn raise_memlock_limit() {
             "setrlimit(RLIMIT_MEMLOCK): {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejected_program_has_failed_a_missing_tracepoint_is_unavailable() {
+        assert_eq!(refusal_status(&ProgramError::NotLoaded), HookStatus::Failed);
+        let missing = ProgramError::Btf(aya::BtfError::UnknownBtfTypeName {
+            type_name: "btf_trace_tcp_cong_state_set".to_owned(),
+        });
+        assert_eq!(refusal_status(&missing), HookStatus::Unavailable);
+        let no_btf: Box<dyn std::error::Error> = "kernel BTF for aya: absent".into();
+        assert_eq!(refusal_status(no_btf.as_ref()), HookStatus::Unavailable);
     }
 }
