@@ -10,7 +10,21 @@ pub fn render(report: &DiagnoseReport) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = write_report(&mut out, report);
-    out
+    printable(&out, &['\n'])
+}
+
+/// `text` with every control character but `keep` shown as `\u{..}`: names come from cgroup
+/// paths and process names, which may hold terminal escapes; a report must not run them.
+fn printable(text: &str, keep: &[char]) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && !keep.contains(&c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Where the sections go (writing to a `String` cannot fail).
@@ -458,12 +472,31 @@ fn kinds(f: &FlowReport) -> String {
     parts.join(", ")
 }
 
+/// A name in a column: on one line, at most `width` characters.
 fn truncate(s: &str, width: usize) -> String {
+    let s = printable(s, &[]);
     if s.chars().count() <= width {
-        s.to_owned()
+        s
     } else {
         let mut t: String = s.chars().take(width - 1).collect();
         t.push('~');
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_send_escapes_to_the_terminal() {
+        let name = "evil\u{1b}]0;owned\u{7}\r\nfake";
+        let column = truncate(name, 80);
+        assert!(!column.chars().any(char::is_control), "{column}");
+        assert_eq!(column, "evil\\u{1b}]0;owned\\u{7}\\u{d}\\u{a}fake");
+        // The report keeps its own line breaks and nothing else.
+        assert_eq!(printable("a\u{1b}[31m\nb", &['\n']), "a\\u{1b}[31m\nb");
+        assert_eq!(truncate("storm-1", 20), "storm-1");
+        assert_eq!(truncate("abcdef", 4), "abc~");
     }
 }
