@@ -522,10 +522,16 @@ def fixture_series():
     # Not galmanhae's: the app latency histogram the dashboard's text boxes name by default.
     for le, rate in [("0.1", 90.0), ("0.5", 97.0), ("1", 98.0), ("5", 99.5), ("+Inf", 100.0)]:
         s.append(("http_server_request_duration_seconds_bucket", {"le": le}, rate))
-    for hook in ("tcp:tcp_retransmit_skb", "tcp:tcp_retransmit_synack", "skb:kfree_skb"):
-        s.append(("galmanhae_hook_up", {"hook": hook}, -1.0))
-    for collector in ("maps", "snmp", "conntrack", "nat_table", "nat_rules", "docker", "kallsyms", "bpf_stats"):
-        s.append(("galmanhae_collector_up", {"collector": collector}, -1.0))
+    for hook, kind in (("tcp:tcp_retransmit_skb", "tp_btf"), ("tcp:tcp_retransmit_synack", "tracepoint"),
+                       ("skb:kfree_skb", "tp_btf")):
+        s.append(("galmanhae_hook_up", {"hook": hook, "kind": kind, "status": "attached", "required": "true"}, -1.0))
+    s.append(("galmanhae_hook_up", {"hook": "__nf_conntrack_confirm", "kind": "kprobe|fentry",
+                                    "status": "unavailable", "required": "false"}, 0.0))
+    for collector in ("maps", "snmp", "conntrack", "nat_table"):
+        s.append(("galmanhae_collector_up", {"collector": collector, "status": "ok", "required": "true"}, -1.0))
+    for collector in ("nat_rules", "kallsyms", "bpf_stats"):
+        s.append(("galmanhae_collector_up", {"collector": collector, "status": "ok", "required": "false"}, -1.0))
+    s.append(("galmanhae_collector_up", {"collector": "docker", "status": "off", "required": "false"}, 0.0))
     return s
 
 

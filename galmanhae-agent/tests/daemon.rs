@@ -140,12 +140,21 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: &str) -> Self {
+        Self::start_with_rules(target, None)
+    }
+
+    /// With `rules`, Prometheus evaluates that rule file every second.
+    fn start_with_rules(target: &str, rules: Option<&std::path::Path>) -> Self {
         let dir = std::env::temp_dir().join(format!("galmanhae-prometheus-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a temp dir");
+        let rule_files = rules
+            .map(|r| format!("rule_files:\n  - '{}'\n", r.display()))
+            .unwrap_or_default();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
-             - job_name: galmanhae\n    static_configs:\n      - targets: ['{target}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}\
+             scrape_configs:\n  - job_name: galmanhae\n    static_configs:\n      \
+             - targets: ['{target}']\n"
         );
         std::fs::write(dir.join("prometheus.yml"), config).expect("writing prometheus.yml");
         let address = free_loopback_address().expect("a free port");
@@ -202,6 +211,19 @@ impl Prometheus {
                 (labels, value)
             })
             .collect()
+    }
+
+    /// How many alerting rules Prometheus has loaded.
+    fn loaded_rules(&self) -> usize {
+        let (_, body) = http_get(&format!("{}/api/v1/rules?type=alert", self.url), &[]);
+        let answer: Value = serde_json::from_str(&body).unwrap_or_default();
+        answer["data"]["groups"].as_array().map_or(0, |groups| {
+            groups
+                .iter()
+                .filter_map(|g| g["rules"].as_array())
+                .map(Vec::len)
+                .sum()
+        })
     }
 
     fn value_for(&self, promql: &str, workload: &str) -> Option<f64> {
@@ -370,6 +392,68 @@ fn prometheus_sees_the_lossy_containers_ratio_and_not_the_healthy_ones() {
         "programs left loaded: {:?}",
         loaded_programs()
     );
+}
+
+/// The shipped alert rules, evaluated every second by a real Prometheus scraping the daemon:
+/// none is even pending on a healthy lab with traffic for over a minute; then drops on one
+/// container's path make its drop alert pending, and no alert names the control.
+#[test]
+fn shipped_alerts_stay_quiet_on_a_healthy_host_and_a_drop_fault_is_pending() {
+    if !privileged() {
+        return;
+    }
+    let mut scenario = Scenario::new();
+    for name in ["t-drops", "t-control"] {
+        // No tail-loss probes from scheduling stalls of a busy CI machine (see above).
+        scenario.container(name, &["--sysctl", "net.ipv4.tcp_early_retrans=0"]);
+    }
+    let daemon = Daemon::start(&[]);
+    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/prometheus/galmanhae-alerts.yml")
+        .canonicalize()
+        .expect("deploy/prometheus/galmanhae-alerts.yml");
+    let prometheus =
+        Prometheus::start_with_rules(daemon.url.trim_start_matches("http://"), Some(&rules));
+    let shipped = std::fs::read_to_string(&rules)
+        .expect("the rule file")
+        .matches("- alert: ")
+        .count();
+    galmanhae_lab::wait_for(Duration::from_secs(20), "the rules and a scrape", || {
+        prometheus.loaded_rules() == shipped && !prometheus.query("galmanhae_hook_up").is_empty()
+    })
+    .expect("Prometheus loads every shipped rule and scrapes the daemon");
+
+    let healthy_since = Instant::now();
+    while healthy_since.elapsed() < Duration::from_secs(65) {
+        stream_from("t-control", DB_V4, 200_000);
+        stream_from("t-drops", DB_V4, 200_000);
+        thread::sleep(Duration::from_secs(2));
+    }
+    let window = healthy_since.elapsed().as_secs();
+    let alerts = prometheus.query(&format!("count_over_time(ALERTS[{window}s])"));
+    assert!(
+        alerts.is_empty(),
+        "alerts on a healthy lab within {window} s: {alerts:?}; hooks {:?}, collectors {:?}",
+        prometheus.query("galmanhae_hook_up"),
+        prometheus.query("galmanhae_collector_up")
+    );
+
+    fault::loss(20.0, &Target::Container("t-drops".to_owned())).expect("injecting loss");
+    let pending = "ALERTS{alertname=\"GalmanhaePacketDrops\",alertstate=\"pending\",\
+                   workload=\"t-drops\",reason=\"NETFILTER_DROP\"}";
+    let fault_since = Instant::now();
+    while prometheus.query(pending).is_empty() {
+        assert!(
+            fault_since.elapsed() < Duration::from_secs(60),
+            "no pending drop alert for t-drops after 60 s: {:?}; drops {:?}",
+            prometheus.query("ALERTS"),
+            prometheus.query("galmanhae_skb_drops_total")
+        );
+        stream_from("t-drops", DB_V4, 2_000_000);
+        stream_from("t-control", DB_V4, 200_000);
+    }
+    let control = prometheus.query("ALERTS{workload=\"t-control\"}");
+    assert!(control.is_empty(), "alerts for the control: {control:?}");
 }
 
 /// Scrapes at once, while traffic runs: each is a complete exposition, and their states are

@@ -115,13 +115,17 @@ pub fn nat_index() -> Result<NatIndex, ConntrackError> {
 
 /// MASQUERADE rules and the conntrack sysctls that decide how NAT behaves under stress.
 pub fn audit() -> NatAudit {
-    let (masquerade, unavailable) = match conntrack::masquerade_rules() {
-        Ok(rules) => (rules, Vec::new()),
-        Err(e) => (Vec::new(), vec![format!("MASQUERADE rules: {e}")]),
+    let (masquerade, unavailable, no_tools) = match conntrack::masquerade_rules() {
+        Ok(rules) => (rules, Vec::new(), false),
+        Err(e) => {
+            let no_tools = matches!(e, ConntrackError::ToolMissing { .. });
+            (Vec::new(), vec![format!("MASQUERADE rules: {e}")], no_tools)
+        }
     };
     NatAudit {
         masquerade,
         sysctls: conntrack::sysctls(),
         unavailable,
+        no_tools,
     }
 }

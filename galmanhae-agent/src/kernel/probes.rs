@@ -50,6 +50,10 @@ pub struct Hook {
     pub name: String,
     pub kind: &'static str,
     pub status: HookStatus,
+    /// Whether a core count is missing without it (the retransmit, SYN-ACK and drop hooks,
+    /// the NAT-leak watch where there is something to watch); an optional hook only adds
+    /// precision or a field, and its absence is no fault of the host.
+    pub required: bool,
     pub detail: String,
     /// The program's name in the object (and in `bpftool prog`).
     #[serde(skip)]
@@ -64,6 +68,21 @@ pub enum HookStatus {
     Unavailable,
     /// It exists but loading or attaching failed.
     Failed,
+    /// Not used here: turned off by configuration, or nothing for it to watch.
+    Off,
+}
+
+impl HookStatus {
+    /// The value of the `status` label.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Attached => "attached",
+            Self::Unavailable => "unavailable",
+            Self::Failed => "failed",
+            Self::Off => "off",
+        }
+    }
 }
 
 /// What the kernel says of a program's runs, cumulative since it was loaded.
@@ -237,7 +256,11 @@ impl Probes {
             (skb, synack, drops),
             &drop_reasons,
         );
-        hooks.extend(attach_time_lost(&mut ebpf, aya_btf.as_ref(), rto_counters));
+        hooks.extend(if options.classic_tracepoints {
+            time_lost_off()
+        } else {
+            attach_time_lost(&mut ebpf, aya_btf.as_ref(), rto_counters)
+        });
 
         let stats = if options.bpf_stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -278,7 +301,8 @@ impl Probes {
         let mut hook = Hook {
             name: "tc egress (uplinks)".to_owned(),
             kind: "tc",
-            status: HookStatus::Unavailable,
+            status: HookStatus::Off,
+            required: false,
             detail: String::new(),
             program: NAT_LEAK_PROGRAM,
         };
@@ -291,6 +315,7 @@ impl Probes {
             self.hooks.push(hook);
             return;
         }
+        hook.required = true;
         let (attached, failures) = match self.attach_uplinks(subnets, uplinks) {
             Ok(result) => result,
             Err(e) => {
@@ -443,6 +468,7 @@ fn attach_tracepoint(
         name: format!("{}:{}", spec.category, spec.name),
         kind: "tracepoint",
         status: HookStatus::Attached,
+        required: true,
         detail: String::new(),
         program: spec.program,
     };
@@ -531,6 +557,7 @@ fn attach_preferring_btf(
             name: format!("{}:{}", spec.category, spec.name),
             kind: "tp_btf",
             status: HookStatus::Attached,
+            required: true,
             detail,
             program: btf_program,
         },
@@ -611,15 +638,33 @@ fn attach_time_lost(
                 ),
             ),
         };
-        Hook {
-            name: format!("{}:{}", spec.category, spec.name),
-            kind: "tp_btf",
-            status,
-            detail,
-            program: spec.program,
-        }
+        time_lost_hook(spec, status, detail)
     })
     .collect()
+}
+
+/// The time-lost hooks as `--classic-tracepoints` leaves them: they exist only as `tp_btf`.
+fn time_lost_off() -> Vec<Hook> {
+    [&CONG_STATE_SET, &INET_SOCK_SET_STATE]
+        .into_iter()
+        .map(|spec| {
+            let detail = "time lost is not measured: --classic-tracepoints (or \
+                          kernel.classic_tracepoints) turns the tp_btf programs off"
+                .to_owned();
+            time_lost_hook(spec, HookStatus::Off, detail)
+        })
+        .collect()
+}
+
+fn time_lost_hook(spec: &TracepointSpec, status: HookStatus, detail: String) -> Hook {
+    Hook {
+        name: format!("{}:{}", spec.category, spec.name),
+        kind: "tp_btf",
+        status,
+        required: false,
+        detail,
+        program: spec.program,
+    }
 }
 
 /// The function the optional conntrack hook watches.
@@ -632,6 +677,7 @@ fn attach_conntrack_confirm(ebpf: &mut Ebpf, btf: Result<&aya::Btf, &String>) ->
         name: CONNTRACK_CONFIRM.to_owned(),
         kind: "kprobe",
         status: HookStatus::Attached,
+        required: false,
         detail: "optional: counts new conntrack entries".to_owned(),
         program: "conntrack_confirm_kprobe",
     };

@@ -25,7 +25,11 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{Exporter, Families, Lifecycle as _, OnlyWorkload, series::Series};
+use super::{
+    Exporter, Families, Lifecycle as _, OnlyWorkload,
+    health::{CollectorLabels, HookLabels, SourceState},
+    series::Series,
+};
 use crate::kernel::probes::{HookStatus, RunStats};
 
 /// Scrapes within this long of a pass serve that pass: a scrape storm costs no more than
@@ -446,31 +450,32 @@ fn encode_status(
     {
         let mut family = encoder.encode_descriptor(
             "galmanhae_hook_up",
-            "1 when the kernel hook is attached",
+            "1 when the kernel hook is attached; status and required say what a 0 means",
             None,
             MetricType::Gauge,
         )?;
         for hook in &probes.hooks {
             let up = u64::from(hook.status == HookStatus::Attached);
-            gauge_value(up).encode(family.encode_family(&[("hook", hook.name.as_str())])?)?;
+            gauge_value(up).encode(family.encode_family(&HookLabels::of(hook))?)?;
         }
     }
     {
         let mut family = encoder.encode_descriptor(
             "galmanhae_collector_up",
-            "1 when the user-space source worked on the last pass",
+            "1 when the user-space source worked on the last pass; status and required say \
+             what a 0 means",
             None,
             MetricType::Gauge,
         )?;
-        let bpf_stats = [("bpf_stats", measured)];
-        for (collector, up) in exporter
-            .collectors
-            .iter()
-            .map(|(c, up)| (*c, *up))
-            .chain(bpf_stats)
-        {
-            gauge_value(u64::from(up))
-                .encode(family.encode_family(&[("collector", collector)])?)?;
+        let bpf_stats = if measured {
+            SourceState::Ok
+        } else {
+            SourceState::Off
+        };
+        let states = exporter.collectors.iter().map(|(c, s)| (*c, *s));
+        for (collector, state) in states.chain([("bpf_stats", bpf_stats)]) {
+            gauge_value(u64::from(state == SourceState::Ok))
+                .encode(family.encode_family(&CollectorLabels::of(collector, state))?)?;
         }
     }
     infos(

@@ -7,6 +7,7 @@
 //! [`families`] encodes the series with `prometheus-client`; [`http`] serves them.
 
 pub mod families;
+pub mod health;
 pub mod http;
 pub mod series;
 mod time_lost;
@@ -23,6 +24,7 @@ use galmanhae_common::{
 };
 use prometheus_client::encoding::EncodeLabelSet;
 
+use self::health::{COLLECTORS, SourceState};
 pub use self::series::Lifecycle;
 use self::series::{Admission, Series, Slots, TopK};
 use crate::{
@@ -142,17 +144,6 @@ const FLOW_IDLE: Duration = Duration::from_secs(60);
 /// The MASQUERADE audit (`iptables-save`, a fork) runs this often, not every pass.
 const AUDIT_EVERY: Duration = Duration::from_secs(60);
 
-/// The user-space sources, for `galmanhae_collector_up{collector}`.
-pub const COLLECTORS: [&str; 7] = [
-    "maps",
-    "snmp",
-    "conntrack",
-    "nat_table",
-    "nat_rules",
-    "docker",
-    "kallsyms",
-];
-
 /// The series of every family the agent folds from its passes (its own health is read at
 /// scrape time, see [`families`]).
 #[derive(Debug, Default)]
@@ -270,8 +261,9 @@ pub struct Exporter {
     pub series_dropped: BTreeMap<&'static str, u64>,
     /// Kernel map entries freed because their flow went idle.
     pub evicted: u64,
-    /// Whether each user-space source worked on the last pass.
-    pub collectors: BTreeMap<&'static str, bool>,
+    /// What became of each user-space source on the last pass (`bpf_stats` is read at
+    /// scrape time).
+    pub collectors: BTreeMap<&'static str, SourceState>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -315,9 +307,10 @@ impl Exporter {
             evicted: 0,
             collectors: COLLECTORS
                 .iter()
-                .filter_map(|c| match *c {
-                    "docker" => docker.map(|answered| (*c, answered)),
-                    _ => Some((*c, true)),
+                .filter(|(c, _)| *c != "bpf_stats")
+                .map(|(c, _)| match *c {
+                    "docker" => (*c, docker.map_or(SourceState::Off, SourceState::worked)),
+                    _ => (*c, SourceState::Ok),
                 })
                 .collect(),
         };
@@ -337,24 +330,25 @@ impl Exporter {
             Ok(snapshot) => snapshot,
             Err(e) => {
                 log::warn!("reading the maps: {e}");
-                self.collectors.insert("maps", false);
+                self.collectors.insert("maps", SourceState::Failed);
                 return Err(e);
             }
         };
-        self.collectors.insert("maps", true);
+        self.collectors.insert("maps", SourceState::Ok);
         self.collectors
-            .insert("snmp", !snapshot.netns_tcp.is_empty());
+            .insert("snmp", SourceState::worked(!snapshot.netns_tcp.is_empty()));
         // A new namespace is most likely a new container: name it before its first series.
         let new_namespace = snapshot
             .netns_tcp
             .keys()
             .any(|netns| !self.netns_tcp.contains_key(netns));
         if full || new_namespace {
-            match self.pipeline.attributor.refresh_names() {
-                Some(answered) => self.collectors.insert("docker", answered),
-                // Not asked (no socket, or no permission by choice): not a failing source.
-                None => self.collectors.remove("docker"),
-            };
+            // Not asked (no socket, or no permission by choice): off, not failing.
+            let docker = self.pipeline.attributor.refresh_names();
+            self.collectors.insert(
+                "docker",
+                docker.map_or(SourceState::Off, SourceState::worked),
+            );
         }
         if full {
             self.refresh_nat(now);
@@ -530,7 +524,8 @@ impl Exporter {
             };
             self.series.drops.add(labels, drop.packets, now);
         }
-        self.collectors.insert("kallsyms", kallsyms_ok);
+        self.collectors
+            .insert("kallsyms", SourceState::worked(kallsyms_ok));
     }
 
     fn fold_leaks(&mut self, summary: &Summary, now: Instant) {
@@ -556,7 +551,7 @@ impl Exporter {
         let host = self.pipeline.attributor.host_netns();
         self.collectors.insert(
             "conntrack",
-            host.is_some_and(|h| sample.netns.contains_key(&h)),
+            SourceState::worked(host.is_some_and(|h| sample.netns.contains_key(&h))),
         );
         for note in &sample.notes {
             log::debug!("{note}");
@@ -609,16 +604,20 @@ impl Exporter {
             self.nat_audit = netfilter::audit();
             self.audited = now;
         }
-        self.collectors
-            .insert("nat_rules", self.nat_audit.unavailable.is_empty());
+        let rules = if self.nat_audit.no_tools {
+            SourceState::Off
+        } else {
+            SourceState::worked(self.nat_audit.unavailable.is_empty())
+        };
+        self.collectors.insert("nat_rules", rules);
         match netfilter::nat_index() {
             Ok(index) => {
                 self.nat = index;
-                self.collectors.insert("nat_table", true);
+                self.collectors.insert("nat_table", SourceState::Ok);
             }
             Err(e) => {
                 log::debug!("NAT table: {e}");
-                self.collectors.insert("nat_table", false);
+                self.collectors.insert("nat_table", SourceState::Failed);
                 return;
             }
         }

@@ -226,6 +226,9 @@ pub struct NatAudit {
     pub sysctls: Sysctls,
     /// Why part of the audit could not be done.
     pub unavailable: Vec<String>,
+    /// The host has no iptables tools: nothing to audit, by design.
+    #[serde(skip)]
+    pub no_tools: bool,
 }
 
 impl NatAudit {

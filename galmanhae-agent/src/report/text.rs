@@ -57,6 +57,7 @@ fn hooks(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
             HookStatus::Attached => "attached",
             HookStatus::Unavailable => "UNAVAILABLE",
             HookStatus::Failed => "FAILED",
+            HookStatus::Off => "off",
         };
         let missed = match h.missed {
             Some(missed) if missed > 0 => format!(", {missed} MISSED"),

@@ -59,9 +59,13 @@ fn hooks_up(console: &Console) -> Result<String, String> {
         "tc egress (uplinks)",
     ] {
         let label = format!("hook=\"{hook}\"");
-        let value = metric(console, "galmanhae_hook_up", &[label.as_str()])?;
+        let labels = [label.as_str(), "required=\"true\"", "status=\"attached\""];
+        let value = metric(console, "galmanhae_hook_up", &labels)?;
         if (value - 1.0).abs() > f64::EPSILON {
-            return Err(format!("galmanhae_hook_up{{{label}}} is {value}"));
+            return Err(format!(
+                "galmanhae_hook_up{{{}}} is {value}",
+                labels.join(",")
+            ));
         }
         up.push(hook);
     }

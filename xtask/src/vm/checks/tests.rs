@@ -62,9 +62,9 @@ fn scenario_reports() -> [(&'static str, Value); 3] {
 }
 
 const METRICS: &str = "galmanhae_tcp_retransmit_segments_total{workload=\"netns:app\",remote=\"198.19.0.2:5432\"} 11\n\
-galmanhae_hook_up{hook=\"tcp:tcp_retransmit_skb\"} 1\n\
-galmanhae_hook_up{hook=\"skb:kfree_skb\"} 1\n\
-galmanhae_hook_up{hook=\"tc egress (uplinks)\"} 1\n";
+galmanhae_hook_up{hook=\"tcp:tcp_retransmit_skb\",kind=\"tp_btf\",status=\"attached\",required=\"true\"} 1\n\
+galmanhae_hook_up{hook=\"skb:kfree_skb\",kind=\"tp_btf\",status=\"attached\",required=\"true\"} 1\n\
+galmanhae_hook_up{hook=\"tc egress (uplinks)\",kind=\"tc\",status=\"attached\",required=\"true\"} 1\n";
 
 /// A guest run in which everything went as it should.
 fn console_with(app_after: u64) -> Console {
