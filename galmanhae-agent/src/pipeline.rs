@@ -113,6 +113,8 @@ pub struct WorkloadTotals {
     pub time_lost: TimeLost,
     /// Its namespace disappeared before the window ended: counters end at the last reading.
     pub vanished: bool,
+    /// Its runtime no longer lists it (its sockets outlived it): the name is its last known.
+    pub removed: bool,
 }
 
 /// One flow over a window, attributed.
@@ -267,6 +269,9 @@ impl Window {
             }
         }
 
+        for entry in workloads.values_mut() {
+            entry.removed = attributor.removed(&entry.workload);
+        }
         let drop_delta = self.latest.drops.since(&self.start.drops);
         let drops = attribute_drops(&drop_delta, attributor, nat);
 
@@ -293,6 +298,7 @@ fn totals(map: &mut HashMap<Workload, WorkloadTotals>, workload: Workload) -> &m
             hooked: RetransmitCounters::default(),
             time_lost: TimeLost::default(),
             vanished: false,
+            removed: false,
         })
 }
 

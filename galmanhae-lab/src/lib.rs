@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 mod cmd;
+pub mod ctr;
 pub mod docker;
 pub mod fault;
 pub mod snmp;
@@ -81,6 +82,7 @@ pub fn down() -> anyhow::Result<()> {
     };
     step("faults", fault::clear_all(true));
     step("containers", docker::remove_lab_containers());
+    step("containerd containers", ctr::remove_all());
     step("image", docker::remove_image());
     step("db namespace", remove_db());
     step("dockerd", docker::stop_daemon_if_ours());

@@ -51,6 +51,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         "path_mtu",
         "--test",
         "daemon",
+        "--test",
+        "names",
         "--",
         "--test-threads=1",
     ];

@@ -102,6 +102,32 @@ pub fn classify(path: &str) -> Option<CgroupIdentity> {
         })
 }
 
+/// A name a person can search for, from a cgroup path no layout above knows (a container of
+/// plain `ctr` lives in `/<namespace>/<id>`, its id any name): the innermost component
+/// without a `.scope` suffix, a 64-digit id shortened to 12, a long one cut. `None` for the
+/// root, slices, and the scopes of login sessions and user managers: they name a login, not
+/// the workload.
+pub fn leaf_name(path: &str) -> Option<String> {
+    const LONGEST: usize = 48;
+    let leaf = path.rsplit('/').find(|c| !c.is_empty())?;
+    let leaf = leaf.strip_suffix(".scope").unwrap_or(leaf);
+    let says_nothing = leaf.starts_with("session-")
+        || leaf.starts_with("user@")
+        || leaf == "init"
+        || leaf.strip_suffix(".slice").is_some();
+    if says_nothing {
+        return None;
+    }
+    if is_container_id(leaf) {
+        return Some(leaf[..12].to_owned());
+    }
+    if leaf.chars().count() > LONGEST {
+        let cut: String = leaf.chars().take(LONGEST - 1).collect();
+        return Some(format!("{cut}\u{2026}"));
+    }
+    Some(leaf.to_owned())
+}
+
 /// 64 lowercase hex digits: the id Docker, containerd, podman and CRI-O give containers.
 fn is_container_id(s: &str) -> bool {
     s.len() == 64
@@ -194,5 +220,27 @@ mod tests {
         );
         assert_eq!(classify("/"), None);
         assert_eq!(classify("/user.slice/user-0.slice/session-1.scope"), None);
+    }
+
+    #[test]
+    fn unknown_layouts_are_named_by_their_leaf() {
+        assert_eq!(classify("/galmanhae-lab/t-ctr"), None);
+        assert_eq!(leaf_name("/galmanhae-lab/t-ctr").as_deref(), Some("t-ctr"));
+        assert_eq!(leaf_name("/batch/job-7.scope").as_deref(), Some("job-7"));
+        assert_eq!(leaf_name(&format!("/x/{ID}/")).as_deref(), Some(&ID[..12]));
+        let long = "a".repeat(60);
+        let cut = leaf_name(&format!("/x/{long}")).unwrap();
+        assert_eq!(cut.chars().count(), 48);
+        assert!(cut.ends_with('\u{2026}'));
+        for says_nothing in [
+            "/",
+            "",
+            "/user.slice/user-0.slice/session-1.scope",
+            "/user.slice/user-0.slice/user@0.service",
+            "/init.scope",
+            "/system.slice",
+        ] {
+            assert_eq!(leaf_name(says_nothing), None, "{says_nothing}");
+        }
     }
 }

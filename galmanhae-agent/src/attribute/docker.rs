@@ -1,8 +1,10 @@
 //! Container names and images from the Docker Engine API.
 //!
-//! One `GET /containers/json` on the local socket per report. A Docker client crate (bollard)
-//! would bring an HTTP stack and ~80 crates for this single request; HTTP/1.0 without
-//! keep-alive needs no chunked decoding, so a plain Unix-socket request does it.
+//! One `GET /containers/json` on the local socket per refresh (see [`super::docker_names`],
+//! which runs it off the passes). A Docker client crate (bollard) would bring an HTTP stack
+//! and ~80 crates for this single request; HTTP/1.0 without keep-alive needs no chunked
+//! decoding, so a plain Unix-socket request does it. Every step is bounded: the connect, each
+//! read and write, and the size of the answer.
 
 use std::{
     collections::HashMap,
@@ -26,7 +28,14 @@ pub enum DockerError {
     Status { status: String },
     #[error("Docker Engine API: unexpected answer: {0}")]
     Decode(String),
+    #[error("Docker Engine API at {path}: an answer over {MAX_RESPONSE} bytes, not read")]
+    TooLarge { path: String },
 }
+
+/// How long a connect, a read or a write may take.
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest answer read: about 10,000 containers' worth of JSON.
+const MAX_RESPONSE: u64 = 32 << 20;
 
 /// What the Engine API says about one container.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,19 +60,32 @@ pub fn containers(socket: &Path) -> Result<HashMap<String, ContainerInfo>, Docke
         path: socket.display().to_string(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).map_err(io)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
+    let mut stream = connect(socket).map_err(io)?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
     stream
         .write_all(b"GET /containers/json?all=1 HTTP/1.0\r\nHost: docker\r\n\r\n")
         .map_err(io)?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).map_err(io)?;
+    (&mut stream)
+        .take(MAX_RESPONSE + 1)
+        .read_to_end(&mut response)
+        .map_err(io)?;
+    if response.len() as u64 > MAX_RESPONSE {
+        return Err(DockerError::TooLarge {
+            path: socket.display().to_string(),
+        });
+    }
     parse_response(&response)
+}
+
+/// A connect that cannot hang: a Unix socket whose backlog is full refuses at once
+/// (`EAGAIN`) instead of blocking.
+fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    let address = socket2::SockAddr::unix(socket)?;
+    let stream = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    stream.connect_timeout(&address, TIMEOUT)?;
+    Ok(UnixStream::from(std::os::fd::OwnedFd::from(stream)))
 }
 
 fn parse_response(response: &[u8]) -> Result<HashMap<String, ContainerInfo>, DockerError> {

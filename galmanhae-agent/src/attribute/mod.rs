@@ -5,6 +5,7 @@
 pub mod addresses;
 pub mod cgroup_path;
 pub mod docker;
+pub mod docker_names;
 pub mod kubernetes;
 pub mod nat;
 pub mod procfs;
@@ -12,16 +13,21 @@ pub mod procfs;
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::Path,
+    time::Duration,
 };
 
 use cgroup_path::CgroupIdentity;
 pub use cgroup_path::WorkloadKind;
 
 use self::{
-    docker::ContainerInfo,
+    docker_names::DockerNames,
     procfs::{CgroupResolver, ProcessTable},
 };
+
+/// How long a pass that sees a new Docker container waits for its name: long enough for a
+/// healthy daemon, short enough that a hung one does not hold up a scrape.
+const NAME_WAIT: Duration = Duration::from_millis(300);
 
 /// Who owns a socket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,11 +48,15 @@ pub struct Workload {
 
 /// Resolves owners to workloads, remembering namespaces after their processes exit.
 pub struct Attributor {
-    docker_socket: PathBuf,
+    docker: DockerNames,
     cgroups: CgroupResolver,
     by_netns: HashMap<u32, Option<CgroupIdentity>>,
+    /// Names of namespaces no layout classifies: a cgroup leaf, or `comm-pid`.
+    fallback_names: HashMap<u32, String>,
+    /// The namespaces of the last scan: one that left it and comes back is classified again
+    /// (the kernel reuses inodes).
+    present: HashSet<u32>,
     netns_names: HashMap<u32, String>,
-    containers: HashMap<String, ContainerInfo>,
     /// Pod uid → `namespace/name` (from the kubelet's pod log directories).
     pods: HashMap<String, String>,
     host_netns: Option<u32>,
@@ -63,11 +73,12 @@ pub struct Attributor {
 impl Attributor {
     pub fn new(docker_socket: &Path) -> Self {
         Self {
-            docker_socket: docker_socket.to_owned(),
+            docker: DockerNames::start(docker_socket),
             cgroups: CgroupResolver::new(),
             by_netns: HashMap::new(),
+            fallback_names: HashMap::new(),
+            present: HashSet::new(),
             netns_names: HashMap::new(),
-            containers: HashMap::new(),
             pods: HashMap::new(),
             host_netns: None,
             addresses: HashMap::new(),
@@ -78,7 +89,8 @@ impl Attributor {
     }
 
     /// Learns the identity of namespaces first seen in this scan. Known ones keep theirs, so a
-    /// container that exits mid-window is still named.
+    /// container that exits mid-window is still named; one that left a scan and comes back
+    /// is learned again.
     pub fn observe(&mut self, table: &ProcessTable) {
         self.host_netns = table.host_netns.or(self.host_netns);
         self.pids = table
@@ -86,6 +98,18 @@ impl Attributor {
             .iter()
             .filter_map(|(netns, info)| Some((*netns, *info.pids.first()?)))
             .collect();
+        let returned: Vec<u32> = table
+            .netns
+            .keys()
+            .filter(|n| !self.present.contains(n) && self.by_netns.contains_key(n))
+            .copied()
+            .collect();
+        for netns in returned {
+            log::debug!("namespace {netns} is back: classifying it again");
+            self.unlearn(netns);
+        }
+        self.present = table.netns.keys().copied().collect();
+        let mut unnamed_container = false;
         for (netns, info) in &table.netns {
             if Some(*netns) == self.host_netns {
                 continue;
@@ -94,15 +118,40 @@ impl Attributor {
             if self.by_netns.get(netns).is_some_and(Option::is_some) {
                 continue;
             }
-            // A namespace's processes all belong to its container or pod; a few suffice.
-            let identity = info
-                .pids
-                .iter()
-                .take(8)
-                .flat_map(|pid| procfs::cgroup_paths(*pid))
-                .find_map(|path| cgroup_path::classify(&path));
+            let identity = self.classify(*netns, &info.pids);
+            unnamed_container |= identity
+                .as_ref()
+                .is_some_and(|i| i.runtime == "docker" && self.docker.get(&i.id).is_none());
             self.by_netns.insert(*netns, identity);
         }
+        // Its first series should carry its name, not its short id.
+        if unnamed_container && self.docker.answered().is_some() {
+            self.docker.refresh_within(NAME_WAIT);
+        }
+    }
+
+    /// A namespace's identity from its processes' cgroups (they all belong to its container or
+    /// pod; a few suffice); when no layout knows them, a fallback name for it.
+    fn classify(&mut self, netns: u32, pids: &[i32]) -> Option<CgroupIdentity> {
+        let paths: Vec<String> = pids
+            .iter()
+            .take(8)
+            .flat_map(|pid| procfs::cgroup_paths(*pid))
+            .collect();
+        let identity = paths.iter().find_map(|path| cgroup_path::classify(path));
+        if identity.is_none() && !self.fallback_names.contains_key(&netns) {
+            let name = paths
+                .iter()
+                .find_map(|path| cgroup_path::leaf_name(path))
+                .or_else(|| {
+                    let pid = *pids.first()?;
+                    Some(format!("{}-{pid}", procfs::comm(pid)?))
+                });
+            if let Some(name) = name {
+                self.fallback_names.insert(netns, name);
+            }
+        }
+        identity
     }
 
     /// Reads a namespace's addresses until it has some (a container's are set up just after
@@ -147,43 +196,39 @@ impl Attributor {
     pub fn refresh_names(&mut self) -> Option<bool> {
         self.netns_names = procfs::netns_names();
         self.pods = kubernetes::pod_names(Path::new(kubernetes::POD_LOG_DIR));
-        if !self.docker_socket.exists() {
-            return None;
-        }
-        let (note, answered) = match docker::containers(&self.docker_socket) {
-            Ok(containers) => {
-                self.containers.extend(containers);
-                return Some(true);
-            }
-            Err(docker::DockerError::Io { path, source })
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                let note = format!(
-                    "no permission to use {path}: containers are named by short id (it is \
-                     root-equivalent; to name them, give the agent access, e.g. \
-                     `cargo xtask install --docker-names`)"
-                );
-                (note, None)
-            }
-            Err(e) => (
-                format!("{e}: containers are named by short id"),
-                Some(false),
-            ),
-        };
-        if !self.notes.contains(&note) {
+        self.docker.wake();
+        if let Some(note) = self.docker.note()
+            && !self.notes.contains(&note)
+        {
             log::info!("{note}");
             self.notes.push(note);
         }
-        answered
+        self.docker.answered()
+    }
+
+    /// Whether the Docker API answered its last ask; `None` when it was not asked.
+    pub fn docker_answered(&self) -> Option<bool> {
+        self.docker.answered()
+    }
+
+    /// Whether the workload is a container its runtime no longer lists.
+    pub fn removed(&self, workload: &Workload) -> bool {
+        workload.kind == WorkloadKind::Container
+            && self.docker.get(&workload.id).is_some_and(|k| k.removed)
     }
 
     /// Forgets a namespace that is gone (a daemon would otherwise remember every container
     /// that ever ran), and the names of containers that no longer run.
     pub fn forget(&mut self, netns: u32) {
-        if let Some(Some(identity)) = self.by_netns.remove(&netns) {
-            self.containers.remove(&identity.id);
-        }
+        self.unlearn(netns);
         self.netns_names.remove(&netns);
+        self.present.remove(&netns);
+    }
+
+    /// Drops what was learned of a namespace: identity, fallback name, addresses.
+    fn unlearn(&mut self, netns: u32) {
+        self.by_netns.remove(&netns);
+        self.fallback_names.remove(&netns);
         self.addresses.retain(|_, owner| *owner != netns);
         self.addressed.remove(&netns);
     }
@@ -212,10 +257,15 @@ impl Attributor {
                 kind: WorkloadKind::Netns,
                 runtime: "none".to_owned(),
                 id: netns.to_string(),
-                name: self
-                    .netns_names
-                    .get(&netns)
-                    .map_or_else(|| format!("netns-{netns}"), |n| format!("netns:{n}")),
+                name: self.netns_names.get(&netns).map_or_else(
+                    || {
+                        self.fallback_names
+                            .get(&netns)
+                            .cloned()
+                            .unwrap_or_else(|| format!("netns-{netns}"))
+                    },
+                    |n| format!("netns:{n}"),
+                ),
                 image: None,
                 netns,
                 netns_shared: false,
@@ -224,7 +274,8 @@ impl Attributor {
     }
 
     fn named(&self, identity: CgroupIdentity, netns: u32, netns_shared: bool) -> Workload {
-        let info = self.containers.get(&identity.id);
+        let known = self.docker.get(&identity.id);
+        let info = known.as_ref().map(|k| &k.info);
         let name = match (identity.kind, info) {
             (_, Some(info)) => info.name.clone(),
             (WorkloadKind::Container, None) => identity.id.chars().take(12).collect(),

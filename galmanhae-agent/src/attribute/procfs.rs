@@ -82,6 +82,14 @@ pub fn cgroup_paths(pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A process's command name (`comm`), `None` once it has exited.
+pub fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+        .filter(|c| !c.is_empty())
+}
+
 /// Names of namespaces that are bind-mounted (`ip netns add`, Docker sandboxes).
 pub fn netns_names() -> HashMap<u32, String> {
     let mut names = HashMap::new();

@@ -343,13 +343,15 @@ impl Exporter {
             .keys()
             .any(|netns| !self.netns_tcp.contains_key(netns));
         if full || new_namespace {
-            // Not asked (no socket, or no permission by choice): off, not failing.
-            let docker = self.pipeline.attributor.refresh_names();
-            self.collectors.insert(
-                "docker",
-                docker.map_or(SourceState::Off, SourceState::worked),
-            );
+            self.pipeline.attributor.refresh_names();
         }
+        // The last answer of the names thread. Not asked (no socket, or no permission by
+        // choice): off, not failing.
+        let docker = self.pipeline.attributor.docker_answered();
+        self.collectors.insert(
+            "docker",
+            docker.map_or(SourceState::Off, SourceState::worked),
+        );
         if full {
             self.refresh_nat(now);
         }

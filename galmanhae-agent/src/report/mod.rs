@@ -109,6 +109,8 @@ pub struct WorkloadReport {
     pub failed_attempts: u64,
     pub time_lost: TimeLostReport,
     pub vanished: bool,
+    /// The runtime no longer lists the container: `name` is its last known.
+    pub removed: bool,
 }
 
 /// What retransmissions cost in time: RTO recoveries and timed-out handshakes (a running one
@@ -363,6 +365,7 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
             failed_attempts: w.hooked.failed,
             time_lost: TimeLostReport::from(&w.time_lost),
             vanished: w.vanished,
+            removed: w.removed,
         })
         .collect();
     workloads.sort_by(|a, b| {

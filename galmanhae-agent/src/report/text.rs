@@ -448,6 +448,9 @@ fn workload_marks(w: &WorkloadReport) -> String {
     if w.vanished {
         marks.push("vanished mid-window");
     }
+    if w.removed {
+        marks.push("container removed: its last known name");
+    }
     if marks.is_empty() {
         String::new()
     } else {
