@@ -8,7 +8,7 @@ use std::{
 };
 
 use galmanhae_common::{
-    drop::{DropKey, IPPROTO_TCP},
+    drop::{DropKey, IPPROTO_TCP, SOCKET_RECEIVING, SOCKET_SENDING},
     retransmit::{FlowKey, RetransmitCounters},
 };
 
@@ -313,13 +313,22 @@ fn attribute_drops(
     let host = attributor.host_netns();
     let mut out = Vec::with_capacity(delta.flows.len() + delta.overflow.len());
     for (key, packets) in &delta.flows {
-        let owner = if Some(key.netns) == host {
-            packet_owner(key, attributor, nat)
+        // Its socket's workload (in the host's namespace, by the socket's cgroup), else by
+        // the packet's addresses.
+        let (workload, owner) = if let Some(direction) = socket_direction(key) {
+            let workload = attributor.workload(key.netns, key.socket_cgroup);
+            (workload, Some((key.netns, direction)))
         } else {
-            None
+            let owner = if Some(key.netns) == host {
+                packet_owner(key, attributor, nat)
+            } else {
+                None
+            };
+            let netns = owner.map_or(key.netns, |(netns, _)| netns);
+            (attributor.workload(netns, 0), owner)
         };
         out.push(DropTotals {
-            workload: attributor.workload(owner.map_or(key.netns, |(netns, _)| netns), 0),
+            workload,
             dropped_in: site_name(attributor, host, key.netns),
             netns: key.netns,
             reason: key.reason,
@@ -342,6 +351,15 @@ fn attribute_drops(
         });
     }
     out
+}
+
+/// Which way a packet went relative to the local socket that owns it, if one does.
+fn socket_direction(key: &DropKey) -> Option<Direction> {
+    match key.socket {
+        SOCKET_SENDING => Some(Direction::Egress),
+        SOCKET_RECEIVING => Some(Direction::Ingress),
+        _ => None,
+    }
 }
 
 /// The namespace a packet seen in the host's belongs to, and which way it went: by the

@@ -1,5 +1,6 @@
-//! Root integration tests of workload names: a container no runtime API names, a container
-//! removed while its sockets live on, a Docker daemon that never answers.
+//! Root integration tests of who traffic belongs to: a container no runtime API names, a
+//! container removed while its sockets live on, a Docker daemon that never answers, drops of
+//! a host-network container's own packets.
 //!
 //! Run by `cargo xtask test` (one at a time: one kernel, one lab). Without root they skip,
 //! except with `CI=true`, where a missing capability is a failure.
@@ -220,5 +221,56 @@ fn a_docker_socket_that_never_answers_delays_no_scrape() {
             .filter(|l| l.contains("collector_up"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// Drops on the host's OUTPUT path of what a `--network host` container sends to the db are
+/// that container's (by its socket), not the db's (the packets' destination): as many as the
+/// rule's packet counter, none for the db or the host.
+#[test]
+fn drops_on_output_of_a_host_network_containers_packets_are_its_own() {
+    if !privileged() {
+        return;
+    }
+    let mut scenario = Scenario::new();
+    scenario.container("t-hostnet", &["--network", "host"]);
+    fault::loss(10.0, &Target::HostOutput).expect("loss on the host's OUTPUT");
+    let before = fault::output_dropped_packets("iptables").expect("the rule's counter");
+    let report = diagnose_while(10, || {
+        let script = format!("head -c 3000000 /dev/zero | nc -w 5 {DB_V4} {DB_PORT}");
+        docker::exec("t-hostnet", &["sh", "-c", &script]).expect("streaming to the db");
+    });
+    let dropped = fault::output_dropped_packets("iptables").expect("the rule's counter") - before;
+    let drops: Vec<&Value> = report["drops"]
+        .as_array()
+        .expect("drops")
+        .iter()
+        .filter(|d| d["reason"] == "NETFILTER_DROP")
+        .collect();
+    let of = |name: &str| -> u64 {
+        drops
+            .iter()
+            .filter(|d| d["workload"] == name)
+            .filter_map(|d| d["packets"].as_u64())
+            .sum()
+    };
+    assert!(dropped > 0, "the OUTPUT rule dropped nothing");
+    assert_eq!(of("t-hostnet"), dropped, "{drops:#?}");
+    let elsewhere: Vec<&&Value> = drops
+        .iter()
+        .filter(|d| d["workload"] != "t-hostnet")
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "drops blamed elsewhere: {elsewhere:#?}"
+    );
+    let hostnet = drops
+        .iter()
+        .find(|d| d["workload"] == "t-hostnet")
+        .expect("a drop entry");
+    assert_eq!(hostnet["dropped_in"], "host", "{hostnet:#}");
+    assert!(
+        hostnet["egress"].as_u64().is_some_and(|n| n > 0),
+        "{hostnet:#}"
     );
 }

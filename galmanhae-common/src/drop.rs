@@ -35,13 +35,25 @@ pub struct DropKey {
     pub ct_src_port: u16,
     /// 1 when the packet goes in the connection's reply direction.
     pub ct_reply: u8,
-    pub ct_padding: [u8; 3],
+    /// Whether a local socket owns the packet, and which way: [`NO_SOCKET`],
+    /// [`SOCKET_SENDING`] or [`SOCKET_RECEIVING`]. Such a drop is its socket's workload's.
+    pub socket: u8,
+    pub ct_padding: [u8; 2],
     /// The connection's source address before NAT (IPv6 or v4-mapped): after SNAT the packet
     /// carries the host's address, this still names the container.
     pub ct_src_addr: [u8; 16],
+    /// The owning socket's cgroup id (0 without one, or without `sk_cgrp_data`).
+    pub socket_cgroup: u64,
 }
 
-const _: () = assert!(size_of::<DropKey>() == 80);
+const _: () = assert!(size_of::<DropKey>() == 88);
+
+/// No full local socket on the packet: it is attributed by its addresses.
+pub const NO_SOCKET: u8 = 0;
+/// The packet's source port is its socket's local port: the socket sent it.
+pub const SOCKET_SENDING: u8 = 1;
+/// The packet was on its way into the socket.
+pub const SOCKET_RECEIVING: u8 = 2;
 
 /// Where drops go when `DROPS` is full: without the flow.
 #[repr(C)]

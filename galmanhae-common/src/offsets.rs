@@ -90,6 +90,9 @@ pub struct StructOffsets {
     pub skb_tcp_gso_segs: u32,
     /// `struct inet_connection_sock` -> `icsk_ca_state` (a 5-bit bitfield).
     pub icsk_ca_state: BitField,
+    /// `struct sock` -> `sk_kern_sock` (1 bit): the kernel's own sockets (ICMP, resets), which
+    /// belong to no workload.
+    pub sock_kern_sock: BitField,
     /// `struct sk_buff` -> `len`.
     pub skb_len: u32,
     /// `struct sk_buff` -> `dev` (a `struct net_device *`).
@@ -189,6 +192,7 @@ impl KernelOffsets {
             kernfs_node_id: ABSENT,
             skb_tcp_gso_segs: ABSENT,
             icsk_ca_state: BitField::ABSENT,
+            sock_kern_sock: BitField::ABSENT,
             skb_len: ABSENT,
             skb_dev: ABSENT,
             skb_sk: ABSENT,
@@ -215,6 +219,6 @@ impl KernelOffsets {
     };
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 80 + 32);
+const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 88 + 32);
 
 crate::impl_pod!(KernelOffsets);

@@ -10,7 +10,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use galmanhae_common::{
-    drop::{DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY, DropKey, DropSiteKey},
+    drop::{
+        DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY, DropKey, DropSiteKey, SOCKET_RECEIVING,
+        SOCKET_SENDING,
+    },
     health::HealthCounter,
     offsets::ABSENT,
     retransmit::{AF_INET, AF_INET6},
@@ -64,33 +67,66 @@ pub fn on_kfree_skb(ctx: &TracePointContext) {
 
 #[inline(always)]
 fn on_drop<M: Memory>(skb: u64, location: u64, reason: u32, rx_sk: impl Fn() -> u64) {
+    // The packet's own socket, else (TCP clears `skb->sk` on delivery) the receiving one.
+    let sk = match M::at::<u64>(skb, offset!(structs.skb_sk)).unwrap_or(0) {
+        0 => rx_sk(),
+        sk => sk,
+    };
     let mut key = DropKey {
-        netns: netns::<M>(skb, rx_sk),
+        netns: netns::<M>(skb, sk),
         reason,
         location,
         ..DropKey::default()
     };
     parse_flow::<M>(skb, &mut key);
+    owning_socket::<M>(sk, &mut key);
     conntrack_origin::<M>(skb, &mut key);
     count(&key);
 }
 
-/// The namespace of the packet's device, else of its socket, else of the socket receiving it
-/// (TCP clears `skb->dev` once a segment reaches the socket, read only then); 0 when none is
-/// set.
+/// The namespace of the packet's device, else of its socket; 0 when neither is set.
 #[inline(always)]
-fn netns<M: Memory>(skb: u64, rx_sk: impl Fn() -> u64) -> u32 {
+fn netns<M: Memory>(skb: u64, sk: u64) -> u32 {
     let dev = M::at::<u64>(skb, offset!(structs.skb_dev)).unwrap_or(0);
     let net = if dev == 0 {
-        let mut sk = M::at::<u64>(skb, offset!(structs.skb_sk)).unwrap_or(0);
-        if sk == 0 {
-            sk = rx_sk();
-        }
         M::at::<u64>(sk, offset!(structs.sock_net)).unwrap_or(0)
     } else {
         M::at::<u64>(dev, offset!(structs.net_device_net)).unwrap_or(0)
     };
     M::at::<u32>(net, offset!(structs.net_inum)).unwrap_or(0)
+}
+
+/// `TCP_TIME_WAIT` and `TCP_NEW_SYN_RECV`: a mini socket, without the full socket's cgroup.
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// The full local socket of a process that owns the packet (a `--network host` container's,
+/// a service's): its cgroup, and whether it sent the packet (its local port is the packet's
+/// source) or was receiving it. A packet crossing into another namespace has lost its socket (veth scrubs
+/// it), so only drops on the owner's own path are attributed this way.
+#[inline(always)]
+fn owning_socket<M: Memory>(sk: u64, key: &mut DropKey) {
+    if sk == 0 {
+        return;
+    }
+    let state = M::at::<u8>(sk, offset!(sock.state)).unwrap_or(TCP_TIME_WAIT);
+    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+        return;
+    }
+    // The kernel's own sockets (ICMP errors, resets) speak for whoever the packet is about.
+    if M::bits(sk, offset!(structs.sock_kern_sock)).unwrap_or(0) != 0 {
+        return;
+    }
+    let local_port = M::at::<u16>(sk, offset!(sock.num)).unwrap_or(0);
+    key.socket = if local_port == key.src_port {
+        SOCKET_SENDING
+    } else {
+        SOCKET_RECEIVING
+    };
+    // Absent without CONFIG_SOCK_CGROUP_DATA: every read then gives 0.
+    let cgroup = M::at::<u64>(sk, offset!(structs.sock_cgroup)).unwrap_or(0);
+    let kernfs_node = M::at::<u64>(cgroup, offset!(structs.cgroup_kn)).unwrap_or(0);
+    key.socket_cgroup = M::at::<u64>(kernfs_node, offset!(structs.kernfs_node_id)).unwrap_or(0);
 }
 
 /// Fills the flow fields from the IP and transport headers, where they are set.

@@ -22,7 +22,16 @@ const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
 /// Packet counter of the lab chain's rules (host side), for checking counts against.
 pub fn dropped_packets(tool: &str) -> anyhow::Result<u64> {
-    let out = run(tool, &["-L", CHAIN, "-v", "-n", "-x"])?;
+    chain_drops(tool, CHAIN)
+}
+
+/// Packet counter of the DROP rules of the lab's chain in the host's OUTPUT.
+pub fn output_dropped_packets(tool: &str) -> anyhow::Result<u64> {
+    chain_drops(tool, OUTPUT_CHAIN)
+}
+
+fn chain_drops(tool: &str, chain: &str) -> anyhow::Result<u64> {
+    let out = run(tool, &["-L", chain, "-v", "-n", "-x"])?;
     Ok(out
         .lines()
         .skip(2)
@@ -62,12 +71,7 @@ pub fn mtu(mtu: u32, block_icmp: bool) -> anyhow::Result<()> {
                 ["-p", "icmpv6", "--icmpv6-type", "packet-too-big"],
             ),
         ] {
-            if run(tool, &["-S", OUTPUT_CHAIN]).is_err() {
-                run(tool, &["-N", OUTPUT_CHAIN])?;
-            }
-            if run(tool, &["-C", "OUTPUT", "-j", OUTPUT_CHAIN]).is_err() {
-                run(tool, &["-I", "OUTPUT", "1", "-j", OUTPUT_CHAIN])?;
-            }
+            ensure_output_chain(tool)?;
             let mut rule = vec!["-A", OUTPUT_CHAIN];
             rule.extend_from_slice(&icmp);
             rule.extend_from_slice(&["-j", "DROP"]);
@@ -112,6 +116,9 @@ pub enum Target {
     Container(String),
     /// Segments to one db port (the lab's host clients use `DB_HOST_PORT`).
     Port(u16),
+    /// What the host namespace's own sockets send to the db, on the host's OUTPUT path
+    /// (host processes, `--network host` containers).
+    HostOutput,
 }
 
 /// Drops `percent` % of the target's segments on the way to the db.
@@ -151,6 +158,14 @@ fn drop_tcp(target: &Target, matcher: &[&str]) -> anyhow::Result<()> {
             }
         }
         Target::Port(port) => at_db(Some(&port.to_string()), matcher)?,
+        Target::HostOutput => {
+            for (tool, db) in [("iptables", DB_V4), ("ip6tables", DB_V6)] {
+                ensure_output_chain(tool)?;
+                let mut rule = drop_rule(&["-d", db], None, matcher);
+                rule[1] = OUTPUT_CHAIN;
+                run(tool, &rule)?;
+            }
+        }
         Target::All => at_db(None, matcher)?,
     }
     Ok(())
@@ -227,6 +242,17 @@ fn ensure_host_chains() -> anyhow::Result<()> {
         if run(tool, &["-C", parent, "-j", CHAIN]).is_err() {
             run(tool, &["-I", parent, "1", "-j", CHAIN])?;
         }
+    }
+    Ok(())
+}
+
+/// The lab's chain at the top of the host's OUTPUT.
+fn ensure_output_chain(tool: &str) -> anyhow::Result<()> {
+    if run(tool, &["-S", OUTPUT_CHAIN]).is_err() {
+        run(tool, &["-N", OUTPUT_CHAIN])?;
+    }
+    if run(tool, &["-C", "OUTPUT", "-j", OUTPUT_CHAIN]).is_err() {
+        run(tool, &["-I", "OUTPUT", "1", "-j", OUTPUT_CHAIN])?;
     }
     Ok(())
 }

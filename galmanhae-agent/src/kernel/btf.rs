@@ -298,6 +298,12 @@ pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), B
             ));
             BitField::ABSENT
         });
+    let sock_kern_sock = btf.bitfield("sock", "sk_kern_sock").unwrap_or_else(|e| {
+        notes.push(format!(
+            "{e}: drops of packets from the kernel's own sockets are attributed by address"
+        ));
+        BitField::ABSENT
+    });
     Ok((
         StructOffsets {
             sock_net,
@@ -307,6 +313,7 @@ pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), B
             kernfs_node_id,
             skb_tcp_gso_segs,
             icsk_ca_state,
+            sock_kern_sock,
             skb_len,
             skb_dev,
             skb_sk,
