@@ -658,6 +658,48 @@ fn a_new_container_is_served_at_once_and_a_removed_one_after_the_grace_period() 
     }
 }
 
+/// Started as root, the daemon keeps after attach only the capabilities it uses (no
+/// `CAP_SYS_ADMIN`, `CAP_PERFMON`, ...), in every set, and still collects from every source.
+#[test]
+fn after_attach_the_daemon_keeps_only_the_capabilities_it_uses() {
+    if !privileged() {
+        return;
+    }
+    let _scenario = Scenario::new();
+    let daemon = Daemon::start(&[]);
+    let pid = daemon.child.as_ref().expect("running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+    let set = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:\t")))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    // CAP_DAC_READ_SEARCH 2, CAP_NET_ADMIN 12, CAP_SYS_PTRACE 19, CAP_SYSLOG 34, CAP_BPF 39;
+    // CAP_NET_RAW 13 only for iptables-legacy-save.
+    let legacy = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
+        .iter()
+        .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.lines().any(|n| n == "nat")));
+    let expected = (1u64 << 2)
+        | (1 << 12)
+        | (1 << 19)
+        | (1 << 34)
+        | (1 << 39)
+        | if legacy { 1 << 13 } else { 0 };
+    eprintln!("CapEff after attach: {:016x}", set("CapEff"));
+    for name in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(set(name), expected, "{name}: {:016x}", set(name));
+    }
+    assert_eq!(set("CapAmb"), 0);
+    assert_eq!(set("CapInh"), 0);
+    // What needs them still works: every required source and hook is up.
+    let metrics = daemon.metrics();
+    for line in metrics.lines().filter(|l| l.contains("required=\"true\"")) {
+        assert!(line.ends_with(" 1"), "down after the drop: {line}");
+    }
+}
+
 #[test]
 fn systemd_hears_ready_and_the_watchdog() {
     if !privileged() {

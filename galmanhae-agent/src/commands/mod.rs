@@ -13,6 +13,7 @@ use crate::{
     config::KernelSettings,
     kernel::{
         prereq::{self, Check, PrereqError},
+        privileges,
         probes::{LoadOptions, Probes},
     },
     pipeline::Pipeline,
@@ -57,6 +58,15 @@ pub fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
             .map(|h| format!("  {}: {}", h.name, h.detail))
             .collect();
         return Err(NoHooks(reasons.join("\n")).into());
+    }
+    // Loading and attaching are done: what only they need goes.
+    match privileges::drop_unused(privileges::legacy_iptables()) {
+        Ok(dropped) => log::info!(
+            "capabilities after attach: CapEff {:016x} (was {:016x})",
+            dropped.after,
+            dropped.before
+        ),
+        Err(e) => notes.push(format!("capabilities were not lowered after attach: {e}")),
     }
     let mut attributor = Attributor::new(&kernel.docker_socket);
     let docker = attributor.refresh_names();

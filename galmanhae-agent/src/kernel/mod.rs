@@ -6,6 +6,7 @@ pub(crate) mod clsact;
 pub mod kallsyms;
 pub mod mounts;
 pub mod prereq;
+pub mod privileges;
 pub mod probes;
 pub mod prog_info;
 pub mod tracefs;
