@@ -1,5 +1,7 @@
 //! `/metrics` and `/healthz` (axum). Rendering reads kernel maps and /proc, so it runs on the
-//! blocking pool, never on the runtime's thread.
+//! blocking pool, never on the runtime's thread: at most [`RENDERS`] at a time (renders are
+//! serialised on the pass lock anyway), and a scrape that cannot be served within
+//! [`SCRAPE_TIMEOUT`] gets a 503 instead of a hanging connection.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -17,6 +19,11 @@ use prometheus_client::{encoding::prometheus_text, registry::Registry};
 
 use super::families::{self, Shared};
 
+/// Renders in flight at once; more scrapes wait for a slot.
+const RENDERS: usize = 4;
+/// The longest a scrape waits for a slot and its render (Prometheus's default timeout is 10 s).
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `Content-Type` of OpenMetrics 1.0 text.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -24,6 +31,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 struct App {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
+    renders: Arc<tokio::sync::Semaphore>,
     /// `/healthz` fails when no pass completed for this long.
     stale_after: Duration,
 }
@@ -36,6 +44,7 @@ pub fn router(shared: Arc<Shared>, registry: Registry, stale_after: Duration) ->
         .with_state(App {
             shared,
             registry: Arc::new(registry),
+            renders: Arc::new(tokio::sync::Semaphore::new(RENDERS)),
             stale_after,
         })
 }
@@ -51,15 +60,29 @@ fn wants_openmetrics(headers: &HeaderMap) -> bool {
 
 async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     let openmetrics = wants_openmetrics(&headers);
-    let rendered = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let mut body = String::with_capacity(64 * 1024);
-        let result = families::encode(&mut body, &app.registry, openmetrics);
-        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        app.shared.render_ns.store(took, Ordering::Relaxed);
-        result.map(|()| body)
-    })
-    .await;
+    let render = async {
+        let slot = Arc::clone(&app.renders).acquire_owned().await;
+        tokio::task::spawn_blocking(move || {
+            // The slot is held until the render ends, even after its scrape gave up: stalled
+            // renders cannot pile up on the blocking pool.
+            let _slot = slot;
+            let started = Instant::now();
+            let mut body = String::with_capacity(64 * 1024);
+            let result = families::encode(&mut body, &app.registry, openmetrics);
+            let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            app.shared.render_ns.store(took, Ordering::Relaxed);
+            result.map(|()| body)
+        })
+        .await
+    };
+    let Ok(rendered) = tokio::time::timeout(SCRAPE_TIMEOUT, render).await else {
+        log::warn!("a scrape was not served within {SCRAPE_TIMEOUT:?}");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the metrics could not be rendered in time: a collection pass is stuck (see the log)\n",
+        )
+            .into_response();
+    };
     match rendered {
         Ok(Ok(body)) => {
             let content_type = if openmetrics {

@@ -20,6 +20,7 @@ use std::{
 
 use galmanhae_common::{
     drop::DropKey,
+    leak::LeakKey,
     retransmit::{FlowKey, FlowState, RetransmitCounters, RetransmitKind, SocketState},
 };
 use prometheus_client::encoding::EncodeLabelSet;
@@ -245,6 +246,7 @@ pub struct Exporter {
     sockets_idle: IdleKeys<u64>,
     flows_idle: IdleKeys<FlowKey>,
     drops_idle: IdleKeys<DropKey>,
+    leaks_idle: IdleKeys<LeakKey>,
     /// Last segment counters per namespace and when the namespace was last seen.
     netns_tcp: HashMap<u32, (TcpSegments, Instant)>,
     conntrack_last: HashMap<u32, Stats>,
@@ -294,6 +296,7 @@ impl Exporter {
             sockets_idle: IdleKeys::default(),
             flows_idle: IdleKeys::default(),
             drops_idle: IdleKeys::default(),
+            leaks_idle: IdleKeys::default(),
             netns_tcp: HashMap::new(),
             conntrack_last: HashMap::new(),
             nat: NatIndex::default(),
@@ -708,8 +711,8 @@ impl Exporter {
         self.locations.expire(now, grace);
     }
 
-    /// Frees kernel entries of sockets and flows idle for a minute once their map is half
-    /// full, so that a daemon that runs for months keeps per-flow detail. Their counts are
+    /// Frees kernel entries of sockets, flows, drops and NAT leaks idle for a minute once
+    /// their map is half full, so that a daemon that runs for months keeps per-flow detail. Their counts are
     /// already folded.
     fn free_idle_entries(&mut self, summary: &Summary, now: Instant) {
         let ebpf = &mut self.pipeline.probes.ebpf;
@@ -738,6 +741,15 @@ impl Exporter {
             ("DROPS", galmanhae_common::drop::DROP_MAP_CAPACITY as usize),
             &mut self.drops_idle,
             &mut self.last.drops.flows,
+            &changed,
+            now,
+        );
+        let changed: Vec<LeakKey> = summary.leaks.keys().copied().collect();
+        self.evicted += free_idle::<LeakKey, u64, _>(
+            ebpf,
+            ("LEAKS", galmanhae_common::leak::LEAK_MAP_CAPACITY as usize),
+            &mut self.leaks_idle,
+            &mut self.last.leaks,
             &changed,
             now,
         );
