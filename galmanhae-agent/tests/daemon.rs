@@ -700,6 +700,60 @@ fn after_attach_the_daemon_keeps_only_the_capabilities_it_uses() {
     }
 }
 
+/// A lab uplink (a dummy interface, no address: it sends nothing), removed even on failure.
+struct Uplink(&'static str);
+
+impl Uplink {
+    fn add(name: &'static str) -> Self {
+        galmanhae_lab::run("ip", &["link", "add", name, "type", "dummy"]).expect("ip link add");
+        let uplink = Self(name);
+        galmanhae_lab::run("ip", &["link", "set", name, "up"]).expect("ip link set up");
+        uplink
+    }
+
+    /// Whether the NAT-leak program is on its egress (`bpftool net`, TCX or clsact).
+    fn watched(&self) -> bool {
+        galmanhae_lab::run("bpftool", &["net", "show", "dev", self.0])
+            .is_ok_and(|listing| listing.contains("nat_leak_egress"))
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        let _ = galmanhae_lab::run("ip", &["link", "del", self.0]);
+    }
+}
+
+/// The NAT-leak watch follows the host after start: an uplink that comes up later is watched
+/// within a full pass, and after one goes the next still is (the program stays loaded).
+#[test]
+fn the_leak_watch_follows_uplinks_that_come_and_go() {
+    if !privileged() {
+        return;
+    }
+    let _scenario = Scenario::new();
+    let daemon = Daemon::start(&[]);
+    let first = Uplink::add("gmh-up0");
+    galmanhae_lab::wait_for(Duration::from_secs(30), "gmh-up0 to be watched", || {
+        first.watched()
+    })
+    .expect("an uplink that came up after start is watched");
+    drop(first);
+    let second = Uplink::add("gmh-up1");
+    galmanhae_lab::wait_for(Duration::from_secs(30), "gmh-up1 to be watched", || {
+        second.watched()
+    })
+    .expect("the next uplink is watched too");
+    let hooks: Vec<String> = daemon
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("galmanhae_hook_up{hook=\"tc egress"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert!(hooks[0].ends_with(" 1"), "{hooks:?}");
+}
+
 #[test]
 fn systemd_hears_ready_and_the_watchdog() {
     if !privileged() {

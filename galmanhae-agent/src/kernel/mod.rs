@@ -4,6 +4,7 @@
 pub mod btf;
 pub(crate) mod clsact;
 pub mod kallsyms;
+pub(crate) mod leak_watch;
 pub mod mounts;
 pub mod prereq;
 pub mod privileges;

@@ -10,14 +10,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::lpm_trie::{Key, LpmTrie},
-    programs::{
-        BtfTracePoint, FEntry, KProbe, ProgramError, SchedClassifier, TcAttachType, TracePoint,
-    },
+    programs::{BtfTracePoint, FEntry, KProbe, ProgramError, SchedClassifier, TracePoint},
 };
 use galmanhae_common::{
     drop::{DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY},
-    leak::V4_MAPPED_PREFIX,
     offsets::{ABSENT, KernelOffsets, KfreeSkbFields, RetransmitSkbFields, RetransmitSynackFields},
     retransmit::{FLOW_MAP_CAPACITY, OVERFLOW_MAP_CAPACITY},
     stall::TIME_LOST_CAPACITY,
@@ -27,6 +23,7 @@ use ipnet::IpNet;
 use super::{
     btf::{self, KernelBtf},
     kallsyms::Symbolizer,
+    leak_watch::{LeakWatch, NAT_LEAK_PROGRAM},
     prereq::Environment,
     prog_info,
     tracefs::{Format, FormatError},
@@ -148,8 +145,8 @@ pub struct Probes {
     recursion_misses_offset: Option<u32>,
     /// Holds `BPF_ENABLE_STATS` on while loaded (needs `CAP_SYS_ADMIN`).
     stats: Option<OwnedFd>,
-    /// Interfaces (ifindex, name) where the agent added a clsact qdisc, removed on drop.
-    added_clsact: Vec<(u32, String)>,
+    /// The NAT-leak watch's subnets and links.
+    leak_watch: LeakWatch,
 }
 
 /// A tracepoint program of the object.
@@ -179,7 +176,6 @@ const RETRANSMIT_SYNACK: TracepointSpec = TracepointSpec {
     name: "tcp_retransmit_synack",
 };
 
-const NAT_LEAK_PROGRAM: &str = "nat_leak_egress";
 /// The time-lost programs: BTF tracepoints only (their records carry no socket state to read).
 const CONG_STATE_SET: TracepointSpec = TracepointSpec {
     program: "tcp_cong_state_set",
@@ -191,9 +187,6 @@ const INET_SOCK_SET_STATE: TracepointSpec = TracepointSpec {
     category: "sock",
     name: "inet_sock_set_state",
 };
-
-/// The uplinks attached to (ifindex, name), and those that failed (name, why).
-type UplinkAttachments = (Vec<(u32, String)>, Vec<(String, String)>);
 
 impl Probes {
     pub fn load(env: &Environment, options: &LoadOptions) -> Result<Self, LoadError> {
@@ -291,115 +284,30 @@ impl Probes {
             uplinks: BTreeMap::new(),
             recursion_misses_offset,
             stats,
-            added_clsact: Vec::new(),
+            leak_watch: LeakWatch::default(),
         })
     }
 
-    /// Attaches the NAT-leak program to the egress of each uplink (TCX: detached when the
-    /// agent exits, whatever happens) after loading the translated subnets; adds one hook.
-    pub fn watch_uplinks(&mut self, subnets: &[IpNet], uplinks: &[(u32, String)]) {
-        let mut hook = Hook {
-            name: "tc egress (uplinks)".to_owned(),
-            kind: "tc",
-            status: HookStatus::Off,
-            required: false,
-            detail: String::new(),
-            program: NAT_LEAK_PROGRAM,
+    /// Makes the NAT-leak watch follow the host's translated subnets and uplinks (TCX:
+    /// detached when the agent exits, whatever happens): its hook is added or replaced;
+    /// whether anything changed.
+    pub fn watch_uplinks(&mut self, subnets: &[IpNet], uplinks: &[(u32, String)]) -> bool {
+        let Some(hook) = self.leak_watch.update(&mut self.ebpf, subnets, uplinks) else {
+            return false;
         };
-        if subnets.is_empty() || uplinks.is_empty() {
-            hook.detail = if subnets.is_empty() {
-                "no MASQUERADE rule with a source subnet: nothing to leak".to_owned()
-            } else {
-                "no uplink (an interface that is up, not a bridge or a bridge port)".to_owned()
-            };
-            self.hooks.push(hook);
-            return;
-        }
-        hook.required = true;
-        let (attached, failures) = match self.attach_uplinks(subnets, uplinks) {
-            Ok(result) => result,
-            Err(e) => {
-                hook.status = HookStatus::Failed;
-                hook.detail = error_chain(e.as_ref());
-                self.hooks.push(hook);
-                return;
+        self.uplinks = self.leak_watch.uplinks();
+        match self
+            .hooks
+            .iter_mut()
+            .find(|h| h.program == NAT_LEAK_PROGRAM)
+        {
+            Some(old) => {
+                log::info!("NAT-leak watch: {}", hook.detail);
+                *old = hook;
             }
-        };
-        let nets: Vec<String> = subnets.iter().map(ToString::to_string).collect();
-        let names: Vec<&str> = attached.iter().map(|(_, n)| n.as_str()).collect();
-        hook.status = if attached.is_empty() {
-            HookStatus::Failed
-        } else {
-            HookStatus::Attached
-        };
-        hook.detail = format!(
-            "untranslated sources from {} leaving {}",
-            nets.join(", "),
-            if names.is_empty() {
-                "no uplink".to_owned()
-            } else {
-                names.join(", ")
-            }
-        );
-        if !self.added_clsact.is_empty() {
-            hook.detail
-                .push_str(" (no TCX before 6.6: a clsact qdisc added, removed on exit)");
+            None => self.hooks.push(hook),
         }
-        for (name, error) in &failures {
-            let _ = write!(hook.detail, "; {name}: {error}");
-        }
-        self.uplinks = attached.into_iter().collect();
-        self.hooks.push(hook);
-    }
-
-    /// The uplinks attached to, and those that failed with why.
-    fn attach_uplinks(
-        &mut self,
-        subnets: &[IpNet],
-        uplinks: &[(u32, String)],
-    ) -> Result<UplinkAttachments, Box<dyn std::error::Error>> {
-        let mut trie: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(
-            self.ebpf
-                .map_mut("NATED_SUBNETS")
-                .ok_or("map NATED_SUBNETS is missing from the eBPF object")?,
-        )?;
-        for net in subnets {
-            let (prefix, addr) = match net {
-                IpNet::V4(v4) => (
-                    u32::from(v4.prefix_len()) + V4_MAPPED_PREFIX,
-                    v4.network().to_ipv6_mapped().octets(),
-                ),
-                IpNet::V6(v6) => (u32::from(v6.prefix_len()), v6.network().octets()),
-            };
-            trie.insert(&Key::new(prefix, addr), 1, 0)?;
-        }
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(NAT_LEAK_PROGRAM)
-            .ok_or("program nat_leak_egress is missing from the eBPF object")?
-            .try_into()?;
-        program.load()?;
-        let mut attached = Vec::new();
-        let mut failures = Vec::new();
-        for (ifindex, name) in uplinks {
-            // An interface can vanish between the dump and here: say so, watch the rest.
-            // Before 6.6 (no TCX) a classifier needs a clsact qdisc: add one where the first
-            // attach fails for want of it (adding fails harmlessly where one exists).
-            let result = program.attach(name, TcAttachType::Egress).or_else(|first| {
-                if aya::programs::tc::qdisc_add_clsact(name).is_ok() {
-                    log::info!("{name}: added a clsact qdisc for the NAT-leak watch");
-                    self.added_clsact.push((*ifindex, name.clone()));
-                    program.attach(name, TcAttachType::Egress)
-                } else {
-                    Err(first)
-                }
-            });
-            match result {
-                Ok(_) => attached.push((*ifindex, name.clone())),
-                Err(e) => failures.push((name.clone(), error_chain(&e))),
-            }
-        }
-        Ok((attached, failures))
+        true
     }
 
     /// Whether the kernel measures the programs' run time: our `BPF_ENABLE_STATS` handle, or
@@ -441,7 +349,7 @@ impl Probes {
 impl Drop for Probes {
     /// Detaches the NAT-leak watch first, then removes the clsact qdiscs it added.
     fn drop(&mut self) {
-        if self.added_clsact.is_empty() {
+        if self.leak_watch.added_clsact.is_empty() {
             return;
         }
         if let Some(program) = self.ebpf.program_mut(NAT_LEAK_PROGRAM) {
@@ -450,7 +358,7 @@ impl Drop for Probes {
                 let _ = classifier.unload();
             }
         }
-        for (ifindex, name) in &self.added_clsact {
+        for (ifindex, name) in &self.leak_watch.added_clsact {
             match super::clsact::remove_if_unused(*ifindex) {
                 Ok(()) => log::info!("{name}: removed the clsact qdisc the agent added"),
                 Err(e) => log::warn!("{name}: left the clsact qdisc the agent added: {e}"),
@@ -732,7 +640,7 @@ fn attach(ebpf: &mut Ebpf, spec: &TracepointSpec) -> Result<(), ProgramError> {
     Ok(())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -609,6 +609,10 @@ impl Exporter {
             self.nat_audit = netfilter::audit();
             self.audited = now;
         }
+        // The leak watch follows new and gone subnets (the audit) and uplinks (every call).
+        if let Some(note) = nat_leaks::watch(&mut self.pipeline.probes, &self.nat_audit) {
+            log::debug!("{note}");
+        }
         let rules = if self.nat_audit.no_tools {
             SourceState::Off
         } else {
