@@ -139,6 +139,8 @@ impl CgroupResolver {
         let Some(root) = self.root.clone() else {
             return;
         };
+        // Rebuilt whole: cgroups removed since the last scan are forgotten.
+        self.paths.clear();
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
             let Ok(meta) = std::fs::metadata(&dir) else {
