@@ -242,9 +242,16 @@ impl Drop for Prometheus {
     }
 }
 
+/// `bpftool -j ARGS` as JSON.
+fn bpftool_json(args: &[&str]) -> Value {
+    let mut all = vec!["-j"];
+    all.extend_from_slice(args);
+    let listing = galmanhae_lab::run("bpftool", &all).expect("bpftool");
+    serde_json::from_str(&listing).expect("bpftool's JSON")
+}
+
 fn loaded_programs() -> Vec<String> {
-    let listing = galmanhae_lab::run("bpftool", &["prog", "show", "--json"]).expect("bpftool");
-    let listing: Value = serde_json::from_str(&listing).expect("bpftool's JSON");
+    let listing = bpftool_json(&["prog", "show"]);
     let names: Vec<&str> = listing
         .as_array()
         .expect("a list of programs")
@@ -724,18 +731,14 @@ impl Uplink {
 /// neither the link type nor the interface of a TCX link in every version; the count is what
 /// it always shows.
 fn leak_watch_links() -> usize {
-    let json = |args: &[&str]| -> Value {
-        let out = galmanhae_lab::run("bpftool", args).expect("bpftool");
-        serde_json::from_str(&out).expect("bpftool's JSON")
-    };
-    let programs: Vec<u64> = json(&["-j", "prog", "show"])
+    let programs: Vec<u64> = bpftool_json(&["prog", "show"])
         .as_array()
         .expect("programs")
         .iter()
         .filter(|p| p["name"] == "nat_leak_egress")
         .filter_map(|p| p["id"].as_u64())
         .collect();
-    json(&["-j", "link", "show"])
+    bpftool_json(&["link", "show"])
         .as_array()
         .expect("links")
         .iter()

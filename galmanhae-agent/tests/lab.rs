@@ -24,7 +24,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{GALMANHAE, Scenario, fails, privileged, retrans_segs, stream_from};
+use common::{GALMANHAE, Scenario, fails, flows, privileged, retrans_segs, stream_from, workload};
 
 /// A running `galmanhae diagnose --json`, returned once its hooks are attached.
 struct Diagnose {
@@ -88,24 +88,6 @@ impl Diagnose {
         assert_eq!(report["schema"], "galmanhae.diagnose/v1");
         report
     }
-}
-
-fn workload<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["workloads"]
-        .as_array()
-        .expect("workloads")
-        .iter()
-        .find(|w| w["name"] == name)
-        .unwrap_or_else(|| panic!("workload {name} missing from {:#}", report["workloads"]))
-}
-
-fn flows<'a>(report: &'a Value, workload: &str) -> Vec<&'a Value> {
-    report["flows"]
-        .as_array()
-        .expect("flows")
-        .iter()
-        .filter(|f| f["workload"] == workload)
-        .collect()
 }
 
 fn u64_of(v: &Value) -> u64 {

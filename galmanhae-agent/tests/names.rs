@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{GALMANHAE, Scenario, describe, privileged};
+use common::{GALMANHAE, Scenario, describe, flows, privileged, workload};
 use galmanhae_lab::{
     DB_PORT, DB_V4, ctr, docker,
     fault::{self, Target},
@@ -43,13 +43,14 @@ fn diagnose_while(seconds: u32, during: impl FnOnce()) -> Value {
     serde_json::from_slice(&output.stdout).expect("one JSON document")
 }
 
-fn workload<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["workloads"]
+/// The entries of a report section (`workloads`, `flows`) whose `key` names no workload.
+fn unnamed<'a>(report: &'a Value, section: &str, key: &str) -> Vec<&'a Value> {
+    report[section]
         .as_array()
-        .expect("workloads")
+        .unwrap_or_else(|| panic!("no {section}"))
         .iter()
-        .find(|w| w["name"] == name)
-        .unwrap_or_else(|| panic!("no workload {name} in {:#}", report["workloads"]))
+        .filter(|e| e[key].as_str().is_some_and(|n| n.starts_with("netns-")))
+        .collect()
 }
 
 /// Removes the ctr container even when the test fails.
@@ -89,12 +90,7 @@ fn a_ctr_container_is_named_from_its_cgroup() {
         named["sent_segments"].as_u64().is_some_and(|n| n > 0),
         "{named:#}"
     );
-    let unnamed: Vec<&Value> = report["workloads"]
-        .as_array()
-        .expect("workloads")
-        .iter()
-        .filter(|w| w["name"].as_str().is_some_and(|n| n.starts_with("netns-")))
-        .collect();
+    let unnamed = unnamed(&report, "workloads", "name");
     assert!(
         unnamed.is_empty(),
         "namespaces without a name: {unnamed:#?}"
@@ -124,27 +120,12 @@ fn a_removed_containers_lingering_sockets_keep_its_name() {
     let gone = workload(&report, "t-gone");
     assert_eq!(gone["removed"], true, "{gone:#}");
     assert_eq!(gone["vanished"], true, "{gone:#}");
-    let flows: Vec<&Value> = report["flows"]
-        .as_array()
-        .expect("flows")
-        .iter()
-        .filter(|f| f["workload"] == "t-gone")
-        .collect();
     assert!(
-        !flows.is_empty(),
+        !flows(&report, "t-gone").is_empty(),
         "no flow of t-gone: {:#}",
         report["flows"]
     );
-    let unnamed: Vec<&Value> = report["flows"]
-        .as_array()
-        .expect("flows")
-        .iter()
-        .filter(|f| {
-            f["workload"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("netns-"))
-        })
-        .collect();
+    let unnamed = unnamed(&report, "flows", "workload");
     assert!(unnamed.is_empty(), "flows without a name: {unnamed:#?}");
 }
 

@@ -190,10 +190,10 @@ impl Attributor {
         self.host_netns
     }
 
-    /// Refreshes container names (Docker Engine API), pod names (/var/log/pods) and namespace
-    /// names (/run/netns). Whether the Docker API answered: `None` when it was not asked (no
-    /// socket, or no permission to use it: a choice, see `xtask install --docker-names`).
-    pub fn refresh_names(&mut self) -> Option<bool> {
+    /// Refreshes pod names (/var/log/pods) and namespace names (/run/netns), and asks the
+    /// names thread for fresh container names (Docker Engine API) without waiting; see
+    /// [`Self::docker_answered`] for how the last ask went.
+    pub fn refresh_names(&mut self) {
         self.netns_names = procfs::netns_names();
         self.pods = kubernetes::pod_names(Path::new(kubernetes::POD_LOG_DIR));
         self.docker.wake();
@@ -203,10 +203,10 @@ impl Attributor {
             log::info!("{note}");
             self.notes.push(note);
         }
-        self.docker.answered()
     }
 
-    /// Whether the Docker API answered its last ask; `None` when it was not asked.
+    /// Whether the Docker API answered its last ask; `None` when it was not asked (no socket,
+    /// or no permission to use it: a choice, see `xtask install --docker-names`).
     pub fn docker_answered(&self) -> Option<bool> {
         self.docker.answered()
     }

@@ -69,7 +69,8 @@ pub fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
         Err(e) => notes.push(format!("capabilities were not lowered after attach: {e}")),
     }
     let mut attributor = Attributor::new(&kernel.docker_socket);
-    let docker = attributor.refresh_names();
+    attributor.refresh_names();
+    let docker = attributor.docker_answered();
     Ok(Started {
         pipeline: Pipeline::new(probes, attributor),
         checks: env.checks,

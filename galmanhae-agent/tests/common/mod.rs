@@ -1,6 +1,6 @@
-//! Helpers shared by the root integration tests (`lab.rs`, `daemon.rs`): containers that are
-//! removed whatever happens, transfers that end only when every byte is acknowledged, and
-//! runs of the binary that must fail.
+//! Helpers shared by the root integration tests (`lab.rs`, `daemon.rs`, `names.rs`):
+//! containers that are removed whatever happens, transfers that end only when every byte is
+//! acknowledged, runs of the binary that must fail, and lookups in a `diagnose --json` report.
 #![allow(
     dead_code,
     reason = "each test crate includes this module and uses part of it"
@@ -12,6 +12,7 @@ use std::{
 };
 
 use galmanhae_lab::{DB_PORT, docker};
+use serde_json::Value;
 
 pub const GALMANHAE: &str = env!("CARGO_BIN_EXE_galmanhae");
 
@@ -105,4 +106,24 @@ pub fn retrans_segs(pid: u32) -> u64 {
     galmanhae_lab::snmp::read(pid)
         .expect("reading snmp")
         .retrans_segs
+}
+
+/// The report's workload named `name`; fails the test when there is none.
+pub fn workload<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["workloads"]
+        .as_array()
+        .expect("workloads")
+        .iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("workload {name} missing from {:#}", report["workloads"]))
+}
+
+/// The report's flows of `workload`.
+pub fn flows<'a>(report: &'a Value, workload: &str) -> Vec<&'a Value> {
+    report["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .filter(|f| f["workload"] == workload)
+        .collect()
 }
