@@ -37,8 +37,15 @@ fn diagnose_while(seconds: u32, during: impl FnOnce()) -> Value {
         .expect("starting galmanhae diagnose");
     // Its hooks attach in well under a second; the window is long enough either way.
     thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
     during();
+    let took = started.elapsed();
     let output = child.wait_with_output().expect("waiting for diagnose");
+    // What happens after the window is not in the report, but is in the kernel's counters.
+    assert!(
+        took + Duration::from_secs(3) < Duration::from_secs(seconds.into()),
+        "the traffic took {took:?}, too close to the {seconds} s window's end"
+    );
     assert!(output.status.success(), "diagnose: {}", describe(&output));
     serde_json::from_slice(&output.stdout).expect("one JSON document")
 }
@@ -217,7 +224,7 @@ fn drops_on_output_of_a_host_network_containers_packets_are_its_own() {
     scenario.container("t-hostnet", &["--network", "host"]);
     fault::loss(10.0, &Target::HostOutput).expect("loss on the host's OUTPUT");
     let before = fault::output_dropped_packets("iptables").expect("the rule's counter");
-    let report = diagnose_while(10, || {
+    let report = diagnose_while(20, || {
         let script = format!("head -c 3000000 /dev/zero | nc -w 5 {DB_V4} {DB_PORT}");
         docker::exec("t-hostnet", &["sh", "-c", &script]).expect("streaming to the db");
     });
