@@ -3,6 +3,9 @@
 //! The programs only count into maps; the agent reads, attributes and reports.
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write types; the intrinsic lowers to `lock xadd`.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core::intrinsics::atomic_xadd, see stall.rs")]
 #![expect(
     clippy::inline_always,
     reason = "BPF: helpers are inlined into each program so no BPF-to-BPF calls are made"

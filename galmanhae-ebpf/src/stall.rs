@@ -8,6 +8,8 @@
 //! closed. Only sockets that time out get an entry: the cost follows the sockets in trouble.
 //! <https://elixir.bootlin.com/linux/v6.18/source/net/ipv4/tcp_input.c> (`tcp_set_ca_state`)
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
@@ -48,30 +50,87 @@ const NS_PER_MS: u64 = 1_000_000;
 // SAFETY: every field is an integer or an array of them: all zeros is a valid value.
 static EMPTY: SocketTime = unsafe { core::mem::zeroed() };
 
+/// Sockets in an RTO recovery, counted per slot of a hash of their address. Most state
+/// changes (Open, Disorder, Recovery, CWR) are of sockets in no recovery: an empty slot says
+/// so with one load, without the helper call that reading the old state takes. A socket can
+/// leave Loss for Open, Disorder or Recovery (`tcp_fastretrans_alert` falls through from Loss
+/// when a retransmission is lost), so every change of a counted socket is looked at. Slots are
+/// counters, not bits, so two sockets sharing one never hide each other; a count that stays
+/// (an entry the agent freed mid-recovery) only costs that slot the helper call.
+static mut IN_LOSS: [u64; LOSS_SLOTS] = [0; LOSS_SLOTS];
+const LOSS_SLOTS: usize = 1024;
+
+/// A socket's slot in [`IN_LOSS`], from its ports and remote address (plain loads: the
+/// verifier allows no arithmetic on the socket pointer itself). They are set before the first
+/// SYN leaves and never change after.
+#[inline(always)]
+fn loss_slot(sk: u64) -> Option<Slot> {
+    let local = u32::from(Direct::at::<u16>(sk, offset!(sock.num)).unwrap_or(0));
+    let remote = u32::from(Direct::at::<u16>(sk, offset!(sock.dport)).unwrap_or(0));
+    let addr = Direct::at::<u32>(sk, offset!(sock.daddr)).unwrap_or(0);
+    let hash = (local ^ (remote << 16) ^ addr ^ (addr >> 13)).wrapping_mul(0x9e37_79b1);
+    let index = (hash >> 22) as usize & (LOSS_SLOTS - 1);
+    let slots = &raw mut IN_LOSS;
+    // SAFETY: an index below the length; a raw pointer, never a reference, since other CPUs
+    // change the counters.
+    (index < LOSS_SLOTS).then(|| Slot(unsafe { slots.cast::<u64>().add(index) }))
+}
+
+/// One counter of [`IN_LOSS`]. Changed with the BPF atomic add (`lock xadd`, every kernel):
+/// two CPUs may count sockets of one slot at once.
+#[derive(Clone, Copy)]
+struct Slot(*mut u64);
+
+impl Slot {
+    #[inline(always)]
+    fn add(self, delta: u64) {
+        // SAFETY: a valid, aligned pointer into IN_LOSS; the result is unused, so LLVM emits
+        // the plain atomic add that every BPF kernel has.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(self.0, delta) };
+    }
+
+    #[inline(always)]
+    fn is_empty(self) -> bool {
+        // SAFETY: as above; a torn read cannot happen for an aligned u64.
+        unsafe { core::ptr::read_volatile(self.0) == 0 }
+    }
+}
+
 /// `tp_btf/tcp_cong_state_set(sk, ca_state)`.
 pub fn on_cong_state_set(ctx: &BtfTracePointContext) {
     let sk: u64 = ctx.arg(0);
     let new = (ctx.arg::<u64>(1) & 0xff) as u8;
+    let Some(slot) = loss_slot(sk) else {
+        return;
+    };
+    if new == TCP_CA_LOSS {
+        // SAFETY: takes any socket.
+        let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+        let now = unsafe { bpf_ktime_get_ns() };
+        timeout(cookie, sk, slot, now);
+        return;
+    }
+    if slot.is_empty() {
+        return;
+    }
     // SAFETY: any socket; null for one that is not a full TCP socket.
     let tcp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
-    let old = Direct::bits(tcp, offset!(structs.icsk_ca_state));
-    if new != TCP_CA_LOSS && old != Some(TCP_CA_LOSS) {
+    if Direct::bits(tcp, offset!(structs.icsk_ca_state)) != Some(TCP_CA_LOSS) {
         return;
     }
     // SAFETY: takes any socket.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if new == TCP_CA_LOSS {
-        timeout(cookie, sk, tcp, now);
-    } else if let Some(entry) = TIME_LOST.get_ptr_mut(cookie) {
+    if let Some(entry) = TIME_LOST.get_ptr_mut(cookie) {
+        let now = unsafe { bpf_ktime_get_ns() };
         // SAFETY: this socket's entry; its state changes run under its lock.
-        end_recovery(unsafe { &mut *entry }, now);
+        end_recovery(unsafe { &mut *entry }, now, slot);
     }
 }
 
-/// A retransmission timeout: the first of a recovery starts it.
+/// A retransmission timeout: the first of a recovery starts it (the entry, not the socket's
+/// old state, says whether one is running).
 #[inline(always)]
-fn timeout(cookie: u64, sk: u64, tcp: u64, now: u64) {
+fn timeout(cookie: u64, sk: u64, slot: Slot, now: u64) {
     let Some(entry) = entry_for(cookie, sk) else {
         health::bump(HealthCounter::TimeMapFull);
         return;
@@ -82,6 +141,8 @@ fn timeout(cookie: u64, sk: u64, tcp: u64, now: u64) {
     if in_syn {
         entry.syn_timeouts += 1;
         if entry.syn_start == 0 {
+            // SAFETY: any socket; null for one that is not a full TCP socket.
+            let tcp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
             entry.syn_start = first_syn(tcp, now, &mut entry.flags);
         }
     }
@@ -89,6 +150,7 @@ fn timeout(cookie: u64, sk: u64, tcp: u64, now: u64) {
         entry.loss_since = now;
         entry.timeouts = 1;
         entry.flags = (entry.flags & !IN_SYN) | if in_syn { IN_SYN } else { 0 };
+        slot.add(1);
     } else {
         entry.timeouts += 1;
     }
@@ -133,9 +195,12 @@ fn first_syn(tcp: u64, now: u64, flags: &mut u32) -> u64 {
 
 /// The recovery in progress ends now; a handshake's is counted as SYN time, not as a stall.
 #[inline(always)]
-fn end_recovery(entry: &mut SocketTime, now: u64) {
+fn end_recovery(entry: &mut SocketTime, now: u64, slot: Slot) {
     if entry.loss_since == 0 {
         return;
+    }
+    if !slot.is_empty() {
+        slot.add(u64::MAX); // minus one
     }
     if entry.flags & IN_SYN == 0 {
         let stall = now.saturating_sub(entry.loss_since);
@@ -181,7 +246,9 @@ pub fn on_inet_sock_set_state(ctx: &BtfTracePointContext) {
     if entry.syn_start != 0 && entry.syn_ns == 0 {
         entry.syn_ns = now.saturating_sub(entry.syn_start).max(1);
     }
-    end_recovery(entry, now);
+    if let Some(slot) = loss_slot(sk) {
+        end_recovery(entry, now, slot);
+    }
     if new == TCP_CLOSE {
         entry.flags |= CLOSED;
     }
