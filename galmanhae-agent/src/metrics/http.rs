@@ -36,7 +36,7 @@ struct App {
     stale_after: Duration,
 }
 
-pub fn router(shared: Arc<Shared>, registry: Registry, stale_after: Duration) -> Router {
+pub(crate) fn router(shared: Arc<Shared>, registry: Registry, stale_after: Duration) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
