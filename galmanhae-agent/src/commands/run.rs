@@ -40,7 +40,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         started.pipeline,
         &started.notes,
         started.docker,
-        settings.limits,
+        (settings.limits, settings.findings_window),
     )
     .context("first reading of the maps")?;
     let shared = Arc::new(Shared::new(exporter));

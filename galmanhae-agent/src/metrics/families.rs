@@ -239,6 +239,12 @@ fn encode_families(
         "A workload's address and the host address it is source-NATed to (conntrack)",
         exporter.nat_info.iter().map(|(labels, _)| labels),
     )?;
+    gauges(
+        encoder,
+        "galmanhae_finding",
+        "A finding of diagnose's rules that holds over the daemon's findings window (1)",
+        &exporter.findings,
+    )?;
     let bytes = Unit::Other("bytes".to_owned());
     series(
         encoder,

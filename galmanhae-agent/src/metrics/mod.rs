@@ -7,6 +7,7 @@
 //! [`families`] encodes the series with `prometheus-client`; [`http`] serves them.
 
 pub mod families;
+mod findings;
 pub mod health;
 pub mod http;
 pub mod series;
@@ -21,6 +22,7 @@ use std::{
 use galmanhae_common::retransmit::{RetransmitCounters, RetransmitKind};
 use prometheus_client::encoding::EncodeLabelSet;
 
+pub use self::findings::FindingLabels;
 use self::health::{COLLECTORS, SourceState};
 pub use self::series::Lifecycle;
 use self::series::{Admission, Series, Slots, TopK};
@@ -28,6 +30,7 @@ use crate::{
     attribute::{Workload, WorkloadKind},
     collect::{netfilter::NatAudit, netns_snmp::TcpSegments, retransmits::ReadError},
     config::Limits,
+    findings::Finding,
     model::Evidence,
     pipeline::{
         Pipeline,
@@ -128,6 +131,7 @@ pub mod family {
     pub const NAT: &str = "galmanhae_nat_info";
     pub const PATH_MTU: &str = "galmanhae_path_mtu_bytes";
     pub const CONNTRACK: &str = "galmanhae_conntrack_entries";
+    pub const FINDING: &str = "galmanhae_finding";
 }
 
 /// The series of every family the agent folds from its passes (its own health is read at
@@ -151,10 +155,12 @@ pub struct Families {
     pub conntrack_events: Series<ConntrackEventLabels>,
     pub nat_info: Series<NatLabels>,
     pub path_mtu: Series<PathLabels>,
+    /// 1 per finding that holds over the findings window.
+    pub findings: Series<FindingLabels>,
 }
 
 impl Families {
-    fn all(&self) -> [&dyn Lifecycle; 15] {
+    fn all(&self) -> [&dyn Lifecycle; 16] {
         [
             &self.sent,
             &self.retransmitted,
@@ -171,10 +177,11 @@ impl Families {
             &self.conntrack_events,
             &self.nat_info,
             &self.path_mtu,
+            &self.findings,
         ]
     }
 
-    fn all_mut(&mut self) -> [&mut dyn Lifecycle; 15] {
+    fn all_mut(&mut self) -> [&mut dyn Lifecycle; 16] {
         [
             &mut self.sent,
             &mut self.retransmitted,
@@ -191,6 +198,7 @@ impl Families {
             &mut self.conntrack_events,
             &mut self.nat_info,
             &mut self.path_mtu,
+            &mut self.findings,
         ]
     }
 }
@@ -230,6 +238,8 @@ pub(crate) struct Exporter {
     netns_tcp: HashMap<u32, (TcpSegments, Instant)>,
     /// The host's NAT audit as last read.
     pub nat_audit: NatAudit,
+    /// The findings of the last pass, over the findings window.
+    findings: Vec<Finding>,
 
     pub series: Families,
 
@@ -256,12 +266,12 @@ impl Exporter {
         pipeline: Pipeline,
         notes: &[String],
         docker: Option<bool>,
-        limits: Limits,
+        (limits, findings_window): (Limits, Duration),
     ) -> Result<Self, ReadError> {
         for note in notes.iter().chain(&pipeline.probes.notes) {
             log::info!("{note}");
         }
-        let mut passes = Passes::new(pipeline, limits.series_grace_period)?;
+        let mut passes = Passes::new(pipeline, limits.series_grace_period, findings_window)?;
         let baseline = passes.baseline();
         let now = Instant::now();
         let mut exporter = Self {
@@ -269,6 +279,7 @@ impl Exporter {
             limits,
             netns_tcp: HashMap::new(),
             nat_audit: baseline.nat_audit.clone(),
+            findings: Vec::new(),
             series: Families::default(),
             workloads: Slots::new(limits.max_workloads),
             remotes: HashMap::new(),
@@ -313,6 +324,7 @@ impl Exporter {
         self.fold_conntrack(evidence, now);
         self.fold_nat(evidence, now);
         self.fold_paths(evidence, now);
+        self.fold_findings(&pass.window, now);
         self.expire(now);
         Ok(())
     }

@@ -1,12 +1,13 @@
 //! The daemon's engine: a pass reads every source due, attributes what changed since the
-//! last pass into [`Evidence`], and keeps the kernel maps and attribution tidy.
+//! last pass into [`Evidence`], keeps the kernel maps and attribution tidy, and keeps the
+//! passes of the findings window: the evidence findings are evaluated on slides with it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
-use super::{Pipeline, Snapshot, Window, housekeeping::Housekeeping};
+use super::{Pipeline, Snapshot, Summary, Window, housekeeping::Housekeeping};
 use crate::{
     collect::{netfilter::ConntrackSample, retransmits::ReadError},
     model::{Evidence, Path},
@@ -17,6 +18,8 @@ use crate::{
 pub(crate) struct Pass {
     /// What changed since the last pass.
     pub evidence: Evidence,
+    /// Everything since the start of the findings window (the passes that ended in it).
+    pub window: Evidence,
     /// Whether the host's NAT table could be read; `None` when it was not due.
     pub nat_table: Option<bool>,
     /// Whether the host's conntrack statistics could be read.
@@ -35,11 +38,18 @@ pub(crate) struct Passes {
     forget_after: Duration,
     /// The paths as last read (on full passes).
     paths: Vec<Path>,
+    /// Each pass's summary, by when it ended, over the last `findings_window`.
+    recent: VecDeque<(Instant, Summary)>,
+    findings_window: Duration,
 }
 
 impl Passes {
     /// Takes the first snapshot: counting starts here.
-    pub fn new(mut pipeline: Pipeline, forget_after: Duration) -> Result<Self, ReadError> {
+    pub fn new(
+        mut pipeline: Pipeline,
+        forget_after: Duration,
+        findings_window: Duration,
+    ) -> Result<Self, ReadError> {
         let last = pipeline.snapshot()?;
         Ok(Self {
             pipeline,
@@ -48,6 +58,8 @@ impl Passes {
             seen: HashMap::new(),
             forget_after,
             paths: Vec::new(),
+            recent: VecDeque::new(),
+            findings_window,
         })
     }
 
@@ -98,19 +110,46 @@ impl Passes {
         if nat_table == Some(true) {
             evidence.nat = Some(self.pipeline.nat.pairs(&mut self.pipeline.attributor));
         }
-        if full {
-            self.paths = self.pipeline.paths(&summary);
-            evidence.paths.clone_from(&self.paths);
-        }
         self.housekeeping
             .free_idle(&mut self.pipeline.probes, &mut self.last, &summary, now);
+        let window = self.slide(summary, now, full);
+        if full {
+            evidence.paths.clone_from(&self.paths);
+        }
         self.forget(now);
         Ok(Pass {
             evidence,
+            window,
             nat_table,
             conntrack,
             docker: self.pipeline.attributor.docker_answered(),
         })
+    }
+
+    /// Adds a pass to the findings window, drops the passes that ended before it, and
+    /// returns the window's evidence (paths read again on `full` passes, for the workloads
+    /// that retransmitted in the window).
+    fn slide(&mut self, summary: Summary, now: Instant, full: bool) -> Evidence {
+        self.recent.push_back((now, summary));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(ended, _)| now.saturating_duration_since(*ended) > self.findings_window)
+        {
+            self.recent.pop_front();
+        }
+        let merged = Summary::merge(self.recent.iter().map(|(_, summary)| summary));
+        if full {
+            self.paths = self.pipeline.paths(&merged);
+        }
+        let mut window = self.pipeline.evidence(&merged);
+        window.paths.clone_from(&self.paths);
+        window
+    }
+
+    /// The length of the findings window.
+    pub fn findings_window(&self) -> Duration {
+        self.findings_window
     }
 
     /// The maps as of the last pass.

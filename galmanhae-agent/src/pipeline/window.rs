@@ -250,3 +250,187 @@ fn totals(map: &mut HashMap<Workload, WorkloadTotals>, workload: Workload) -> &m
             removed: false,
         })
 }
+
+impl Summary {
+    /// One summary of consecutive windows, oldest first: counts add up; what is read at the
+    /// end (flow map entries, table fill, segment counters) is the last window's.
+    pub(crate) fn merge<'a>(parts: impl IntoIterator<Item = &'a Summary>) -> Summary {
+        let mut out = Summary::default();
+        let mut workloads: HashMap<Workload, WorkloadTotals> = HashMap::new();
+        let mut flows: HashMap<(Workload, FlowKey), FlowTotals> = HashMap::new();
+        let mut last = None;
+        for part in parts {
+            out.duration += part.duration;
+            for w in &part.workloads {
+                let total = totals(&mut workloads, w.workload.clone());
+                total.netns_tcp.out_segs += w.netns_tcp.out_segs;
+                total.netns_tcp.retrans_segs += w.netns_tcp.retrans_segs;
+                total.hooked.add(&w.hooked);
+                total.time_lost.add(&w.time_lost);
+                total.vanished = w.vanished;
+                total.removed = w.removed;
+            }
+            for f in &part.flows {
+                let total =
+                    flows
+                        .entry((f.workload.clone(), f.key))
+                        .or_insert_with(|| FlowTotals {
+                            counters: RetransmitCounters::default(),
+                            time_lost: TimeLost::default(),
+                            ..f.clone()
+                        });
+                total.counters.add(&f.counters);
+                total.time_lost.add(&f.time_lost);
+                total.nat = f.nat.or(total.nat);
+            }
+            out.drops.extend(part.drops.iter().cloned());
+            for (key, packets) in &part.leaks {
+                *out.leaks.entry(*key).or_default() += packets;
+            }
+            add_retransmits(&mut out.retransmits, &part.retransmits);
+            for (netns, stats) in &part.conntrack {
+                match out.conntrack.get_mut(netns) {
+                    Some(total) => add_stats(total, stats),
+                    None => {
+                        out.conntrack.insert(*netns, stats.clone());
+                    }
+                }
+            }
+            last = Some(part);
+        }
+        if let Some(last) = last {
+            out.flow_entries = last.flow_entries;
+            out.segments.clone_from(&last.segments);
+        }
+        out.workloads = workloads.into_values().collect();
+        out.flows = flows.into_values().collect();
+        out
+    }
+}
+
+/// Adds the overflow and health counters of a later window (flows are merged on their own).
+fn add_retransmits(total: &mut RetransmitSample, later: &RetransmitSample) {
+    for (owner, counters) in &later.overflow {
+        total.overflow.entry(*owner).or_default().add(counters);
+    }
+    for (mine, theirs) in total.health.iter_mut().zip(later.health) {
+        *mine += theirs;
+    }
+}
+
+/// Adds a later window's event counters; the table fill is the later one's.
+fn add_stats(total: &mut Stats, later: &Stats) {
+    total.source = later.source;
+    total.entries = later.entries;
+    total.max = later.max;
+    let counters = [
+        (&mut total.found, later.found),
+        (&mut total.invalid, later.invalid),
+        (&mut total.insert, later.insert),
+        (&mut total.insert_failed, later.insert_failed),
+        (&mut total.drop, later.drop),
+        (&mut total.early_drop, later.early_drop),
+        (&mut total.error, later.error),
+        (&mut total.search_restart, later.search_restart),
+        (&mut total.clash_resolve, later.clash_resolve),
+        (&mut total.chaintoolong, later.chaintoolong),
+    ];
+    for (mine, theirs) in counters {
+        *mine += theirs;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use galmanhae_common::retransmit::{OwnerKey, RetransmitKind};
+
+    use super::*;
+    use crate::model::{Namespace, testing};
+
+    fn part(seconds: u64, retransmits: u64, entries: u64, drops: u64) -> Summary {
+        let app = testing::container("app", 2);
+        let key = FlowKey {
+            netns: 2,
+            family: galmanhae_common::retransmit::AF_INET,
+            local_port: 41_000,
+            remote_port: 5432,
+            padding: [0; 6],
+            cgroup_id: 0,
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+        };
+        let mut counters = RetransmitCounters::default();
+        counters.kinds[RetransmitKind::Rto as usize] = retransmits;
+        counters.retransmits = retransmits;
+        let mut conntrack = testing::conntrack(Namespace::Host, entries, 1000).stats;
+        conntrack.drop = drops;
+        let mut overflow = HashMap::new();
+        overflow.insert(
+            OwnerKey {
+                netns: 2,
+                padding: 0,
+                cgroup_id: 0,
+            },
+            counters,
+        );
+        Summary {
+            duration: Duration::from_secs(seconds),
+            workloads: vec![WorkloadTotals {
+                workload: app.clone(),
+                netns_tcp: TcpSegments {
+                    out_segs: 100,
+                    retrans_segs: retransmits,
+                },
+                hooked: counters,
+                time_lost: TimeLost::default(),
+                vanished: false,
+                removed: false,
+            }],
+            flows: vec![FlowTotals {
+                workload: app,
+                key,
+                counters,
+                time_lost: TimeLost::default(),
+                nat: None,
+            }],
+            retransmits: RetransmitSample {
+                overflow,
+                ..RetransmitSample::default()
+            },
+            flow_entries: usize::try_from(entries).unwrap_or(0),
+            conntrack: BTreeMap::from([(1, conntrack)]),
+            ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn merged_windows_add_counts_and_keep_the_last_readings() {
+        let merged = Summary::merge(&[part(10, 2, 50, 1), part(5, 3, 70, 0)]);
+        assert_eq!(merged.duration, Duration::from_secs(15));
+        assert_eq!(merged.workloads.len(), 1);
+        let w = &merged.workloads[0];
+        assert_eq!((w.netns_tcp.out_segs, w.netns_tcp.retrans_segs), (200, 5));
+        assert_eq!(w.hooked.retransmits, 5);
+        assert_eq!(merged.flows.len(), 1, "one flow, counted twice");
+        assert_eq!(merged.flows[0].counters.retransmits, 5);
+        assert_eq!(
+            merged
+                .retransmits
+                .overflow
+                .values()
+                .next()
+                .map(|c| c.retransmits),
+            Some(5)
+        );
+        assert_eq!(merged.flow_entries, 70);
+        let ct = &merged.conntrack[&1];
+        assert_eq!((ct.entries, ct.drop), (Some(70), 1));
+    }
+
+    #[test]
+    fn nothing_merged_is_an_empty_window() {
+        let merged = Summary::merge(&[]);
+        assert!(merged.workloads.is_empty() && merged.flows.is_empty());
+        assert_eq!(merged.duration, Duration::ZERO);
+    }
+}
