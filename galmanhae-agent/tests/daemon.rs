@@ -683,17 +683,14 @@ fn after_attach_the_daemon_keeps_only_the_capabilities_it_uses() {
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
             .unwrap_or_else(|| panic!("no {name} in {status}"))
     };
-    // CAP_DAC_READ_SEARCH 2, CAP_NET_ADMIN 12, CAP_SYS_PTRACE 19, CAP_SYSLOG 34, CAP_BPF 39;
-    // CAP_NET_RAW 13 only for iptables-legacy-save.
+    // CAP_DAC_READ_SEARCH 2, CAP_NET_ADMIN 12, CAP_SYSLOG 34, CAP_BPF 39; CAP_NET_RAW 13
+    // only for iptables-legacy-save. No CAP_SYS_PTRACE (19): the task iterator reads every
+    // process's namespace, not /proc/PID/ns/net.
     let legacy = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
         .iter()
         .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.lines().any(|n| n == "nat")));
-    let expected = (1u64 << 2)
-        | (1 << 12)
-        | (1 << 19)
-        | (1 << 34)
-        | (1 << 39)
-        | if legacy { 1 << 13 } else { 0 };
+    let expected =
+        (1u64 << 2) | (1 << 12) | (1 << 34) | (1 << 39) | if legacy { 1 << 13 } else { 0 };
     eprintln!("CapEff after attach: {:016x}", set("CapEff"));
     for name in ["CapEff", "CapPrm", "CapBnd"] {
         assert_eq!(set(name), expected, "{name}: {:016x}", set(name));
@@ -705,6 +702,14 @@ fn after_attach_the_daemon_keeps_only_the_capabilities_it_uses() {
     for line in metrics.lines().filter(|l| l.contains("required=\"true\"")) {
         assert!(line.ends_with(" 1"), "down after the drop: {line}");
     }
+    let iterator = metrics
+        .lines()
+        .find(|l| l.starts_with("galmanhae_hook_up{") && l.contains("hook=\"bpf_iter_task\""))
+        .unwrap_or_else(|| panic!("no task iterator hook in\n{metrics}"));
+    assert!(
+        iterator.contains("status=\"attached\"") && iterator.ends_with(" 1"),
+        "{iterator}"
+    );
 }
 
 /// A lab uplink: a veth pair in the host's namespace, both ends up, no address (it sends

@@ -10,6 +10,7 @@ pub mod leak;
 pub mod offsets;
 pub mod retransmit;
 pub mod stall;
+pub mod task;
 
 /// An IPv4 address as the maps keep it: v4-mapped IPv6 (`::ffff:a.b.c.d`).
 #[expect(

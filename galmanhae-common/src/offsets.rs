@@ -153,6 +153,7 @@ pub struct KernelOffsets {
     pub kfree_skb: KfreeSkbFields,
     pub structs: StructOffsets,
     pub sock: SockOffsets,
+    pub task: crate::task::TaskOffsets,
 }
 
 impl KernelOffsets {
@@ -216,9 +217,10 @@ impl KernelOffsets {
             v6_rcv_saddr: ABSENT,
             v6_daddr: ABSENT,
         },
+        task: crate::task::TaskOffsets::UNRESOLVED,
     };
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 88 + 32);
+const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 88 + 32 + 24);
 
 crate::impl_pod!(KernelOffsets);

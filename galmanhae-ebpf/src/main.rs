@@ -17,6 +17,7 @@ mod maps;
 mod packet;
 mod retransmit;
 mod stall;
+mod tasks;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
@@ -113,6 +114,14 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
 pub fn nat_leak_egress(ctx: TcContext) -> i32 {
     leak::on_egress(&ctx);
     TC_ACT_UNSPEC
+}
+
+/// `iter/task`: every process's network namespace and cgroup, read by the agent each pass.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub extern "C" fn task_namespaces(ctx: *const tasks::IterTaskContext) -> i32 {
+    tasks::on_task(ctx);
+    0
 }
 
 /// Optional kprobe on `__nf_conntrack_confirm` (kernels with `CONFIG_KPROBES`).

@@ -6,6 +6,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::kernel::task_iter::Tasks;
+
 /// The processes of one network namespace, lowest pid first.
 #[derive(Clone, Debug, Default)]
 pub struct NetnsProcesses {
@@ -67,6 +69,20 @@ pub fn scan(known: &mut HashMap<i32, u32>, restat: bool) -> ProcessTable {
     *known = seen;
     for info in table.netns.values_mut() {
         info.pids.sort_unstable();
+    }
+    table
+}
+
+/// The same table from the kernel's task list (`iter/task`): no `/proc/PID/ns/net`, so no
+/// ptrace access to other processes is needed.
+pub fn from_tasks(tasks: &Tasks) -> ProcessTable {
+    let mut table = ProcessTable {
+        host_netns: ns_inode(Path::new("/proc/self/ns/net")),
+        netns: BTreeMap::new(),
+    };
+    // BTreeMap order: each namespace's pids come out lowest first.
+    for (pid, netns) in &tasks.netns {
+        table.netns.entry(*netns).or_default().pids.push(*pid);
     }
     table
 }

@@ -56,7 +56,18 @@ pub(crate) fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
         return Err(NoHooks(reasons.join("\n")).into());
     }
     // Loading and attaching are done: what only they need goes.
-    match privileges::drop_unused(privileges::legacy_iptables()) {
+    if probes.tasks.is_none() && !prereq::lacking(&[caps::Capability::CAP_SYS_PTRACE]).is_empty() {
+        notes.push(
+            "no task iterator and no CAP_SYS_PTRACE: the namespaces of other users' and more \
+             privileged processes cannot be read, and their traffic is attributed to netns-INODE"
+                .to_owned(),
+        );
+    }
+    let needs = privileges::Needs {
+        legacy_iptables: privileges::legacy_iptables(),
+        proc_namespaces: probes.tasks.is_none(),
+    };
+    match privileges::drop_unused(needs) {
         Ok(dropped) => log::info!(
             "capabilities after attach: CapEff {:016x} (was {:016x})",
             dropped.after,

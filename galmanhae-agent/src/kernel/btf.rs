@@ -5,7 +5,10 @@
 use std::path::Path;
 
 use btf_rs::{Backend, Btf, Member, Struct, Type};
-use galmanhae_common::offsets::{ABSENT, BitField, SockOffsets, StructOffsets};
+use galmanhae_common::{
+    offsets::{ABSENT, BitField, SockOffsets, StructOffsets},
+    task::TaskOffsets,
+};
 
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -232,6 +235,20 @@ pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
         // CONFIG_IPV6
         v6_rcv_saddr: member("skc_v6_rcv_saddr").unwrap_or(ABSENT),
         v6_daddr: member("skc_v6_daddr").unwrap_or(ABSENT),
+    })
+}
+
+/// The `task_struct` members the task iterator reads (namespace and cgroup of a process).
+/// <https://elixir.bootlin.com/linux/v6.18/source/include/linux/sched.h>
+pub fn task_offsets(btf: &KernelBtf) -> Result<TaskOffsets, BtfError> {
+    Ok(TaskOffsets {
+        pid: btf.offset_of("task_struct", "pid")?,
+        tgid: btf.offset_of("task_struct", "tgid")?,
+        nsproxy: btf.offset_of("task_struct", "nsproxy")?,
+        nsproxy_net_ns: btf.offset_of("nsproxy", "net_ns")?,
+        // CONFIG_CGROUPS: without it every record's cgroup is 0.
+        cgroups: btf.offset_of("task_struct", "cgroups").unwrap_or(ABSENT),
+        css_set_dfl_cgrp: btf.offset_of("css_set", "dfl_cgrp").unwrap_or(ABSENT),
     })
 }
 

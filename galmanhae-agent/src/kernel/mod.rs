@@ -11,4 +11,5 @@ pub mod prereq;
 pub mod privileges;
 pub mod probes;
 pub mod prog_info;
+pub mod task_iter;
 pub mod tracefs;

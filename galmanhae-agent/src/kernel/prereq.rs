@@ -17,10 +17,10 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub enum PrereqError {
     #[error(
         "missing privileges: {missing}. galmanhae loads eBPF tracepoint programs, which needs \
-         root or CAP_BPF + CAP_PERFMON (plus CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read other \
-         processes' namespaces, CAP_NET_ADMIN for conntrack and the tc uplink watch). Run it \
+         root or CAP_BPF + CAP_PERFMON (plus CAP_DAC_READ_SEARCH to read tracefs and other \
+         users' /proc files, CAP_NET_ADMIN for conntrack and the tc uplink watch). Run it \
          with sudo, or grant them all at once (setcap replaces the file's set): \
-         setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search,cap_net_admin+ep \
+         setcap cap_bpf,cap_perfmon,cap_dac_read_search,cap_net_admin+ep \
          $(command -v galmanhae)"
     )]
     Privileges { missing: String },
@@ -111,19 +111,20 @@ fn check_privileges(checks: &mut Vec<Check>) -> Result<(), PrereqError> {
             missing: missing.join(", "),
         });
     }
-    let weak = lacking(&[Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH]);
+    // CAP_SYS_PTRACE matters only without the task iterator: said after attach.
+    let weak = lacking(&[Capability::CAP_DAC_READ_SEARCH]);
     checks.push(if weak.is_empty() {
         Check {
             name: "privileges",
             status: CheckStatus::Ok,
-            detail: "CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH".to_owned(),
+            detail: "CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH".to_owned(),
         }
     } else {
         Check {
             name: "privileges",
             status: CheckStatus::Degraded,
             detail: format!(
-                "without {}: namespaces of other users' processes cannot be attributed",
+                "without {}: tracefs and other users' /proc files cannot be read",
                 weak.join(", ")
             ),
         }
@@ -132,7 +133,7 @@ fn check_privileges(checks: &mut Vec<Check>) -> Result<(), PrereqError> {
 }
 
 /// The capabilities of `wanted` that this process does not have in its effective set.
-fn lacking(wanted: &[Capability]) -> Vec<String> {
+pub fn lacking(wanted: &[Capability]) -> Vec<String> {
     wanted
         .iter()
         .filter(|cap| !caps::has_cap(None, CapSet::Effective, **cap).unwrap_or(false))

@@ -21,7 +21,8 @@ pub const KEPT: [(Capability, &str); 6] = [
     ),
     (
         Capability::CAP_SYS_PTRACE,
-        "/proc/PID/ns/net and /proc/PID/net of processes of other users or with more capabilities",
+        "/proc/PID/ns/net of processes of other users or with more capabilities, only where \
+         the task iterator (Linux 5.8+, BTF) is unavailable",
     ),
     (
         Capability::CAP_DAC_READ_SEARCH,
@@ -44,14 +45,33 @@ pub struct Dropped {
     pub after: u64,
 }
 
+/// What a run needs besides the capabilities every run keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Needs {
+    /// Legacy iptables nat tables exist: `CAP_NET_RAW` for `iptables-legacy-save`.
+    pub legacy_iptables: bool,
+    /// No task iterator: `/proc/PID/ns/net` of other processes, behind a ptrace check.
+    pub proc_namespaces: bool,
+}
+
+impl Needs {
+    fn keeps(self, cap: Capability) -> bool {
+        match cap {
+            Capability::CAP_NET_RAW => self.legacy_iptables,
+            Capability::CAP_SYS_PTRACE => self.proc_namespaces,
+            _ => true,
+        }
+    }
+}
+
 /// Lowers the effective, permitted, inheritable, ambient and (with `CAP_SETPCAP`) bounding
-/// sets to [`KEPT`] (without `CAP_NET_RAW` unless `legacy_iptables`).
-pub fn drop_unused(legacy_iptables: bool) -> Result<Dropped, caps::errors::CapsError> {
+/// sets to [`KEPT`], less what `needs` says this run can do without.
+pub fn drop_unused(needs: Needs) -> Result<Dropped, caps::errors::CapsError> {
     let before = caps::read(None, CapSet::Effective)?;
     let keep: CapsHashSet = KEPT
         .iter()
         .map(|(cap, _)| *cap)
-        .filter(|cap| legacy_iptables || *cap != Capability::CAP_NET_RAW)
+        .filter(|cap| needs.keeps(*cap))
         .collect();
     if before.contains(&Capability::CAP_SETPCAP) {
         for cap in caps::read(None, CapSet::Bounding)?.difference(&keep) {
@@ -95,6 +115,23 @@ pub fn mask(set: &CapsHashSet) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ptrace_and_raw_sockets_are_kept_only_where_needed() {
+        let with_iterator = Needs {
+            legacy_iptables: false,
+            proc_namespaces: false,
+        };
+        assert!(!with_iterator.keeps(Capability::CAP_SYS_PTRACE));
+        assert!(!with_iterator.keeps(Capability::CAP_NET_RAW));
+        assert!(with_iterator.keeps(Capability::CAP_BPF));
+        let without = Needs {
+            legacy_iptables: true,
+            proc_namespaces: true,
+        };
+        assert!(without.keeps(Capability::CAP_SYS_PTRACE));
+        assert!(without.keeps(Capability::CAP_NET_RAW));
+    }
 
     #[test]
     fn never_keeps_what_only_loading_needs() {

@@ -27,6 +27,7 @@ use super::{
     leak_watch::{LeakWatch, NAT_LEAK_PROGRAM},
     prereq::Environment,
     prog_info,
+    task_iter::TaskIter,
     tracefs::{Format, FormatError},
 };
 
@@ -147,6 +148,8 @@ pub struct Probes {
     stats: Option<OwnedFd>,
     /// The NAT-leak watch's subnets and links.
     leak_watch: LeakWatch,
+    /// Every process's namespace and cgroup from the kernel (`None`: from /proc instead).
+    pub tasks: Option<TaskIter>,
 }
 
 /// A tracepoint program of the object.
@@ -197,6 +200,12 @@ impl Probes {
         let mut offsets = KernelOffsets::UNRESOLVED;
         offsets.structs = structs;
         offsets.sock = btf::sock_offsets(&btf)?;
+        offsets.task = btf::task_offsets(&btf).unwrap_or_else(|e| {
+            notes.push(format!(
+                "{e}: the task iterator is off, namespaces come from /proc/PID/ns/net"
+            ));
+            offsets.task
+        });
         let skb = Format::read(&env.tracefs, RETRANSMIT_SKB.category, RETRANSMIT_SKB.name)
             .and_then(|f| f.retransmit_skb());
         let synack = Format::read(
@@ -238,22 +247,21 @@ impl Probes {
 
         // aya's own parse of the kernel's BTF (it needs it to load BTF-typed programs); about
         // 0.1 s and a few MB, freed on return.
-        let aya_btf = if options.classic_tracepoints {
-            Err("--classic-tracepoints asked for the classic ones".to_owned())
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
+        let classic = "--classic-tracepoints asked for the classic ones".to_owned();
+        let tp_btf = if options.classic_tracepoints {
+            Err(&classic)
         } else {
-            aya::Btf::from_sys_fs().map_err(|e| e.to_string())
+            aya_btf.as_ref()
         };
-        let mut hooks = attach_all(
-            &mut ebpf,
-            aya_btf.as_ref(),
-            (skb, synack, drops),
-            &drop_reasons,
-        );
+        let mut hooks = attach_all(&mut ebpf, tp_btf, (skb, synack, drops), &drop_reasons);
         hooks.extend(if options.classic_tracepoints {
             time_lost_off()
         } else {
-            attach_time_lost(&mut ebpf, aya_btf.as_ref(), rto_counters)
+            attach_time_lost(&mut ebpf, tp_btf, rto_counters)
         });
+        let (tasks, task_hook) = TaskIter::attach(&mut ebpf, aya_btf.as_ref());
+        hooks.push(task_hook);
 
         let stats = if options.bpf_stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -285,6 +293,7 @@ impl Probes {
             recursion_misses_offset,
             stats,
             leak_watch: LeakWatch::default(),
+            tasks,
         })
     }
 

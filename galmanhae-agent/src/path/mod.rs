@@ -267,6 +267,17 @@ pub fn assign_nsid(pid: u32) -> Result<i32, PathError> {
 /// belongs to, towards `remote`, the flow's remote address. Never fails: what cannot be
 /// read (a process that exited, an interface that vanished, no nsid) goes into `notes`.
 pub fn workload_path(pid: u32, remote: IpAddr) -> PathMtu {
+    path_of(pid, None, remote)
+}
+
+/// [`workload_path`] for a process known to live in a namespace of its own (the caller found
+/// it from the kernel's task list), so `/proc/PID/ns/net`, which needs ptrace access to the
+/// process, is not read.
+pub fn separate_workload_path(pid: u32, remote: IpAddr) -> PathMtu {
+    path_of(pid, Some(false), remote)
+}
+
+fn path_of(pid: u32, shares_host_netns: Option<bool>, remote: IpAddr) -> PathMtu {
     let mut path = PathMtu {
         workload_if: None,
         host_veth: None,
@@ -285,15 +296,25 @@ pub fn workload_path(pid: u32, remote: IpAddr) -> PathMtu {
         Ok(egress) => path.egress = Some(egress),
         Err(error) => path.notes.push(format!("egress: {error}")),
     }
-    if let Err(error) = walk(&mut host, pid, remote, &mut path) {
+    if let Err(error) = walk(&mut host, pid, shares_host_netns, remote, &mut path) {
         path.notes.push(error.to_string());
     }
     path
 }
 
 /// Fills `path` from the workload's side, as far as it can be read.
-fn walk(host: &mut Rtnl, pid: u32, remote: IpAddr, path: &mut PathMtu) -> Result<(), PathError> {
-    if shares_netns(pid)? {
+fn walk(
+    host: &mut Rtnl,
+    pid: u32,
+    shares_host_netns: Option<bool>,
+    remote: IpAddr,
+    path: &mut PathMtu,
+) -> Result<(), PathError> {
+    let shared = match shares_host_netns {
+        Some(shared) => shared,
+        None => shares_netns(pid)?,
+    };
+    if shared {
         path.notes.push(format!(
             "process {pid} shares the host's network namespace: no veth or bridge on its path"
         ));

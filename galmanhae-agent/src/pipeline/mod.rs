@@ -70,6 +70,8 @@ pub(crate) struct Pipeline {
     /// Each process's network namespace at the last scan, and when all were last checked.
     namespaces: HashMap<i32, u32>,
     last_restat: Option<Instant>,
+    /// The task iterator failed once (said in the log); /proc is read instead.
+    task_iter_failed: bool,
     pub(crate) nat: NatSources,
 }
 
@@ -83,6 +85,7 @@ impl Pipeline {
             attributor,
             namespaces: HashMap::new(),
             last_restat: None,
+            task_iter_failed: false,
             nat,
         }
     }
@@ -93,13 +96,7 @@ impl Pipeline {
         let drops = drop_maps::read(&self.probes.ebpf)?;
         let leaks = nat_leaks::read(&self.probes.ebpf)?;
         let time_lost = TimeLostSample::read(&self.probes.ebpf)?;
-        let restat = self
-            .last_restat
-            .is_none_or(|last| last.elapsed() >= RESTAT_EVERY);
-        if restat {
-            self.last_restat = Some(Instant::now());
-        }
-        let processes = procfs::scan(&mut self.namespaces, restat);
+        let processes = self.processes();
         self.attributor.observe(&processes);
         Ok(Snapshot {
             taken: Instant::now(),
@@ -110,6 +107,28 @@ impl Pipeline {
             netns_tcp: netns_snmp::read_all(&processes),
             conntrack: netfilter::sample(&self.attributor),
         })
+    }
+
+    /// Every process's namespace: from the kernel's task list where the iterator is attached,
+    /// else from /proc (which needs ptrace access to other users' processes).
+    fn processes(&mut self) -> procfs::ProcessTable {
+        if let Some(tasks) = &self.probes.tasks {
+            match tasks.read() {
+                Ok(tasks) => return procfs::from_tasks(&tasks),
+                Err(e) if !self.task_iter_failed => {
+                    self.task_iter_failed = true;
+                    log::warn!("{e}; reading namespaces from /proc instead");
+                }
+                Err(_) => {}
+            }
+        }
+        let restat = self
+            .last_restat
+            .is_none_or(|last| last.elapsed() >= RESTAT_EVERY);
+        if restat {
+            self.last_restat = Some(Instant::now());
+        }
+        procfs::scan(&mut self.namespaces, restat)
     }
 
     /// Attributes a window with the NAT table as last read.

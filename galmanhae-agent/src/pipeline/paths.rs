@@ -28,7 +28,7 @@ pub(crate) fn read(summary: &Summary, attributor: &Attributor) -> Vec<Path> {
     top.into_iter()
         .filter_map(|(workload, (_, remote, netns))| {
             let pid = u32::try_from(attributor.pid_of(netns)?).ok()?;
-            let found = path::workload_path(pid, remote.ip());
+            let found = path::separate_workload_path(pid, remote.ip());
             let mut hops = Vec::new();
             let mut hop = |role, name: &str, mtu| {
                 hops.push(Hop {

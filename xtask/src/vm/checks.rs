@@ -20,6 +20,7 @@ const PROGRAMS: &[&str] = &[
     "nat_leak_egress",
     "conntrack_confirm_kprobe",
     "conntrack_confirm_fentry",
+    "task_namespaces",
 ];
 
 /// One check's outcome.
@@ -82,6 +83,9 @@ fn loss(console: &Console, report: &Value) -> Vec<Outcome> {
         }),
         check("the NAT-leak watch attaches to the uplink", || {
             nat_leak_watch(report)
+        }),
+        check("the task iterator attaches (no CAP_SYS_PTRACE kept)", || {
+            task_iterator(report)
         }),
         check(
             "the retransmit hook matches the tracepoint's layout",
@@ -161,6 +165,15 @@ fn hooks_attach(report: &Value) -> Result<String, String> {
         seen.push(format!("{name} {}", h["kind"].as_str().unwrap_or("?")));
     }
     Ok(seen.join(", "))
+}
+
+/// The task iterator, which names namespaces without ptrace access (5.8+ with BTF).
+fn task_iterator(report: &Value) -> Result<String, String> {
+    let h = hook(report, "bpf_iter_task")?;
+    match h["status"].as_str() {
+        Some("attached") => Ok(h["detail"].as_str().unwrap_or_default().to_owned()),
+        _ => Err(h.to_string()),
+    }
 }
 
 /// The tc egress program on the db uplink (before 6.6 it needs a clsact qdisc, no TCX).
