@@ -198,6 +198,7 @@ def cmd_config(path):
     expected = {
         "listen": f"127.0.0.1:{PORT}",
         "log_level": None,
+        "findings_window": "5m",
         "limits": {"max_remotes_per_workload": 20, "max_workloads": 500,
                    "max_drop_locations": 50, "series_grace_period": "5m"},
         "kernel": {"flow_map_capacity": 16384, "docker_socket": "/var/run/docker.sock",
@@ -522,6 +523,7 @@ def fixture_series():
     s.append(("galmanhae_scrape_duration_seconds", {}, -0.004))
     s.append(("galmanhae_flow_entries_freed_total", {}, 0.0))
     s.append(("galmanhae_build_info", {"version": "0.1.0", "commit": "86b3be3"}, -1.0))
+    s.append(("galmanhae_finding", {"id": "local_drops", "severity": "high", "workload": "app"}, -1.0))
     # Not galmanhae's: the app latency histogram the dashboard's text boxes name by default.
     for le, rate in [("0.1", 90.0), ("0.5", 97.0), ("1", 98.0), ("5", 99.5), ("+Inf", 100.0)]:
         s.append(("http_server_request_duration_seconds_bucket", {"le": le}, rate))

@@ -54,6 +54,11 @@ pub struct RunArgs {
     #[arg(long, env = "GALMANHAE_MAX_DROP_LOCATIONS", value_parser = range(config::LOCATIONS))]
     pub max_drop_locations: Option<u32>,
 
+    /// How far back the findings look: a finding holds while its evidence is in this window
+    /// [default: 5m].
+    #[arg(long, env = "GALMANHAE_FINDINGS_WINDOW", value_parser = config::parse_findings_window)]
+    pub findings_window: Option<Duration>,
+
     /// How long series of vanished workloads, remotes and namespaces stay [default: 5m].
     #[arg(long, env = "GALMANHAE_SERIES_GRACE_PERIOD", value_parser = config::parse_grace_period)]
     pub series_grace_period: Option<Duration>,

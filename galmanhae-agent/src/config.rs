@@ -20,6 +20,9 @@ use crate::{
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9436);
 
+/// How far back `run`'s findings look unless told otherwise.
+pub const DEFAULT_FINDINGS_WINDOW: Duration = Duration::from_secs(300);
+
 /// Without `--log-level`, `GALMANHAE_LOG_LEVEL` or a config file saying otherwise.
 pub const DEFAULT_LOG_LEVEL: log::LevelFilter = log::LevelFilter::Warn;
 
@@ -72,6 +75,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub log_level: log::LevelFilter,
     pub limits: Limits,
+    /// The sliding window the daemon evaluates findings over.
+    pub findings_window: Duration,
     pub kernel: KernelSettings,
 }
 
@@ -81,6 +86,8 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     #[serde(default, deserialize_with = "level")]
     log_level: Option<log::LevelFilter>,
+    #[serde(default, deserialize_with = "findings_window")]
+    findings_window: Option<Duration>,
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
@@ -168,6 +175,10 @@ impl Settings {
             listen: args.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
             log_level: log_level.or(file.log_level).unwrap_or(DEFAULT_LOG_LEVEL),
             limits,
+            findings_window: args
+                .findings_window
+                .or(file.findings_window)
+                .unwrap_or(DEFAULT_FINDINGS_WINDOW),
             kernel: args.kernel.resolve(file.kernel),
         })
     }
@@ -206,6 +217,16 @@ pub fn parse_grace_period(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 5m or 90s"))?;
     if !(Duration::from_secs(30)..=Duration::from_secs(24 * 3600)).contains(&duration) {
         return Err(format!("`{text}` is out of range: between 30s and 24h"));
+    }
+    Ok(duration)
+}
+
+/// A findings window: `10s` to `24h`.
+pub fn parse_findings_window(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 5m or 90s"))?;
+    if !(Duration::from_secs(10)..=Duration::from_secs(24 * 3600)).contains(&duration) {
+        return Err(format!("`{text}` is out of range: between 10s and 24h"));
     }
     Ok(duration)
 }
@@ -249,6 +270,13 @@ fn grace<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
         .map_err(serde::de::Error::custom)
 }
 
+fn findings_window<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_findings_window(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 fn level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<log::LevelFilter>, D::Error> {
     let text = String::deserialize(d)?;
     text.parse().map(Some).map_err(|_| {
@@ -287,6 +315,24 @@ mod tests {
             file.limits.series_grace_period,
             Some(Limits::default().series_grace_period)
         );
+        assert_eq!(file.findings_window, Some(DEFAULT_FINDINGS_WINDOW));
+    }
+
+    #[test]
+    fn the_findings_window_is_a_flag_and_a_key() {
+        assert_eq!(
+            Settings::resolve(&run_args(&[]), None)
+                .unwrap()
+                .findings_window,
+            DEFAULT_FINDINGS_WINDOW
+        );
+        let flagged = Settings::resolve(&run_args(&["--findings-window", "30s"]), None).unwrap();
+        assert_eq!(flagged.findings_window, Duration::from_secs(30));
+        let file = parse("findings_window = \"2m\"\n").unwrap();
+        assert_eq!(file.findings_window, Some(Duration::from_secs(120)));
+        let err = parse("findings_window = \"9s\"\n").unwrap_err();
+        assert!(err.contains("between 10s and 24h"), "{err}");
+        assert!(Cli::try_parse_from(["galmanhae", "run", "--findings-window", "2d"]).is_err());
     }
 
     #[test]

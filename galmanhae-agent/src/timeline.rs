@@ -40,7 +40,7 @@ fn owner(netns: u32, cgroup_id: u64) -> OwnerKey {
 
 impl Timeline {
     /// Records the tick between two consecutive snapshots.
-    pub fn record(&mut self, previous: &Snapshot, latest: &Snapshot) {
+    pub(crate) fn record(&mut self, previous: &Snapshot, latest: &Snapshot) {
         let mut tick: HashMap<OwnerKey, Second> = HashMap::new();
         let delta = latest.retransmits.since(&previous.retransmits);
         for (key, counters) in delta.by_flow() {

@@ -927,3 +927,139 @@ fn bad_input_fails_clearly_before_loading_anything() {
     // A flag out of range: a usage error.
     fails(&["run", "--max-workloads", "0"], 2);
 }
+
+/// The `(id, workload)` of each finding in a JSON `findings` array, for `workloads` only.
+fn finding_ids(
+    findings: &Value,
+    workloads: &[&str],
+) -> std::collections::BTreeSet<(String, String)> {
+    findings
+        .as_array()
+        .expect("a findings array")
+        .iter()
+        .filter_map(|f| {
+            let workload = f["workload"].as_str()?;
+            workloads.contains(&workload).then(|| {
+                let id = f["id"].as_str().expect("an id").to_owned();
+                (id, workload.to_owned())
+            })
+        })
+        .collect()
+}
+
+/// `galmanhae diagnose --json` for `duration`, returned once its hooks are attached: wait for
+/// its report with [`std::process::Child::wait_with_output`].
+fn diagnose_attached(duration: &str) -> Child {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = Command::new(GALMANHAE)
+        .args([
+            "diagnose",
+            "--json",
+            "--top",
+            "1000",
+            "--duration",
+            duration,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting galmanhae diagnose");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[diagnose] {line}");
+            if line.contains("attached") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("diagnose attached its hooks within 30 s");
+    child
+}
+
+/// A drop rule on one container's path: within a pass the daemon holds a `local_drops`
+/// finding for it and none for the control, `/findings` names the same findings as a
+/// `diagnose --json` over the same traffic, and the finding's series goes once the drops have
+/// left the findings window (and the grace period has passed).
+#[test]
+fn a_drop_rule_is_a_local_drops_finding_until_it_leaves_the_window() {
+    if !privileged() {
+        return;
+    }
+    let mut scenario = Scenario::new();
+    for name in ["t-drops", "t-control"] {
+        // No tail-loss probes from scheduling stalls of a busy CI machine (see above).
+        scenario.container(name, &["--sysctl", "net.ipv4.tcp_early_retrans=0"]);
+    }
+    let window = Duration::from_secs(20);
+    let daemon = Daemon::start(&["--findings-window", "20s", "--series-grace-period", "30s"]);
+    fault::loss(20.0, &Target::Container("t-drops".to_owned())).expect("injecting loss");
+
+    // The same traffic for both: diagnose watches 12 s, all of it within the daemon's window.
+    let diagnose = diagnose_attached("12s");
+    stream_from("t-drops", DB_V4, 2_000_000);
+    stream_from("t-control", DB_V4, 200_000);
+    let output = diagnose.wait_with_output().expect("diagnose's report");
+    assert!(output.status.success(), "diagnose: {}", describe(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("the JSON report");
+
+    // One pass (a scrape more than a second after the last pass runs one).
+    thread::sleep(Duration::from_millis(1100));
+    let findings_of = |workload: &str| -> Vec<(String, f64)> {
+        samples(&daemon.metrics())
+            .into_iter()
+            .filter(|(series, _)| {
+                series.starts_with("galmanhae_finding{")
+                    && series.contains(&format!("workload=\"{workload}\""))
+            })
+            .collect()
+    };
+    let held = findings_of("t-drops");
+    assert!(
+        held.iter()
+            .any(|(series, value)| series.contains("id=\"local_drops\"")
+                && (*value - 1.0).abs() < 1e-9),
+        "no local_drops finding for t-drops: {held:?}; drops {:?}",
+        report["drops"]
+    );
+    let control = findings_of("t-control");
+    assert!(control.is_empty(), "findings for the control: {control:?}");
+
+    let (code, body) = http_get(&format!("{}/findings", daemon.url), &[]);
+    assert_eq!(code, 200, "GET /findings: {body}");
+    let served: Value = serde_json::from_str(&body).expect("/findings is JSON");
+    assert_eq!(served["schema"], "galmanhae.findings/v1");
+    assert_eq!(served["window_s"], window.as_secs());
+    let ours = ["t-drops", "t-control"];
+    assert_eq!(
+        finding_ids(&served["findings"], &ours),
+        finding_ids(&report["findings"], &ours),
+        "/findings and diagnose --json over the same traffic"
+    );
+
+    // The drops stop; their finding holds while they are in the window, then for the grace
+    // period, then its series goes.
+    fault::clear_all(false).expect("lifting the drop rule");
+    let cleared = Instant::now();
+    let gone = galmanhae_lab::wait_for(
+        window + GRACE + Duration::from_secs(30),
+        "t-drops's finding to clear",
+        || {
+            stream_from("t-control", DB_V4, 100_000);
+            findings_of("t-drops").is_empty()
+        },
+    );
+    assert!(
+        gone.is_ok(),
+        "t-drops's findings still served {} s after the drops stopped: {:?}",
+        cleared.elapsed().as_secs(),
+        findings_of("t-drops")
+    );
+    assert!(
+        cleared.elapsed() >= window,
+        "the finding cleared after {:?}, before the drops left the {window:?} window",
+        cleared.elapsed()
+    );
+}

@@ -5,6 +5,5 @@ pub mod maps;
 pub mod nat_leaks;
 pub mod netfilter;
 pub mod netns_snmp;
-pub mod paths;
 pub mod retransmits;
 pub mod time_lost;

@@ -11,8 +11,7 @@ use crate::{
         Attributor,
         nat::{Binding, NatIndex},
     },
-    conntrack::{self, ConntrackError, Stats},
-    report::{ConntrackReport, NatAudit},
+    conntrack::{self, ConntrackError, MasqueradeRule, Stats, Sysctls},
 };
 
 /// Conntrack counters of every namespace that has a process, at one instant.
@@ -56,43 +55,6 @@ pub fn sample(attributor: &Attributor) -> ConntrackSample {
     out
 }
 
-/// Per-namespace reports over a window: table fill at the end, counter growth since the start.
-/// Namespaces whose conntrack is idle (no entries, no events) are left out.
-pub fn reports(
-    start: &ConntrackSample,
-    end: &ConntrackSample,
-    attributor: &mut Attributor,
-) -> Vec<ConntrackReport> {
-    let host = attributor.host_netns();
-    let mut out = Vec::new();
-    for (netns, now) in &end.netns {
-        let delta = start
-            .netns
-            .get(netns)
-            .map_or_else(|| now.clone(), |then| now.since(then));
-        let busy = now.entries.unwrap_or(0) > 0
-            || delta.insert_failed
-                + delta.drop
-                + delta.early_drop
-                + delta.invalid
-                + delta.clash_resolve
-                > 0;
-        if !busy {
-            continue;
-        }
-        out.push(ConntrackReport {
-            namespace: if Some(*netns) == host {
-                "host".to_owned()
-            } else {
-                attributor.workload(*netns, 0).name
-            },
-            netns: *netns,
-            stats: delta,
-        });
-    }
-    out
-}
-
 /// The translated flows of the host's conntrack table.
 pub fn nat_index() -> Result<NatIndex, ConntrackError> {
     let entries = conntrack::dump()?;
@@ -127,5 +89,42 @@ pub fn audit() -> NatAudit {
         sysctls: conntrack::sysctls(),
         unavailable,
         no_tools,
+    }
+}
+
+/// The host's NAT set-up, checked for known traps.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct NatAudit {
+    /// MASQUERADE rules as `iptables-save` prints them, and whether they randomise ports fully.
+    pub masquerade: Vec<MasqueradeRule>,
+    /// `tcp_be_liberal`, `tcp_loose`, the established timeout, the table size.
+    #[serde(flatten)]
+    pub sysctls: Sysctls,
+    /// Why part of the audit could not be done.
+    pub unavailable: Vec<String>,
+    /// The host has no iptables tools: nothing to audit, by design.
+    #[serde(skip)]
+    pub no_tools: bool,
+}
+
+impl NatAudit {
+    /// The source prefixes MASQUERADE translates: a packet from one must not leave as is.
+    pub fn translated_subnets(&self) -> Vec<ipnet::IpNet> {
+        let mut nets: Vec<ipnet::IpNet> = self
+            .masquerade
+            .iter()
+            .filter_map(MasqueradeRule::source_net)
+            .collect();
+        nets.sort_unstable();
+        nets.dedup();
+        nets
+    }
+
+    /// Whether a MASQUERADE rule translates packets from `addr` (a bridge address).
+    pub fn masqueraded(&self, addr: std::net::IpAddr) -> bool {
+        self.masquerade
+            .iter()
+            .filter_map(MasqueradeRule::source_net)
+            .any(|net| net.contains(&addr))
     }
 }

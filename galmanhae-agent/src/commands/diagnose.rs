@@ -9,9 +9,9 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    attribute::nat::NatIndex,
     cli::DiagnoseArgs,
-    collect::{nat_leaks, netfilter, paths},
+    collect::nat_leaks,
+    findings,
     kernel::probes::{Probes, RunStats},
     pipeline::{Pipeline, Window},
     report::{self, HookReport, ReportContext, timeline::TimelineReport},
@@ -24,13 +24,11 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     let super::Started {
         mut pipeline,
         checks,
-        nat_audit,
         mut notes,
         ..
     } = super::start(&args.kernel.settings())?;
     let baseline_stats = hook_stats(&pipeline.probes);
     let mut window = Window::new(pipeline.snapshot().context("first snapshot")?);
-    let conntrack_start = netfilter::sample(&pipeline.attributor);
     eprintln!(
         "galmanhae: attached {}/{} hooks; watching for {} (Ctrl-C to stop early)",
         pipeline.probes.attached(),
@@ -39,7 +37,6 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     );
 
     let timeline = watch(&mut pipeline, &mut window, args.duration).await?;
-    let conntrack_end = netfilter::sample(&pipeline.attributor);
 
     pipeline.attributor.refresh_names();
     notes.extend(pipeline.probes.notes.iter().cloned());
@@ -53,40 +50,27 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
                 )
             }),
     );
-    let nat = netfilter::nat_index().unwrap_or_else(|e| {
+    if let Err(e) = pipeline.nat.read_table() {
         notes.push(format!(
             "NAT translations unavailable ({e}): flows show no NAT side"
         ));
-        NatIndex::default()
-    });
-    let summary = window.summarize(&mut pipeline.attributor, &nat);
-    let conntrack = netfilter::reports(&conntrack_start, &conntrack_end, &mut pipeline.attributor);
-    notes.extend(conntrack_end.notes);
-    let paths = paths::reports(&summary, &pipeline.attributor);
-    pipeline
-        .probes
-        .symbols
-        .learn(summary.drops.iter().map(|d| d.location));
+    }
+    let summary = pipeline.summarize(&window);
+    notes.extend(window.latest().conntrack.notes.iter().cloned());
+    let mut evidence = pipeline.evidence(&summary);
+    evidence.paths = pipeline.paths(&summary);
+    let findings = findings::evaluate(&evidence);
     let hooks = hook_reports(&pipeline.probes, &baseline_stats);
     notes.extend(pipeline.attributor.notes.iter().cloned());
     let mut report = report::build(
-        &summary,
+        &evidence,
+        findings,
         ReportContext {
             prerequisites: checks,
             hooks,
             flow_capacity: pipeline.probes.flow_capacity,
             notes,
             top: args.top as usize,
-            drop_reasons: &pipeline.probes.drop_reasons,
-            symbols: &pipeline.probes.symbols,
-            conntrack,
-            nat_audit,
-            paths,
-            leaks: nat_leaks::reports(
-                &summary.leaks,
-                &mut pipeline.attributor,
-                &pipeline.probes.uplinks,
-            ),
         },
     );
 

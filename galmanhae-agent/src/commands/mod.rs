@@ -9,24 +9,20 @@ use anyhow::Context as _;
 
 use crate::{
     attribute::Attributor,
-    collect::{nat_leaks, netfilter},
     config::KernelSettings,
     kernel::{
         prereq::{self, Check, PrereqError},
         privileges,
         probes::{LoadOptions, Probes},
     },
-    pipeline::Pipeline,
-    report::NatAudit,
+    pipeline::{Pipeline, nat::NatSources},
 };
 
 /// The engine both commands run: programs attached, attribution ready.
-pub struct Started {
+pub(crate) struct Started {
     pub pipeline: Pipeline,
     /// What the prerequisite checks found (for the report).
     pub checks: Vec<Check>,
-    /// MASQUERADE rules and conntrack sysctls, read before the leak watch was set up.
-    pub nat_audit: NatAudit,
     /// Start-up notes (an uplink that could not be watched, ...).
     pub notes: Vec<String>,
     /// Whether the Docker API named the containers (`None`: not asked).
@@ -35,7 +31,7 @@ pub struct Started {
 
 /// Checks the host, loads and attaches the programs, watches the uplinks for NAT leaks and
 /// names the containers. Fails when no hook could be attached.
-pub fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
+pub(crate) fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
     let env = prereq::prepare(kernel.tracefs.as_deref())?;
     let mut probes = Probes::load(
         &env,
@@ -48,8 +44,8 @@ pub fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
     .context("loading the eBPF programs")?;
     let mut notes = Vec::new();
     // The audit comes first: its MASQUERADE rules say which sources must not leave as is.
-    let nat_audit = netfilter::audit();
-    notes.extend(nat_leaks::watch(&mut probes, &nat_audit));
+    let (nat, note) = NatSources::start(&mut probes);
+    notes.extend(note);
     let attached = probes.attached();
     if attached == 0 {
         let reasons: Vec<String> = probes
@@ -83,9 +79,8 @@ pub fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
     attributor.refresh_names();
     let docker = attributor.docker_answered();
     Ok(Started {
-        pipeline: Pipeline::new(probes, attributor),
+        pipeline: Pipeline::new(probes, attributor, nat),
         checks: env.checks,
-        nat_audit,
         notes,
         docker,
     })

@@ -36,7 +36,13 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let started = super::start(&settings.kernel)?;
     let attached = started.pipeline.probes.attached();
     let hooks = started.pipeline.probes.hooks.len();
-    let exporter = Exporter::new(started, settings.limits).context("first reading of the maps")?;
+    let exporter = Exporter::new(
+        started.pipeline,
+        &started.notes,
+        started.docker,
+        (settings.limits, settings.findings_window),
+    )
+    .context("first reading of the maps")?;
     let shared = Arc::new(Shared::new(exporter));
     let registry = families::registry(Arc::clone(&shared));
     let app = http::router(Arc::clone(&shared), registry, TICK * 3);

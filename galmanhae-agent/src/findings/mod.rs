@@ -1,6 +1,7 @@
-//! From evidence to findings: each rule reads the report's measurements (workloads, flows,
-//! drops, conntrack, NAT audit, paths) and says what is wrong, for whom, why it thinks so and
-//! what to change. One file per family of causes (see `../shared/research` R1-R7).
+//! From evidence to findings: each rule is a pure function of [`Evidence`] (workloads, flows,
+//! drops, conntrack, NAT audit, paths, leaks) that says what is wrong, for whom, why it thinks
+//! so and what to change. One file per family of causes; `diagnose` prints them, `run`
+//! serves them.
 
 mod conntrack;
 mod drops;
@@ -10,7 +11,7 @@ mod time;
 
 use serde::Serialize;
 
-use crate::report::{DiagnoseReport, DropReport};
+use crate::model::{Drop, DropReason, Evidence};
 
 /// One diagnosed problem. `id` values are a contract (see docs/findings.md).
 #[derive(Clone, Debug, Serialize)]
@@ -56,17 +57,17 @@ const SPECIFICITY: [&str; 8] = [
 ];
 
 /// Every finding the evidence supports, most important first.
-pub fn evaluate(report: &DiagnoseReport) -> Vec<Finding> {
+pub(crate) fn evaluate(evidence: &Evidence) -> Vec<Finding> {
     let mut findings = Vec::new();
-    findings.extend(conntrack::table_full(report));
-    findings.extend(conntrack::snat_collision(report));
-    findings.extend(conntrack::nat_leak(report));
-    findings.extend(mtu::path_mtu(report));
-    findings.extend(drops::local_drops(report));
-    findings.extend(syn::syn_retransmits(report));
-    findings.extend(drops::loss_beyond_host(report));
-    time::cite(report, &mut findings);
-    findings.extend(time::rto_stalls(report));
+    findings.extend(conntrack::table_full(evidence));
+    findings.extend(conntrack::snat_collision(evidence));
+    findings.extend(conntrack::nat_leak(evidence));
+    findings.extend(mtu::path_mtu(evidence));
+    findings.extend(drops::local_drops(evidence));
+    findings.extend(syn::syn_retransmits(evidence));
+    findings.extend(drops::loss_beyond_host(evidence));
+    time::cite(evidence, &mut findings);
+    findings.extend(time::rto_stalls(evidence));
     findings.sort_by_key(|f| {
         (
             std::cmp::Reverse(f.severity),
@@ -78,30 +79,12 @@ pub fn evaluate(report: &DiagnoseReport) -> Vec<Finding> {
 
 /// Drops of `workload` where it matters: in its own namespace or on the host, not at the far
 /// end of its flows (a peer's namespace on this machine stands for a remote host).
-fn own_drops<'a>(
-    report: &'a DiagnoseReport,
-    workload: &'a str,
-) -> impl Iterator<Item = &'a DropReport> {
-    report.drops.iter().filter(move |d| {
-        d.workload == workload && (d.dropped_in == "host" || d.dropped_in == workload)
-    })
+fn own_drops<'a>(evidence: &'a Evidence, workload: &'a str) -> impl Iterator<Item = &'a Drop> {
+    evidence
+        .drops
+        .iter()
+        .filter(move |d| d.workload.name == workload && d.site.is_local())
 }
-
-/// Drop reasons that are TCP's own receive-side bookkeeping (duplicates, closed sockets), not
-/// lost packets.
-const BOOKKEEPING: [&str; 11] = [
-    "TCP_OLD_DATA",
-    "TCP_OLD_SEQUENCE",
-    "TCP_OFOMERGE",
-    "TCP_OLD_ACK",
-    "TCP_TOO_OLD_ACK",
-    "TCP_CLOSE",
-    "TCP_RESET",
-    "SOCKET_CLOSE",
-    "QUEUE_PURGE",
-    "NO_SOCKET",
-    "TCP_ZEROWINDOW",
-];
 
 /// Functions that free a closing socket's queues. Newer kernels name these drops
 /// (`SOCKET_CLOSE`, `QUEUE_PURGE`); older ones (6.1, seen in the VM test) say `NOT_SPECIFIED`,
@@ -120,10 +103,10 @@ const SOCKET_TEARDOWN: [&str; 8] = [
 /// Packets of the workload's own traffic (TCP and UDP) lost at this site; 0 for TCP's
 /// bookkeeping drops (also unnamed ones at a socket's teardown) and for neighbour discovery,
 /// multicast and ICMP.
-fn lost_packets(drop: &DropReport) -> u64 {
+fn lost_packets(drop: &Drop) -> u64 {
     let teardown =
-        drop.reason == "NOT_SPECIFIED" && SOCKET_TEARDOWN.contains(&drop.location.as_str());
-    if teardown || BOOKKEEPING.contains(&drop.reason.as_str()) {
+        drop.reason == DropReason::NOT_SPECIFIED && drop.location.is_any_of(&SOCKET_TEARDOWN);
+    if teardown || drop.reason.is_tcp_bookkeeping() {
         0
     } else {
         drop.tcp + drop.udp
@@ -131,20 +114,21 @@ fn lost_packets(drop: &DropReport) -> u64 {
 }
 
 /// Flows of a workload as `local -> remote` (with the NAT side when there is one).
-fn flow_names(report: &DiagnoseReport, workload: &str, limit: usize) -> Vec<String> {
-    report
+fn flow_names(evidence: &Evidence, workload: &str, limit: usize) -> Vec<String> {
+    flows_of(evidence, workload)
+        .take(limit)
+        .map(crate::model::Flow::describe)
+        .collect()
+}
+
+fn flows_of<'a>(
+    evidence: &'a Evidence,
+    workload: &'a str,
+) -> impl Iterator<Item = &'a crate::model::Flow> {
+    evidence
         .flows
         .iter()
-        .filter(|f| f.workload == workload)
-        .take(limit)
-        .map(|f| match &f.nat {
-            Some(nat) => format!(
-                "{} -> {} (as {} -> {})",
-                f.local, f.remote, nat.local, nat.remote
-            ),
-            None => format!("{} -> {}", f.local, f.remote),
-        })
-        .collect()
+        .filter(move |f| f.workload.name == workload)
 }
 
 fn percent(ratio: f64) -> String {
@@ -154,23 +138,73 @@ fn percent(ratio: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{
+        Namespace, Site,
+        testing::{conntrack, container, drop, dropped, evidence, workload},
+    };
 
-    fn drop(reason: &str, location: &str) -> DropReport {
-        DropReport {
-            workload: "netns:web".to_owned(),
-            workload_kind: "netns",
-            dropped_in: "netns:web".to_owned(),
-            netns: 1,
-            reason: reason.to_owned(),
-            location: location.to_owned(),
-            packets: 3,
-            egress: 0,
-            ingress: 3,
-            tcp: 2,
-            udp: 0,
-            icmp_too_big: 0,
-            examples: Vec::new(),
-        }
+    #[test]
+    fn causes_rank_before_symptoms_at_equal_severity() {
+        let app = container("app", 2);
+        // 20 of 1000 retransmitted: local drops (high, they explain it) and a full table.
+        let mut evidence = evidence(
+            vec![workload(&app, 1000, 20)],
+            Vec::new(),
+            vec![dropped(
+                &app,
+                Site::Host,
+                "NETFILTER_DROP",
+                "nf_hook_slow",
+                20,
+            )],
+        );
+        let mut full = conntrack(Namespace::Host, 1000, 1000);
+        full.stats.drop = 5;
+        evidence.conntrack = vec![full];
+        let ids: Vec<_> = evaluate(&evidence).iter().map(|f| f.id).collect();
+        assert_eq!(ids, ["conntrack_full", "local_drops"]);
+    }
+
+    #[test]
+    fn higher_severity_ranks_first() {
+        let app = container("app", 2);
+        // A medium full table (no drops) after high local drops.
+        let mut evidence = evidence(
+            vec![workload(&app, 1000, 20)],
+            Vec::new(),
+            vec![dropped(
+                &app,
+                Site::Host,
+                "NETFILTER_DROP",
+                "nf_hook_slow",
+                20,
+            )],
+        );
+        evidence.conntrack = vec![conntrack(Namespace::Host, 950, 1000)];
+        let ranked: Vec<_> = evaluate(&evidence)
+            .iter()
+            .map(|f| (f.id, f.severity))
+            .collect();
+        assert_eq!(
+            ranked,
+            [
+                ("local_drops", Severity::High),
+                ("conntrack_full", Severity::Medium)
+            ]
+        );
+    }
+
+    #[test]
+    fn quiet_evidence_has_no_findings() {
+        let app = container("app", 2);
+        assert!(
+            evaluate(&evidence(
+                vec![workload(&app, 1000, 0)],
+                Vec::new(),
+                Vec::new()
+            ))
+            .is_empty()
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub(crate) mod clsact;
+pub mod drop_reasons;
 pub mod kallsyms;
 pub(crate) mod leak_watch;
 pub mod mounts;

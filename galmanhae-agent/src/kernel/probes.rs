@@ -20,6 +20,7 @@ use galmanhae_common::{
 };
 use ipnet::IpNet;
 
+use super::drop_reasons::DropReasons;
 use super::{
     btf::{self, KernelBtf},
     kallsyms::Symbolizer,
@@ -29,7 +30,6 @@ use super::{
     task_iter::TaskIter,
     tracefs::{Format, FormatError},
 };
-use crate::collect::drops::DropReasons;
 
 /// The object `build.rs` produced from `galmanhae-ebpf`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/galmanhae"));

@@ -38,7 +38,7 @@ const MIN_PASS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the HTTP handlers and the timer share.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     exporter: Mutex<Exporter>,
     /// How long the previous `/metrics` render took, in nanoseconds.
     pub render_ns: AtomicU64,
@@ -113,7 +113,7 @@ impl Shared {
 }
 
 /// A registry whose only collector is the exporter.
-pub fn registry(shared: Arc<Shared>) -> Registry {
+pub(crate) fn registry(shared: Arc<Shared>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ExporterCollector(shared)));
     registry
@@ -239,6 +239,12 @@ fn encode_families(
         "A workload's address and the host address it is source-NATed to (conntrack)",
         exporter.nat_info.iter().map(|(labels, _)| labels),
     )?;
+    gauges(
+        encoder,
+        "galmanhae_finding",
+        "A finding of diagnose's rules that holds over the daemon's findings window (1)",
+        &exporter.findings,
+    )?;
     let bytes = Unit::Other("bytes".to_owned());
     series(
         encoder,
@@ -286,7 +292,7 @@ fn encode_self(
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
     // A sysctl read: once per scrape.
-    let measured = exporter.pipeline.probes.run_time_measured();
+    let measured = exporter.passes.pipeline.probes.run_time_measured();
     let programs = encode_programs(exporter, measured, encoder)?;
     encode_maps(exporter, &programs, encoder)?;
     encode_status(exporter, measured, previous_render, encoder)
@@ -298,7 +304,7 @@ fn encode_programs(
     measured: bool,
     encoder: &mut DescriptorEncoder,
 ) -> Result<BTreeMap<&'static str, RunStats>, std::fmt::Error> {
-    let probes = &exporter.pipeline.probes;
+    let probes = &exporter.passes.pipeline.probes;
     // One program may serve several hooks (the tc program on each uplink).
     let mut programs: BTreeMap<&'static str, RunStats> = BTreeMap::new();
     for hook in &probes.hooks {
@@ -338,8 +344,8 @@ fn encode_maps(
     programs: &BTreeMap<&'static str, RunStats>,
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
-    let probes = &exporter.pipeline.probes;
-    let sample = &exporter.last;
+    let probes = &exporter.passes.pipeline.probes;
+    let sample = exporter.passes.last();
     let maps: [(&str, usize, u32); 7] = [
         (
             "retransmit_sockets",
@@ -413,7 +419,7 @@ fn encode_maps(
             None,
             MetricType::Counter,
         )?;
-        ConstCounter::new(exporter.evicted).encode(family)?;
+        ConstCounter::new(exporter.passes.evicted()).encode(family)?;
     }
     Ok(())
 }
@@ -425,7 +431,7 @@ fn encode_status(
     previous_render: Duration,
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
-    let probes = &exporter.pipeline.probes;
+    let probes = &exporter.passes.pipeline.probes;
     {
         let mut family = encoder.encode_descriptor(
             "galmanhae_series_dropped",

@@ -1,4 +1,4 @@
-//! `/metrics` and `/healthz` (axum). Rendering reads kernel maps and /proc, so it runs on the
+//! `/metrics`, `/findings` and `/healthz` (axum). Rendering reads kernel maps and /proc, so it runs on the
 //! blocking pool, never on the runtime's thread: at most [`RENDERS`] at a time (renders are
 //! serialised on the pass lock anyway), and a scrape that cannot be served within
 //! [`SCRAPE_TIMEOUT`] gets a 503 instead of a hanging connection.
@@ -36,9 +36,10 @@ struct App {
     stale_after: Duration,
 }
 
-pub fn router(shared: Arc<Shared>, registry: Registry, stale_after: Duration) -> Router {
+pub(crate) fn router(shared: Arc<Shared>, registry: Registry, stale_after: Duration) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/findings", get(findings))
         .route("/healthz", get(healthz))
         .route("/", get(index))
         .with_state(App {
@@ -111,6 +112,35 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     }
 }
 
+/// The findings as of a pass run now (or within the last second), as JSON.
+async fn findings(State(app): State<App>) -> Response {
+    let render = async {
+        let slot = Arc::clone(&app.renders).acquire_owned().await;
+        let shared = Arc::clone(&app.shared);
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            shared.pass(false).findings_json()
+        })
+        .await
+    };
+    match tokio::time::timeout(SCRAPE_TIMEOUT, render).await {
+        Ok(Ok(Ok(body))) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Ok(Err(e))) => {
+            log::error!("encoding the findings: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "encoding the findings failed\n").into_response()
+        }
+        Ok(Err(e)) => {
+            log::error!("evaluating the findings: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "evaluating the findings failed\n").into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the findings could not be evaluated in time: a collection pass is stuck (see the log)\n",
+        )
+            .into_response(),
+    }
+}
+
 async fn healthz(State(app): State<App>) -> Response {
     // The outcome of the last pass, not the pass lock: a stalled pass shows as a 503.
     match app.shared.health().problem(Instant::now(), app.stale_after) {
@@ -120,5 +150,5 @@ async fn healthz(State(app): State<App>) -> Response {
 }
 
 async fn index() -> &'static str {
-    "galmanhae: metrics at /metrics, health at /healthz\n"
+    "galmanhae: metrics at /metrics, findings at /findings, health at /healthz\n"
 }

@@ -7,6 +7,7 @@
 //! [`families`] encodes the series with `prometheus-client`; [`http`] serves them.
 
 pub mod families;
+mod findings;
 pub mod health;
 pub mod http;
 pub mod series;
@@ -18,30 +19,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use galmanhae_common::{
-    drop::DropKey,
-    leak::LeakKey,
-    retransmit::{FlowKey, FlowState, RetransmitCounters, RetransmitKind, SocketState},
-};
+use galmanhae_common::retransmit::{RetransmitCounters, RetransmitKind};
 use prometheus_client::encoding::EncodeLabelSet;
 
+pub use self::findings::FindingLabels;
 use self::health::{COLLECTORS, SourceState};
 pub use self::series::Lifecycle;
 use self::series::{Admission, Series, Slots, TopK};
 use crate::{
-    addr::endpoints,
-    attribute::{Workload, WorkloadKind, nat::NatIndex},
-    collect::{
-        maps::{IdleKeys, ReadError, remove_keys},
-        nat_leaks, netfilter,
-        netns_snmp::TcpSegments,
-        paths,
-    },
-    commands::Started,
+    attribute::{Workload, WorkloadKind},
+    collect::{netfilter::NatAudit, netns_snmp::TcpSegments, retransmits::ReadError},
     config::Limits,
-    conntrack::Stats,
-    pipeline::{Pipeline, Snapshot, Summary, Window},
-    report::NatAudit,
+    findings::Finding,
+    model::Evidence,
+    pipeline::{
+        Pipeline,
+        passes::{Pass, Passes},
+    },
 };
 
 /// Labels of the per-workload segment counters.
@@ -137,13 +131,8 @@ pub mod family {
     pub const NAT: &str = "galmanhae_nat_info";
     pub const PATH_MTU: &str = "galmanhae_path_mtu_bytes";
     pub const CONNTRACK: &str = "galmanhae_conntrack_entries";
+    pub const FINDING: &str = "galmanhae_finding";
 }
-
-/// A flow's counters free their kernel entry after this long without a retransmit, once the
-/// map is half full.
-const FLOW_IDLE: Duration = Duration::from_secs(60);
-/// The MASQUERADE audit (`iptables-save`, a fork) runs this often, not every pass.
-const AUDIT_EVERY: Duration = Duration::from_secs(60);
 
 /// The series of every family the agent folds from its passes (its own health is read at
 /// scrape time, see [`families`]).
@@ -166,10 +155,12 @@ pub struct Families {
     pub conntrack_events: Series<ConntrackEventLabels>,
     pub nat_info: Series<NatLabels>,
     pub path_mtu: Series<PathLabels>,
+    /// 1 per finding that holds over the findings window.
+    pub findings: Series<FindingLabels>,
 }
 
 impl Families {
-    fn all(&self) -> [&dyn Lifecycle; 15] {
+    fn all(&self) -> [&dyn Lifecycle; 16] {
         [
             &self.sent,
             &self.retransmitted,
@@ -186,10 +177,11 @@ impl Families {
             &self.conntrack_events,
             &self.nat_info,
             &self.path_mtu,
+            &self.findings,
         ]
     }
 
-    fn all_mut(&mut self) -> [&mut dyn Lifecycle; 15] {
+    fn all_mut(&mut self) -> [&mut dyn Lifecycle; 16] {
         [
             &mut self.sent,
             &mut self.retransmitted,
@@ -206,6 +198,7 @@ impl Families {
             &mut self.conntrack_events,
             &mut self.nat_info,
             &mut self.path_mtu,
+            &mut self.findings,
         ]
     }
 }
@@ -238,21 +231,15 @@ impl Lifecycle for Families {
 }
 
 /// Everything a scrape shows, updated by [`Exporter::collect`].
-pub struct Exporter {
-    pub pipeline: Pipeline,
+pub(crate) struct Exporter {
+    pub(crate) passes: Passes,
     limits: Limits,
-    /// The maps as of the last pass: the next pass counts from here.
-    last: Snapshot,
-    sockets_idle: IdleKeys<u64>,
-    flows_idle: IdleKeys<FlowKey>,
-    drops_idle: IdleKeys<DropKey>,
-    leaks_idle: IdleKeys<LeakKey>,
     /// Last segment counters per namespace and when the namespace was last seen.
     netns_tcp: HashMap<u32, (TcpSegments, Instant)>,
-    conntrack_last: HashMap<u32, Stats>,
-    nat: NatIndex,
+    /// The host's NAT audit as last read.
     pub nat_audit: NatAudit,
-    audited: Instant,
+    /// The findings of the last pass, over the findings window.
+    findings: Vec<Finding>,
 
     pub series: Families,
 
@@ -261,8 +248,6 @@ pub struct Exporter {
     locations: TopK<String>,
     /// Series refused by a cap, per family, counted per pass.
     pub series_dropped: BTreeMap<&'static str, u64>,
-    /// Kernel map entries freed because their flow went idle.
-    pub evicted: u64,
     /// What became of each user-space source on the last pass (`bpf_stats` is read at
     /// scrape time).
     pub collectors: BTreeMap<&'static str, SourceState>,
@@ -275,39 +260,31 @@ impl std::fmt::Debug for Exporter {
 }
 
 impl Exporter {
-    /// Takes the first snapshot: counting starts here.
-    pub fn new(started: Started, limits: Limits) -> Result<Self, ReadError> {
-        let Started {
-            mut pipeline,
-            nat_audit,
-            notes,
-            docker,
-            ..
-        } = started;
+    /// Takes the first snapshot: counting starts here. `notes` are the start-up's, `docker`
+    /// whether the Docker API named the containers (`None`: not asked).
+    pub fn new(
+        pipeline: Pipeline,
+        notes: &[String],
+        docker: Option<bool>,
+        (limits, findings_window): (Limits, Duration),
+    ) -> Result<Self, ReadError> {
         for note in notes.iter().chain(&pipeline.probes.notes) {
             log::info!("{note}");
         }
-        let last = pipeline.snapshot()?;
+        let mut passes = Passes::new(pipeline, limits.series_grace_period, findings_window)?;
+        let baseline = passes.baseline();
         let now = Instant::now();
         let mut exporter = Self {
-            pipeline,
+            passes,
             limits,
-            last,
-            sockets_idle: IdleKeys::default(),
-            flows_idle: IdleKeys::default(),
-            drops_idle: IdleKeys::default(),
-            leaks_idle: IdleKeys::default(),
             netns_tcp: HashMap::new(),
-            conntrack_last: HashMap::new(),
-            nat: NatIndex::default(),
-            nat_audit,
-            audited: now,
+            nat_audit: baseline.nat_audit.clone(),
+            findings: Vec::new(),
             series: Families::default(),
             workloads: Slots::new(limits.max_workloads),
             remotes: HashMap::new(),
             locations: TopK::new(limits.max_drop_locations),
             series_dropped: BTreeMap::new(),
-            evicted: 0,
             collectors: COLLECTORS
                 .iter()
                 .filter(|(c, _)| *c != "bpf_stats")
@@ -318,63 +295,67 @@ impl Exporter {
                 .collect(),
         };
         // The baseline: what namespaces counted before the agent started is served at once.
-        exporter.fold_segments(now);
-        exporter.fold_conntrack(now);
+        exporter.fold_segments(&baseline, now);
+        exporter.fold_conntrack(&baseline, now);
         exporter.series.settle();
         Ok(exporter)
     }
 
-    /// One pass: read the maps and namespaces, attribute what changed since the last pass,
-    /// fold it into the series. `full` also refreshes names, the NAT table and path MTUs.
-    /// Fails, changing nothing, when the maps cannot be read.
+    /// One pass of the engine, folded into the series. `full` also refreshes names, the NAT
+    /// table and path MTUs. Fails, changing nothing, when the maps cannot be read.
     pub fn collect(&mut self, full: bool) -> Result<(), ReadError> {
         let now = Instant::now();
-        let snapshot = match self.pipeline.snapshot() {
-            Ok(snapshot) => snapshot,
+        let pass = match self.passes.pass(full) {
+            Ok(pass) => pass,
             Err(e) => {
                 log::warn!("reading the maps: {e}");
                 self.collectors.insert("maps", SourceState::Failed);
                 return Err(e);
             }
         };
-        self.collectors.insert("maps", SourceState::Ok);
-        self.collectors
-            .insert("snmp", SourceState::worked(!snapshot.netns_tcp.is_empty()));
-        // A new namespace is most likely a new container: name it before its first series.
-        let new_namespace = snapshot
-            .netns_tcp
-            .keys()
-            .any(|netns| !self.netns_tcp.contains_key(netns));
-        if full || new_namespace {
-            self.pipeline.attributor.refresh_names();
-        }
+        self.note_sources(&pass);
+        let evidence = &pass.evidence;
+        self.nat_audit.clone_from(&evidence.nat_audit);
+        self.series.release();
+        self.fold_segments(evidence, now);
+        self.fold_retransmits(evidence, now);
+        self.fold_drops(evidence, now);
+        self.fold_leaks(evidence, now);
+        self.fold_conntrack(evidence, now);
+        self.fold_nat(evidence, now);
+        self.fold_paths(evidence, now);
+        self.fold_findings(&pass.window, now);
+        self.expire(now);
+        Ok(())
+    }
+
+    /// What became of each user-space source in this pass.
+    fn note_sources(&mut self, pass: &Pass) {
+        let evidence = &pass.evidence;
+        let mut note = |collector, state| {
+            self.collectors.insert(collector, state);
+        };
+        note("maps", SourceState::Ok);
+        note("snmp", SourceState::worked(!evidence.namespaces.is_empty()));
         // The last answer of the names thread. Not asked (no socket, or no permission by
         // choice): off, not failing.
-        let docker = self.pipeline.attributor.docker_answered();
-        self.collectors.insert(
+        note(
             "docker",
-            docker.map_or(SourceState::Off, SourceState::worked),
+            pass.docker.map_or(SourceState::Off, SourceState::worked),
         );
-        if full {
-            self.refresh_nat(now);
+        note("conntrack", SourceState::worked(pass.conntrack));
+        if let Some(read) = pass.nat_table {
+            let audit = &evidence.nat_audit;
+            let rules = if audit.no_tools {
+                SourceState::Off
+            } else {
+                SourceState::worked(audit.unavailable.is_empty())
+            };
+            note("nat_rules", rules);
+            note("nat_table", SourceState::worked(read));
         }
-        self.series.release();
-        let mut window = Window::new(std::mem::take(&mut self.last));
-        window.update(snapshot);
-        let summary = window.summarize(&mut self.pipeline.attributor, &self.nat);
-        self.last = window.into_latest();
-
-        self.fold_segments(now);
-        self.fold_retransmits(&summary, now);
-        self.fold_drops(&summary, now);
-        self.fold_leaks(&summary, now);
-        self.fold_conntrack(now);
-        if full {
-            self.fold_paths(&summary, now);
-        }
-        self.expire(now);
-        self.free_idle_entries(&summary, now);
-        Ok(())
+        let named = evidence.drops.iter().all(|d| d.location.function.is_some());
+        note("kallsyms", SourceState::worked(named));
     }
 
     /// Whether a workload may have series; counts the refusal against `family` if not.
@@ -388,11 +369,10 @@ impl Exporter {
 
     /// Segment counters per namespace, the kernel's own: growth since the last reading, so
     /// that a namespace recreated under the same name continues its series.
-    fn fold_segments(&mut self, now: Instant) {
-        let namespaces: Vec<(u32, TcpSegments)> =
-            self.last.netns_tcp.iter().map(|(n, t)| (*n, *t)).collect();
-        for (netns, tcp) in namespaces {
-            let delta = match self.netns_tcp.get(&netns) {
+    fn fold_segments(&mut self, evidence: &Evidence, now: Instant) {
+        for namespace in &evidence.namespaces {
+            let tcp = namespace.segments;
+            let delta = match self.netns_tcp.get(&namespace.netns) {
                 Some((before, _))
                     if tcp.out_segs >= before.out_segs
                         && tcp.retrans_segs >= before.retrans_segs =>
@@ -402,12 +382,12 @@ impl Exporter {
                 // First seen, or the inode was reused by a new namespace: from its creation.
                 _ => tcp,
             };
-            self.netns_tcp.insert(netns, (tcp, now));
-            let workload = self.pipeline.attributor.workload(netns, 0);
+            self.netns_tcp.insert(namespace.netns, (tcp, now));
+            let workload = &namespace.workload;
             if workload.netns_shared && workload.kind != WorkloadKind::Host {
                 continue;
             }
-            let labels = WorkloadLabels::of(&workload);
+            let labels = WorkloadLabels::of(workload);
             // Every namespace gets its series at once, also idle, so that the ratio has both.
             if !self.admit(&workload.name, family::SENT, now) {
                 continue;
@@ -421,20 +401,16 @@ impl Exporter {
         }
     }
 
-    fn fold_retransmits(&mut self, summary: &Summary, now: Instant) {
-        for flow in &summary.flows {
-            let remote = remote_label(&flow.key, &flow.counters);
+    fn fold_retransmits(&mut self, evidence: &Evidence, now: Instant) {
+        for flow in &evidence.flows {
+            let remote = remote_label(flow.local, flow.remote, &flow.counters);
             let remote =
                 self.count_retransmits(&flow.workload.name, Some(remote), &flow.counters, now);
             if let Some(remote) = remote {
                 self.count_time_lost(&flow.workload.name, remote, &flow.time_lost, now);
             }
         }
-        for (owner, counters) in &summary.retransmits.overflow {
-            let workload = self
-                .pipeline
-                .attributor
-                .workload(owner.netns, owner.cgroup_id);
+        for (workload, counters) in &evidence.overflow {
             // Counted per owner only (the flow map was full): no remote to name.
             self.count_retransmits(&workload.name, None, counters, now);
         }
@@ -499,21 +475,17 @@ impl Exporter {
         Some(remote)
     }
 
-    fn fold_drops(&mut self, summary: &Summary, now: Instant) {
-        self.pipeline
-            .probes
-            .symbols
-            .learn(summary.drops.iter().map(|d| d.location));
-        let mut kallsyms_ok = true;
-        for drop in &summary.drops {
+    fn fold_drops(&mut self, evidence: &Evidence, now: Instant) {
+        for drop in &evidence.drops {
             if !self.admit(&drop.workload.name, family::DROPS, now) {
                 continue;
             }
-            let probes = &self.pipeline.probes;
             // Unnamed (no CAP_SYSLOG), an address would be an unbounded label.
-            let location = probes.symbols.resolved(drop.location);
-            kallsyms_ok &= location.is_some();
-            let location = location.unwrap_or("unknown").to_owned();
+            let location = drop
+                .location
+                .function
+                .clone()
+                .unwrap_or_else(|| "unknown".to_owned());
             let location = match self.locations.admit(&location, drop.packets, now) {
                 Admission::Kept => location,
                 Admission::Promoted { demoted } => {
@@ -524,75 +496,45 @@ impl Exporter {
             };
             let labels = DropLabels {
                 workload: drop.workload.name.clone(),
-                reason: probes.drop_reasons.name(drop.reason),
+                reason: drop.reason.name().to_owned(),
                 location,
             };
             self.series.drops.add(labels, drop.packets, now);
         }
-        self.collectors
-            .insert("kallsyms", SourceState::worked(kallsyms_ok));
     }
 
-    fn fold_leaks(&mut self, summary: &Summary, now: Instant) {
-        let reports = nat_leaks::reports(
-            &summary.leaks,
-            &mut self.pipeline.attributor,
-            &self.pipeline.probes.uplinks,
-        );
-        for report in reports {
-            if !self.admit(&report.workload, family::LEAKS, now) {
+    fn fold_leaks(&mut self, evidence: &Evidence, now: Instant) {
+        for leak in &evidence.leaks {
+            let workload = leak.owner.to_string();
+            if !self.admit(&workload, family::LEAKS, now) {
                 continue;
             }
             let labels = LeakLabels {
-                workload: report.workload,
-                interface: report.interface,
+                workload,
+                interface: leak.interface.clone(),
             };
-            self.series.leaks.add(labels, report.packets, now);
+            self.series.leaks.add(labels, leak.packets, now);
         }
     }
 
-    fn fold_conntrack(&mut self, now: Instant) {
-        let sample = netfilter::sample(&self.pipeline.attributor);
-        let host = self.pipeline.attributor.host_netns();
-        self.collectors.insert(
-            "conntrack",
-            SourceState::worked(host.is_some_and(|h| sample.netns.contains_key(&h))),
-        );
-        for note in &sample.notes {
-            log::debug!("{note}");
-        }
-        for (netns, stats) in sample.netns {
-            let delta = match self.conntrack_last.get(&netns) {
-                Some(before) if stats.insert >= before.insert => stats.since(before),
-                _ => stats.clone(),
+    /// Conntrack of the namespaces that are busy, or were (their series stay up to date).
+    fn fold_conntrack(&mut self, evidence: &Evidence, now: Instant) {
+        for ct in &evidence.conntrack {
+            let labels = NamespaceLabels {
+                namespace: ct.namespace.name().to_owned(),
             };
-            let namespace = if Some(netns) == host {
-                "host".to_owned()
-            } else {
-                self.pipeline.attributor.workload(netns, 0).name
-            };
-            let events = delta.events();
-            let busy = stats.entries.unwrap_or(0) > 0
-                || events.iter().any(|(_, n)| *n > 0)
-                || self
-                    .series
-                    .conntrack_entries
-                    .get(&NamespaceLabels {
-                        namespace: namespace.clone(),
-                    })
-                    .is_some();
-            self.conntrack_last.insert(netns, stats.clone());
-            if !busy || !self.admit(&namespace, family::CONNTRACK, now) {
+            let shown = self.series.conntrack_entries.get(&labels).is_some();
+            if !(ct.busy() || shown) || !self.admit(&labels.namespace, family::CONNTRACK, now) {
                 continue;
             }
-            let labels = NamespaceLabels { namespace };
+            let stats = &ct.stats;
             self.series
                 .conntrack_entries
                 .set(labels.clone(), stats.entries.unwrap_or(0), now);
             if let Some(max) = stats.max {
                 self.series.conntrack_max.set(labels.clone(), max, now);
             }
-            for (event, count) in events {
+            for (event, count) in stats.events() {
                 let event = ConntrackEventLabels {
                     namespace: labels.namespace.clone(),
                     event,
@@ -602,63 +544,19 @@ impl Exporter {
         }
     }
 
-    /// The host's NAT table (which workload leaves as which address) and, now and then, the
-    /// MASQUERADE rules.
-    fn refresh_nat(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.audited) >= AUDIT_EVERY {
-            self.nat_audit = netfilter::audit();
-            self.audited = now;
-        }
-        // The leak watch follows new and gone subnets (the audit) and uplinks (every call).
-        if let Some(note) = nat_leaks::watch(&mut self.pipeline.probes, &self.nat_audit) {
-            log::debug!("{note}");
-        }
-        let rules = if self.nat_audit.no_tools {
-            SourceState::Off
-        } else {
-            SourceState::worked(self.nat_audit.unavailable.is_empty())
+    /// Which workload leaves as which address, when the pass read the NAT table.
+    fn fold_nat(&mut self, evidence: &Evidence, now: Instant) {
+        let Some(pairs) = &evidence.nat else {
+            return;
         };
-        self.collectors.insert("nat_rules", rules);
-        match netfilter::nat_index() {
-            Ok(index) => {
-                self.nat = index;
-                self.collectors.insert("nat_table", SourceState::Ok);
-            }
-            Err(e) => {
-                log::debug!("NAT table: {e}");
-                self.collectors.insert("nat_table", SourceState::Failed);
-                return;
-            }
-        }
-        let mut pairs: Vec<(String, String, String)> = Vec::new();
-        for binding in self.nat.bindings() {
-            if binding.local.ip() == binding.nat_local.ip() {
-                continue;
-            }
-            let Some(netns) = self
-                .pipeline
-                .attributor
-                .netns_of_address(binding.local.ip())
-            else {
-                continue;
-            };
-            let workload = self.pipeline.attributor.workload(netns, 0).name;
-            pairs.push((
-                workload,
-                binding.local.ip().to_string(),
-                binding.nat_local.ip().to_string(),
-            ));
-        }
-        pairs.sort_unstable();
-        pairs.dedup();
-        for (workload, source, translated) in pairs {
-            if !self.admit(&workload, family::NAT, now) {
+        for pair in pairs {
+            if !self.admit(&pair.workload, family::NAT, now) {
                 continue;
             }
             let labels = NatLabels {
-                workload,
-                source,
-                translated,
+                workload: pair.workload.clone(),
+                source: pair.source.to_string(),
+                translated: pair.translated.to_string(),
             };
             self.series.nat_info.set(labels, 1, now);
         }
@@ -666,16 +564,16 @@ impl Exporter {
         self.series.nat_info.retain_set_since(now);
     }
 
-    fn fold_paths(&mut self, summary: &Summary, now: Instant) {
-        for path in paths::reports(summary, &self.pipeline.attributor) {
+    fn fold_paths(&mut self, evidence: &Evidence, now: Instant) {
+        for path in &evidence.paths {
             if !self.admit(&path.workload, family::PATH_MTU, now) {
                 continue;
             }
-            for hop in path.hops {
+            for hop in &path.hops {
                 let labels = PathLabels {
                     workload: path.workload.clone(),
-                    hop: hop.role,
-                    interface: hop.interface,
+                    hop: hop.role.as_str(),
+                    interface: hop.interface.clone(),
                 };
                 self.series.path_mtu.set(labels, u64::from(hop.mtu), now);
             }
@@ -693,8 +591,6 @@ impl Exporter {
             .collect();
         for netns in gone {
             self.netns_tcp.remove(&netns);
-            self.conntrack_last.remove(&netns);
-            self.pipeline.attributor.forget(netns);
         }
         self.series.expire(now, grace);
         // Workloads still live keep their slot: refresh it from the segment series.
@@ -714,119 +610,11 @@ impl Exporter {
         self.remotes.retain(|_, slots| !slots.is_empty());
         self.locations.expire(now, grace);
     }
-
-    /// Frees kernel entries of sockets, flows, drops and NAT leaks idle for a minute once
-    /// their map is half full, so that a daemon that runs for months keeps per-flow detail. Their counts are
-    /// already folded.
-    fn free_idle_entries(&mut self, summary: &Summary, now: Instant) {
-        let ebpf = &mut self.pipeline.probes.ebpf;
-        let capacity = self.pipeline.probes.flow_capacity as usize;
-        let changed: Vec<u64> = summary.retransmits.sockets.keys().copied().collect();
-        self.evicted += free_idle::<u64, SocketState, _>(
-            ebpf,
-            ("RETRANSMIT_SOCKETS", capacity),
-            &mut self.sockets_idle,
-            &mut self.last.retransmits.sockets,
-            &changed,
-            now,
-        );
-        let changed: Vec<FlowKey> = summary.retransmits.flows.keys().copied().collect();
-        self.evicted += free_idle::<FlowKey, FlowState, _>(
-            ebpf,
-            ("RETRANSMIT_FLOWS", capacity),
-            &mut self.flows_idle,
-            &mut self.last.retransmits.flows,
-            &changed,
-            now,
-        );
-        let changed: Vec<DropKey> = summary.drops.iter().filter_map(|d| d.key).collect();
-        self.evicted += free_idle::<DropKey, u64, _>(
-            ebpf,
-            ("DROPS", galmanhae_common::drop::DROP_MAP_CAPACITY as usize),
-            &mut self.drops_idle,
-            &mut self.last.drops.flows,
-            &changed,
-            now,
-        );
-        let changed: Vec<LeakKey> = summary.leaks.keys().copied().collect();
-        self.evicted += free_idle::<LeakKey, u64, _>(
-            ebpf,
-            ("LEAKS", galmanhae_common::leak::LEAK_MAP_CAPACITY as usize),
-            &mut self.leaks_idle,
-            &mut self.last.leaks,
-            &changed,
-            now,
-        );
-        self.evicted += self.free_closed_sockets();
-    }
-
-    /// Deletes the `TIME_LOST` entries of closed sockets, already folded: they never change
-    /// again, and the map holds only sockets that may still lose time.
-    fn free_closed_sockets(&mut self) -> u64 {
-        let closed: Vec<u64> = self
-            .last
-            .time_lost
-            .sockets
-            .iter()
-            .filter(|(_, s)| s.flags & galmanhae_common::stall::CLOSED != 0)
-            .map(|(cookie, _)| *cookie)
-            .collect();
-        if closed.is_empty() {
-            return 0;
-        }
-        for cookie in &closed {
-            self.last.time_lost.sockets.remove(cookie);
-        }
-        let ebpf = &mut self.pipeline.probes.ebpf;
-        match remove_keys::<u64, galmanhae_common::stall::SocketTime>(ebpf, "TIME_LOST", &closed) {
-            Ok(n) => n as u64,
-            Err(e) => {
-                log::warn!("freeing closed sockets of TIME_LOST: {e}");
-                0
-            }
-        }
-    }
-}
-
-/// Records a pass of one kernel map (`changed`: its keys that counted, `last`: its last read),
-/// then, once the map (name, capacity) is half full, deletes its keys idle for [`FLOW_IDLE`]
-/// from the kernel and from `last`; returns how many were deleted.
-fn free_idle<K: Copy + Eq + std::hash::Hash + aya::Pod, V: aya::Pod, T>(
-    ebpf: &mut aya::Ebpf,
-    (map, capacity): (&'static str, usize),
-    idle: &mut IdleKeys<K>,
-    last: &mut HashMap<K, T>,
-    changed: &[K],
-    now: Instant,
-) -> u64 {
-    idle.observe(last, changed, now);
-    if last.len() * 2 < capacity {
-        return 0;
-    }
-    let keys = idle.idle(now, FLOW_IDLE);
-    if keys.is_empty() {
-        return 0;
-    }
-    for key in &keys {
-        last.remove(key);
-        idle.forget(key);
-    }
-    match remove_keys::<K, V>(ebpf, map, &keys) {
-        Ok(n) => {
-            log::debug!("freed {n} idle entries of {map}");
-            n as u64
-        }
-        Err(e) => {
-            log::warn!("freeing idle entries of {map}: {e}");
-            0
-        }
-    }
 }
 
 /// The server side of a flow: the remote `ip:port` when the workload is the client, the
 /// remote's address alone when the workload serves (its peer's port is ephemeral: folded).
-fn remote_label(key: &FlowKey, counters: &RetransmitCounters) -> String {
-    let (local, remote) = endpoints(key);
+fn remote_label(local: SocketAddr, remote: SocketAddr, counters: &RetransmitCounters) -> String {
     if workload_serves(local, remote, counters) {
         remote.ip().to_string()
     } else {
@@ -858,6 +646,8 @@ fn workload_serves(local: SocketAddr, remote: SocketAddr, counters: &RetransmitC
 
 #[cfg(test)]
 mod tests {
+    use galmanhae_common::retransmit::FlowKey;
+
     use super::*;
 
     fn flow(local_port: u16, remote_port: u16) -> FlowKey {
@@ -877,18 +667,23 @@ mod tests {
         }
     }
 
+    fn label(local_port: u16, remote_port: u16, counters: &RetransmitCounters) -> String {
+        let (local, remote) = crate::addr::endpoints(&flow(local_port, remote_port));
+        remote_label(local, remote, counters)
+    }
+
     #[test]
     fn remote_is_the_server_side() {
         let none = RetransmitCounters::default();
         // The workload connected out: the remote's service port stays.
-        assert_eq!(remote_label(&flow(41_000, 5432), &none), "198.19.0.2:5432");
+        assert_eq!(label(41_000, 5432, &none), "198.19.0.2:5432");
         // The workload serves: the client's ephemeral port is folded.
-        assert_eq!(remote_label(&flow(8080, 45_000), &none), "198.19.0.2");
+        assert_eq!(label(8080, 45_000, &none), "198.19.0.2");
         // Neither ephemeral: the lower port serves.
-        assert_eq!(remote_label(&flow(9000, 5432), &none), "198.19.0.2:5432");
+        assert_eq!(label(9000, 5432, &none), "198.19.0.2:5432");
         // A SYN-ACK says the workload serves, whatever the ports.
         let mut synack = RetransmitCounters::default();
         synack.kinds[RetransmitKind::SynAck as usize] = 1;
-        assert_eq!(remote_label(&flow(40_000, 50_000), &synack), "198.19.0.2");
+        assert_eq!(label(40_000, 50_000, &synack), "198.19.0.2");
     }
 }

@@ -2,6 +2,6 @@
 
 use super::DiagnoseReport;
 
-pub fn render(report: &DiagnoseReport) -> Result<String, serde_json::Error> {
+pub(crate) fn render(report: &DiagnoseReport) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(report)
 }

@@ -4,29 +4,20 @@ pub mod json;
 pub mod text;
 pub mod timeline;
 
-use std::collections::BTreeMap;
-
-use galmanhae_common::{
-    drop::{DropKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
-    health::HealthCounter,
-    retransmit::{AF_INET, RetransmitCounters, RetransmitKind},
-};
+use galmanhae_common::retransmit::{RetransmitCounters, RetransmitKind};
 use serde::Serialize;
 
-pub use crate::addr::endpoints;
+pub use crate::findings::Finding;
 use crate::{
-    addr::{conntrack_source, describe, packet_endpoints},
-    attribute::nat::{Binding, Direction},
-    collect::{drops::DropReasons, time_lost::TimeLost},
-    conntrack::{MasqueradeRule, Stats, Sysctls},
-    kernel::{kallsyms::Symbolizer, prereq::Check, probes::Hook},
-    pipeline::Summary,
+    conntrack::Stats,
+    kernel::{prereq::Check, probes::Hook},
+    model::{self, Evidence, Flow, NatAudit, TimeLostSeconds, WorkloadEvidence},
 };
 
 pub const SCHEMA: &str = "galmanhae.diagnose/v1";
 
 #[derive(Clone, Debug, Serialize)]
-pub struct DiagnoseReport {
+pub(crate) struct DiagnoseReport {
     pub schema: &'static str,
     pub host: HostInfo,
     pub duration_s: f64,
@@ -89,7 +80,7 @@ pub struct HookReport {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct WorkloadReport {
+pub(crate) struct WorkloadReport {
     pub kind: &'static str,
     pub id: String,
     pub name: String,
@@ -107,51 +98,14 @@ pub struct WorkloadReport {
     pub hooked_retransmits: u64,
     pub hooked_retransmitted_segments: u64,
     pub failed_attempts: u64,
-    pub time_lost: TimeLostReport,
+    pub time_lost: TimeLostSeconds,
     pub vanished: bool,
     /// The runtime no longer lists the container: `name` is its last known.
     pub removed: bool,
 }
 
-/// What retransmissions cost in time: RTO recoveries and timed-out handshakes (a running one
-/// counted up to the end of the window).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct TimeLostReport {
-    pub rto_stall_seconds: f64,
-    pub longest_rto_stall_seconds: f64,
-    pub rto_recoveries: u64,
-    pub max_consecutive_timeouts: u32,
-    pub syn_retry_seconds: f64,
-    pub syn_timeouts: u64,
-    /// Handshakes whose first SYN time was assumed one initial RTO before the first timeout.
-    pub syn_start_estimated: u64,
-}
-
-impl From<&TimeLost> for TimeLostReport {
-    #[expect(clippy::cast_precision_loss, reason = "nanoseconds as seconds")]
-    fn from(t: &TimeLost) -> Self {
-        let seconds = |ns: u64| (ns as f64 / 1e9 * 1000.0).round() / 1000.0;
-        Self {
-            rto_stall_seconds: seconds(t.rto_stall_ns),
-            longest_rto_stall_seconds: seconds(t.longest_rto_stall_ns),
-            rto_recoveries: t.rto_recoveries,
-            max_consecutive_timeouts: t.max_consecutive_timeouts,
-            syn_retry_seconds: seconds(t.syn_retry_ns),
-            syn_timeouts: t.syn_timeouts,
-            syn_start_estimated: t.syn_estimated,
-        }
-    }
-}
-
-impl TimeLostReport {
-    /// Seconds lost in all, stalls and handshakes.
-    pub fn seconds(&self) -> f64 {
-        self.rto_stall_seconds + self.syn_retry_seconds
-    }
-}
-
 #[derive(Clone, Debug, Serialize)]
-pub struct FlowReport {
+pub(crate) struct FlowReport {
     pub workload: String,
     pub workload_kind: &'static str,
     pub family: &'static str,
@@ -161,7 +115,7 @@ pub struct FlowReport {
     pub retransmitted_segments: u64,
     pub failed_attempts: u64,
     pub kinds: Kinds,
-    pub time_lost: TimeLostReport,
+    pub time_lost: TimeLostSeconds,
     /// The flow as it leaves the host, when it is translated; `null` otherwise.
     pub nat: Option<NatReport>,
     /// Average payload of a retransmitted segment, bytes.
@@ -175,8 +129,8 @@ pub struct NatReport {
     pub remote: String,
 }
 
-impl From<&Binding> for NatReport {
-    fn from(b: &Binding) -> Self {
+impl From<&crate::attribute::nat::Binding> for NatReport {
+    fn from(b: &crate::attribute::nat::Binding) -> Self {
         Self {
             local: b.nat_local.to_string(),
             remote: b.nat_remote.to_string(),
@@ -216,43 +170,6 @@ pub struct ConntrackReport {
     pub netns: u32,
     #[serde(flatten)]
     pub stats: Stats,
-}
-
-/// The host's NAT set-up, checked for known traps.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct NatAudit {
-    /// MASQUERADE rules as `iptables-save` prints them, and whether they randomise ports fully.
-    pub masquerade: Vec<MasqueradeRule>,
-    /// `tcp_be_liberal`, `tcp_loose`, the established timeout, the table size.
-    #[serde(flatten)]
-    pub sysctls: Sysctls,
-    /// Why part of the audit could not be done.
-    pub unavailable: Vec<String>,
-    /// The host has no iptables tools: nothing to audit, by design.
-    #[serde(skip)]
-    pub no_tools: bool,
-}
-
-impl NatAudit {
-    /// The source prefixes MASQUERADE translates: a packet from one must not leave as is.
-    pub fn translated_subnets(&self) -> Vec<ipnet::IpNet> {
-        let mut nets: Vec<ipnet::IpNet> = self
-            .masquerade
-            .iter()
-            .filter_map(MasqueradeRule::source_net)
-            .collect();
-        nets.sort_unstable();
-        nets.dedup();
-        nets
-    }
-
-    /// Whether a MASQUERADE rule translates packets from `addr` (a bridge address).
-    pub fn masqueraded(&self, addr: std::net::IpAddr) -> bool {
-        self.masquerade
-            .iter()
-            .filter_map(MasqueradeRule::source_net)
-            .any(|net| net.contains(&addr))
-    }
 }
 
 /// The MTUs on a workload's path to a remote.
@@ -296,7 +213,7 @@ pub struct Kinds {
 }
 
 impl Kinds {
-    fn from_counters(c: &RetransmitCounters) -> Self {
+    pub(crate) fn from_counters(c: &RetransmitCounters) -> Self {
         let k = |kind: RetransmitKind| c.kinds[kind as usize];
         Self {
             rto: k(RetransmitKind::Rto),
@@ -309,8 +226,6 @@ impl Kinds {
         }
     }
 }
-
-pub use crate::findings::Finding;
 
 /// What the kernel side could not do. Nothing is dropped without being counted here.
 #[derive(Clone, Debug, Serialize)]
@@ -330,26 +245,67 @@ pub struct HealthReport {
     pub leaks_lost: u64,
 }
 
-/// Everything the report needs besides the window.
-pub struct ReportContext<'a> {
+/// Everything the report needs besides the evidence and findings.
+pub(crate) struct ReportContext {
     pub prerequisites: Vec<Check>,
     pub hooks: Vec<HookReport>,
     pub flow_capacity: u32,
     pub notes: Vec<String>,
     pub top: usize,
-    pub drop_reasons: &'a DropReasons,
-    pub symbols: &'a Symbolizer,
-    pub conntrack: Vec<ConntrackReport>,
-    pub nat_audit: NatAudit,
-    pub paths: Vec<PathReport>,
-    pub leaks: Vec<LeakReport>,
 }
 
-pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
-    let mut workloads: Vec<WorkloadReport> = summary
-        .workloads
-        .iter()
-        .map(|w| WorkloadReport {
+/// The report of a window: its evidence as the JSON contract spells it, and the findings.
+pub(crate) fn build(
+    evidence: &Evidence,
+    findings: Vec<Finding>,
+    context: ReportContext,
+) -> DiagnoseReport {
+    let mut flows: Vec<FlowReport> = evidence.flows.iter().map(FlowReport::from).collect();
+    flows.truncate(context.top);
+    let mut drops: Vec<DropReport> = evidence.drops.iter().map(DropReport::from).collect();
+    drops.truncate(context.top.max(20));
+    let h = &evidence.health;
+    DiagnoseReport {
+        schema: SCHEMA,
+        host: HostInfo::current(),
+        duration_s: (evidence.duration.as_secs_f64() * 10.0).round() / 10.0,
+        prerequisites: context.prerequisites,
+        hooks: context.hooks,
+        workloads: evidence
+            .workloads
+            .iter()
+            .map(WorkloadReport::from)
+            .collect(),
+        flows,
+        drops,
+        conntrack: evidence
+            .conntrack
+            .iter()
+            .filter(|c| c.busy())
+            .map(ConntrackReport::from)
+            .collect(),
+        nat_audit: evidence.nat_audit.clone(),
+        paths: evidence.paths.iter().map(PathReport::from).collect(),
+        leaks: evidence.leaks.iter().map(LeakReport::from).collect(),
+        findings,
+        timeline: timeline::TimelineReport::default(),
+        health: HealthReport {
+            flow_map_entries: h.flow_map_entries,
+            flow_map_capacity: context.flow_capacity,
+            flow_map_full: h.flow_map_full,
+            lost: h.lost,
+            read_errors: h.read_errors,
+            drop_map_full: h.drop_map_full,
+            drops_lost: h.drops_lost,
+            leaks_lost: h.leaks_lost,
+        },
+        notes: context.notes,
+    }
+}
+
+impl From<&WorkloadEvidence> for WorkloadReport {
+    fn from(w: &WorkloadEvidence) -> Self {
+        Self {
             kind: w.workload.kind.as_str(),
             id: w.workload.id.clone(),
             name: w.workload.name.clone(),
@@ -357,183 +313,97 @@ pub fn build(summary: &Summary, context: ReportContext<'_>) -> DiagnoseReport {
             image: w.workload.image.clone(),
             netns: w.workload.netns,
             netns_shared: w.workload.netns_shared,
-            sent_segments: w.netns_tcp.out_segs,
-            retransmitted_segments: w.netns_tcp.retrans_segs,
-            retransmit_ratio: ratio(w.netns_tcp.retrans_segs, w.netns_tcp.out_segs),
+            sent_segments: w.segments.out_segs,
+            retransmitted_segments: w.segments.retrans_segs,
+            retransmit_ratio: w.ratio(),
             hooked_retransmits: w.hooked.retransmits,
             hooked_retransmitted_segments: w.hooked.segments,
             failed_attempts: w.hooked.failed,
-            time_lost: TimeLostReport::from(&w.time_lost),
+            time_lost: w.lost(),
             vanished: w.vanished,
             removed: w.removed,
-        })
-        .collect();
-    workloads.sort_by(|a, b| {
-        b.retransmit_ratio
-            .total_cmp(&a.retransmit_ratio)
-            .then(b.retransmitted_segments.cmp(&a.retransmitted_segments))
-            .then(a.name.cmp(&b.name))
-    });
-
-    let mut flows: Vec<FlowReport> = summary
-        .flows
-        .iter()
-        .map(|f| {
-            let (local, remote) = endpoints(&f.key);
-            FlowReport {
-                workload: f.workload.name.clone(),
-                workload_kind: f.workload.kind.as_str(),
-                family: if f.key.family == AF_INET {
-                    "ipv4"
-                } else {
-                    "ipv6"
-                },
-                local: local.to_string(),
-                remote: remote.to_string(),
-                retransmits: f.counters.retransmits,
-                retransmitted_segments: f.counters.segments,
-                failed_attempts: f.counters.failed,
-                kinds: Kinds::from_counters(&f.counters),
-                time_lost: TimeLostReport::from(&f.time_lost),
-                nat: f.nat.as_ref().map(NatReport::from),
-                retransmitted_segment_bytes: (f.counters.segments > 0 && f.counters.bytes > 0)
-                    .then(|| f.counters.bytes / f.counters.segments),
-                netns: f.key.netns,
-            }
-        })
-        .collect();
-    flows.sort_by(|a, b| {
-        b.retransmitted_segments
-            .cmp(&a.retransmitted_segments)
-            .then(b.failed_attempts.cmp(&a.failed_attempts))
-            .then(a.workload.cmp(&b.workload))
-            .then(a.local.cmp(&b.local))
-    });
-
-    let drops = drop_reports(summary, &context);
-    let mut report = DiagnoseReport {
-        schema: SCHEMA,
-        host: HostInfo::current(),
-        duration_s: (summary.duration.as_secs_f64() * 10.0).round() / 10.0,
-        prerequisites: context.prerequisites,
-        hooks: context.hooks,
-        workloads,
-        flows,
-        drops,
-        conntrack: context.conntrack,
-        nat_audit: context.nat_audit,
-        paths: context.paths,
-        leaks: context.leaks,
-        findings: Vec::new(),
-        timeline: timeline::TimelineReport::default(),
-        health: HealthReport {
-            flow_map_entries: summary.flow_entries,
-            flow_map_capacity: context.flow_capacity,
-            flow_map_full: summary.retransmits.health(HealthCounter::FlowMapFull),
-            lost: summary.retransmits.health(HealthCounter::OverflowMapFull),
-            read_errors: summary.retransmits.health(HealthCounter::ReadError),
-            drop_map_full: summary.retransmits.health(HealthCounter::DropMapFull),
-            drops_lost: summary.retransmits.health(HealthCounter::DropOverflowFull),
-            leaks_lost: summary.retransmits.health(HealthCounter::LeakMapFull),
-        },
-        notes: context.notes,
-    };
-    // Findings see every flow (a SYN-only flow has few segments and would fall off the top);
-    // the report lists the top ones.
-    report.findings = crate::findings::evaluate(&report);
-    report.flows.truncate(context.top);
-    report
-}
-
-/// Drops grouped by workload, site, reason and location, most packets first.
-fn drop_reports(summary: &Summary, context: &ReportContext<'_>) -> Vec<DropReport> {
-    let mut groups: BTreeMap<(String, u32, u32, u64), DropReport> = BTreeMap::new();
-    for d in &summary.drops {
-        let report = groups
-            .entry((d.workload.name.clone(), d.netns, d.reason, d.location))
-            .or_insert_with(|| DropReport {
-                workload: d.workload.name.clone(),
-                workload_kind: d.workload.kind.as_str(),
-                dropped_in: d.dropped_in.clone(),
-                netns: d.netns,
-                reason: context.drop_reasons.name(d.reason),
-                location: context.symbols.name(d.location),
-                packets: 0,
-                egress: 0,
-                ingress: 0,
-                tcp: 0,
-                udp: 0,
-                icmp_too_big: 0,
-                examples: Vec::new(),
-            });
-        report.packets += d.packets;
-        match d.direction {
-            Some(Direction::Egress) => report.egress += d.packets,
-            Some(Direction::Ingress) => report.ingress += d.packets,
-            None => {}
-        }
-        if let Some(key) = &d.key {
-            match key.protocol {
-                IPPROTO_TCP => report.tcp += d.packets,
-                IPPROTO_UDP => report.udp += d.packets,
-                _ => {}
-            }
-            if is_icmp_too_big(key) {
-                report.icmp_too_big += d.packets;
-            }
-        }
-        if let Some(example) = d.key.as_ref().and_then(describe_packet) {
-            if report.examples.len() < 5 && !report.examples.contains(&example) {
-                report.examples.push(example);
-            }
         }
     }
-    let mut drops: Vec<DropReport> = groups.into_values().collect();
-    drops.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.workload.cmp(&b.workload)));
-    drops.truncate(context.top.max(20));
-    drops
 }
 
-/// ICMP type 3 code 4 (RFC 1191) or `ICMPv6` type 2 (RFC 8201); the kernel map keeps the
-/// type and code in the port fields.
-fn is_icmp_too_big(key: &DropKey) -> bool {
-    match key.protocol {
-        IPPROTO_ICMP => key.src_port == 3 && key.dst_port == 4,
-        IPPROTO_ICMPV6 => key.src_port == 2,
-        _ => false,
+impl From<&Flow> for FlowReport {
+    fn from(f: &Flow) -> Self {
+        Self {
+            workload: f.workload.name.clone(),
+            workload_kind: f.workload.kind.as_str(),
+            family: f.family.as_str(),
+            local: f.local.to_string(),
+            remote: f.remote.to_string(),
+            retransmits: f.counters.retransmits,
+            retransmitted_segments: f.counters.segments,
+            failed_attempts: f.counters.failed,
+            kinds: Kinds::from_counters(&f.counters),
+            time_lost: f.lost(),
+            nat: f.nat.as_ref().map(NatReport::from),
+            retransmitted_segment_bytes: f.segment_bytes(),
+            netns: f.netns,
+        }
     }
 }
 
-/// `tcp 198.18.100.2:41000 -> 198.19.0.2:5432`, `icmp 198.19.0.1 -> 198.18.100.2 type 3 code 4`.
-fn describe_packet(key: &DropKey) -> Option<String> {
-    let (src, dst) = packet_endpoints(key)?;
-    let packet = describe(key.protocol, src, dst);
-    // After SNAT the packet shows the host's address; say whose connection it was.
-    Some(match conntrack_source(key) {
-        Some((origin, false)) if origin != src => format!("{packet} (SNAT of {origin})"),
-        _ => packet,
-    })
-}
-
-#[expect(
-    clippy::cast_precision_loss,
-    reason = "a ratio for display; exact counts are reported too"
-)]
-fn ratio(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
+impl From<&model::Drop> for DropReport {
+    fn from(d: &model::Drop) -> Self {
+        Self {
+            workload: d.workload.name.clone(),
+            workload_kind: d.workload.kind.as_str(),
+            dropped_in: d.site.name().to_owned(),
+            netns: d.netns,
+            reason: d.reason.name().to_owned(),
+            location: d.location.name(),
+            packets: d.packets,
+            egress: d.egress,
+            ingress: d.ingress,
+            tcp: d.tcp,
+            udp: d.udp,
+            icmp_too_big: d.icmp_too_big,
+            examples: d.examples.clone(),
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl From<&model::Conntrack> for ConntrackReport {
+    fn from(c: &model::Conntrack) -> Self {
+        Self {
+            namespace: c.namespace.name().to_owned(),
+            netns: c.netns,
+            stats: c.stats.clone(),
+        }
+    }
+}
 
-    #[test]
-    fn ratio_of_nothing_is_zero() {
-        assert!(ratio(0, 0).abs() < f64::EPSILON);
-        assert!((ratio(5, 100) - 0.05).abs() < 1e-12);
+impl From<&model::Path> for PathReport {
+    fn from(p: &model::Path) -> Self {
+        Self {
+            workload: p.workload.clone(),
+            remote: p.remote.to_string(),
+            hops: p
+                .hops
+                .iter()
+                .map(|h| Hop {
+                    role: h.role.as_str(),
+                    interface: h.interface.clone(),
+                    mtu: h.mtu,
+                })
+                .collect(),
+            smallest_mtu: p.smallest_mtu,
+            mismatch: p.mismatch,
+            notes: p.notes.clone(),
+        }
+    }
+}
+
+impl From<&model::Leak> for LeakReport {
+    fn from(l: &model::Leak) -> Self {
+        Self {
+            workload: l.owner.to_string(),
+            interface: l.interface.clone(),
+            packets: l.packets,
+            examples: l.examples.clone(),
+        }
     }
 }

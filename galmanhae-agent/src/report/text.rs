@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 
-use super::{DiagnoseReport, FlowReport, TimeLostReport, WorkloadReport, timeline::sparkline};
+use super::{DiagnoseReport, FlowReport, TimeLostSeconds, WorkloadReport, timeline::sparkline};
 use crate::kernel::probes::HookStatus;
 
-pub fn render(report: &DiagnoseReport) -> String {
+pub(crate) fn render(report: &DiagnoseReport) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = write_report(&mut out, report);
@@ -200,10 +200,6 @@ fn drops(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
 fn conntrack(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
     for c in &r.conntrack {
         let s = &c.stats;
-        let moved = s.insert_failed + s.drop + s.early_drop + s.invalid + s.clash_resolve;
-        if s.entries.unwrap_or(0) == 0 && moved == 0 {
-            continue;
-        }
         writeln!(
             out,
             "\nConntrack {} ({}): {} of {} entries; window: insert_failed +{}, drop +{}, \
@@ -341,7 +337,7 @@ fn health(out: Out<'_>, r: &DiagnoseReport) -> std::fmt::Result {
 }
 
 /// Seconds lost, `-` for none.
-fn time_lost_cell(t: &TimeLostReport) -> String {
+fn time_lost_cell(t: &TimeLostSeconds) -> String {
     if t.seconds() > 0.0 {
         format!("{:.1} s", t.seconds())
     } else {

@@ -2,15 +2,15 @@
 
 use std::collections::BTreeMap;
 
+use super::Summary;
 use crate::{
     attribute::Attributor,
+    model::{Hop, HopRole, Path},
     path,
-    pipeline::Summary,
-    report::{Hop, PathReport},
 };
 
 /// One path per workload with its own namespace and retransmitting flows.
-pub fn reports(summary: &Summary, attributor: &Attributor) -> Vec<PathReport> {
+pub(crate) fn read(summary: &Summary, attributor: &Attributor) -> Vec<Path> {
     // The remote with the most retransmitted segments, per workload.
     let mut top: BTreeMap<&str, (u64, std::net::SocketAddr, u32)> = BTreeMap::new();
     for f in &summary.flows {
@@ -38,20 +38,20 @@ pub fn reports(summary: &Summary, attributor: &Attributor) -> Vec<PathReport> {
                 });
             };
             if let Some(i) = &found.workload_if {
-                hop("workload", &i.name, i.mtu);
+                hop(HopRole::Workload, &i.name, i.mtu);
             }
             if let Some(i) = &found.host_veth {
-                hop("host_veth", &i.name, i.mtu);
+                hop(HopRole::HostVeth, &i.name, i.mtu);
             }
             if let Some(i) = &found.bridge {
-                hop("bridge", &i.name, i.mtu);
+                hop(HopRole::Bridge, &i.name, i.mtu);
             }
             if let Some(r) = &found.egress {
-                hop("egress", &r.dev, r.mtu());
+                hop(HopRole::Egress, &r.dev, r.mtu());
             }
-            Some(PathReport {
+            Some(Path {
                 workload: workload.to_owned(),
-                remote: remote.ip().to_string(),
+                remote: remote.ip(),
                 hops,
                 smallest_mtu: found.smallest(),
                 mismatch: found.mismatch(),
