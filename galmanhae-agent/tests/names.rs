@@ -37,7 +37,7 @@ fn diagnose_while(seconds: u32, during: impl FnOnce()) -> Value {
         .expect("starting galmanhae diagnose");
     // Its hooks attach in well under a second; the window is long enough either way.
     thread::sleep(Duration::from_secs(2));
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     during();
     let took = started.elapsed();
     let output = child.wait_with_output().expect("waiting for diagnose");

@@ -5,7 +5,10 @@
 #![no_main]
 // The BPF target has no atomic read-modify-write types; the intrinsic lowers to `lock xadd`.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "core::intrinsics::atomic_xadd, see stall.rs")]
+#![expect(
+    internal_features,
+    reason = "core::intrinsics::atomic_xadd, see stall.rs"
+)]
 #![expect(
     clippy::inline_always,
     reason = "BPF: helpers are inlined into each program so no BPF-to-BPF calls are made"

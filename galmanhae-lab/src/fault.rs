@@ -1,6 +1,7 @@
 //! Faults injected on the path to the db, one per cause galmanhae diagnoses: random loss with
 //! iptables' statistic match (`sch_netem` is not built into these kernels), SYN black holes,
-//! a smaller MTU on the host's egress with ICMP filtered, a tiny conntrack table.
+//! a smaller MTU on the host's egress with ICMP filtered, a tiny conntrack table, a huge one
+//! ([`crate::conntrack_fill`]).
 //!
 //! Container faults act in the host's FORWARD path (DOCKER-USER, before MASQUERADE, so the
 //! container's own address still matches): drops on this host. Port and all-traffic faults act
@@ -95,6 +96,19 @@ pub fn conntrack_max(entries: u64) -> anyhow::Result<()> {
     }
     std::fs::write(CONNTRACK_MAX, entries.to_string())
         .with_context(|| format!("writing {CONNTRACK_MAX}"))
+}
+
+/// Raises the conntrack table to at least `entries` (restored by `clear_all`).
+pub fn raise_conntrack_max(entries: u64) -> anyhow::Result<()> {
+    let current: u64 = std::fs::read_to_string(CONNTRACK_MAX)
+        .with_context(|| format!("reading {CONNTRACK_MAX}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parsing {CONNTRACK_MAX}"))?;
+    if current >= entries {
+        return Ok(());
+    }
+    conntrack_max(entries)
 }
 
 fn restore_conntrack_max() -> anyhow::Result<()> {
@@ -199,6 +213,7 @@ fn drop_rule<'a>(
 
 /// Removes every fault. With `remove`, also the chains and the jumps to them.
 pub fn clear_all(remove: bool) -> anyhow::Result<()> {
+    crate::conntrack_fill::clear()?;
     restore_conntrack_max()?;
     if run("ip", &["link", "show", HOST_VETH]).is_ok() {
         run("ip", &["link", "set", HOST_VETH, "mtu", NORMAL_MTU])?;

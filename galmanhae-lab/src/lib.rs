@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 mod cmd;
+pub mod conntrack_fill;
 pub mod ctr;
 pub mod docker;
 pub mod fault;

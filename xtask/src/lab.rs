@@ -59,6 +59,12 @@ enum Fault {
         #[arg(long)]
         entries: u64,
     },
+    /// Fill the host's conntrack table with synthetic entries (a zone of their own, never
+    /// matched by traffic), as on a NAT gateway or a busy node; `clear` deletes them.
+    ConntrackFill {
+        #[arg(long)]
+        entries: u32,
+    },
     /// Race two containers for one SNAT tuple: each round both connect from the same source
     /// port to the db at the same instant, one per CPU (`snat_collision`).
     SnatRace {
@@ -113,6 +119,14 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
         Action::Fault {
             fault: Fault::ConntrackMax { entries },
         } => fault::conntrack_max(*entries),
+        Action::Fault {
+            fault: Fault::ConntrackFill { entries },
+        } => galmanhae_lab::conntrack_fill::fill(*entries).map(|grew| {
+            eprintln!(
+                "the host's conntrack table grew by {grew} entries (zone {})",
+                galmanhae_lab::conntrack_fill::FILL_ZONE
+            );
+        }),
         Action::Fault {
             fault: Fault::SnatRace { containers, rounds },
         } => {

@@ -7,10 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    attribute::{
-        Attributor,
-        nat::{Binding, NatIndex},
-    },
+    attribute::{Attributor, nat::Binding},
     conntrack::{self, ConntrackError, MasqueradeRule, Stats, Sysctls},
 };
 
@@ -55,24 +52,18 @@ pub fn sample(attributor: &Attributor) -> ConntrackSample {
     out
 }
 
-/// The translated flows of the host's conntrack table.
-pub fn nat_index() -> Result<NatIndex, ConntrackError> {
-    let entries = conntrack::dump()?;
-    Ok(NatIndex::new(
-        entries
-            .iter()
-            .filter(|e| e.is_src_nat() || e.is_dst_nat())
-            .map(|e| {
-                let (nat_local, nat_remote) = e.translated();
-                Binding {
-                    protocol: e.protocol,
-                    local: e.orig.source(),
-                    remote: e.orig.destination(),
-                    nat_local,
-                    nat_remote,
-                }
-            }),
-    ))
+/// The translation an entry holds; `None` when it is not translated.
+pub fn binding(entry: &conntrack::Entry) -> Option<Binding> {
+    (entry.is_src_nat() || entry.is_dst_nat()).then(|| {
+        let (nat_local, nat_remote) = entry.translated();
+        Binding {
+            protocol: entry.protocol,
+            local: entry.orig.source(),
+            remote: entry.orig.destination(),
+            nat_local,
+            nat_remote,
+        }
+    })
 }
 
 /// MASQUERADE rules and the conntrack sysctls that decide how NAT behaves under stress.

@@ -50,12 +50,20 @@ pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
                 )
             }),
     );
-    if let Err(e) = pipeline.nat.read_table() {
+    let summary = pipeline.summarize(&window);
+    if let Some(e) = pipeline.nat.table_error() {
         notes.push(format!(
             "NAT translations unavailable ({e}): flows show no NAT side"
         ));
     }
-    let summary = pipeline.summarize(&window);
+    if pipeline.nat.deferred > 0 {
+        notes.push(format!(
+            "{} flows were not looked up in the NAT table (more than {} in one window): they \
+             show no NAT side",
+            pipeline.nat.deferred,
+            crate::pipeline::nat::MAX_LOOKUPS
+        ));
+    }
     notes.extend(window.latest().conntrack.notes.iter().cloned());
     let mut evidence = pipeline.evidence(&summary);
     evidence.paths = pipeline.paths(&summary);

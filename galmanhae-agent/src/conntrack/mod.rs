@@ -8,6 +8,7 @@
 //! procfs is read through `/proc/thread-self`, not `/proc/self` (the main thread's namespace).
 
 mod audit;
+mod lookup;
 mod netlink;
 #[cfg(test)]
 mod root_test;
@@ -20,6 +21,7 @@ use std::{
 };
 
 pub use audit::{Backend, Family, MasqueradeRule, masquerade_rules, parse_iptables_save};
+pub use lookup::Lookups;
 pub use stats::{Stats, StatsSource, Sysctls, stats_netlink, stats_procfs, sysctls};
 pub use table::{Table, dump, dump_table};
 

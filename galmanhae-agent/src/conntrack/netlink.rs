@@ -111,7 +111,7 @@ fn message(request: Request) -> NetfilterMessage {
 }
 
 /// What a transport failure means for conntrack.
-fn from_failure(what: &'static str, failure: Failure) -> ConntrackError {
+pub(super) fn from_failure(what: &'static str, failure: Failure) -> ConntrackError {
     match failure {
         Failure::Io(e) if e.kind() == io::ErrorKind::WouldBlock => ConntrackError::Io {
             what: format!("{what}: no reply from the kernel"),

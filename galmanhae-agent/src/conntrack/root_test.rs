@@ -289,6 +289,33 @@ fn in_namespace(netns: &Netns) {
     let zoned = table.entries.iter().find(|e| e.zone != 0).unwrap();
     assert_eq!((zoned.zone, zoned.mark, zoned.orig.dport), (7, 42, 9999));
 
+    // Lookups by tuple, what the agent does per flow instead of a dump: every entry of the
+    // default zone, by either of its tuples, is the one `conntrack -L` shows; a tuple no
+    // connection has is none.
+    let mut lookups = Lookups::open().unwrap();
+    for e in table.entries.iter().filter(|e| e.zone == 0) {
+        let shown = Shown::from(e);
+        for tuple in [e.orig, e.reply] {
+            let found = lookups
+                .get(e.protocol, tuple.source(), tuple.destination())
+                .unwrap()
+                .unwrap_or_else(|| panic!("{tuple} not found"));
+            assert_eq!(Shown::from(&found), shown, "{tuple}");
+        }
+    }
+    let (snat_orig, snat_reply) = (snat_entry.orig, snat_entry.reply);
+    assert_eq!(
+        lookups
+            .get(6, snat_reply.source(), snat_reply.destination())
+            .unwrap()
+            .map(|e| e.translated().0),
+        Some(*snat_peer)
+    );
+    let unknown = lookups
+        .get(6, snat_orig.destination(), snat_orig.source())
+        .unwrap();
+    assert_eq!(unknown, None, "the reverse of a tuple names no entry");
+
     // Statistics: ctnetlink, this thread's procfs and a process's procfs agree.
     let mut sleeper = Command::new("sleep")
         .arg("60")

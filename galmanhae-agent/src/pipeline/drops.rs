@@ -82,6 +82,12 @@ pub(super) fn attribute_drops(
     out
 }
 
+/// A dropped packet that neither a local socket nor its conntrack entry ties to a workload:
+/// only its addresses can, maybe through a NAT binding.
+pub(super) fn unowned(key: &DropKey) -> bool {
+    socket_direction(key).is_none() && conntrack_source(key).is_none()
+}
+
 /// Which way a packet went relative to the local socket that owns it, if one does.
 fn socket_direction(key: &DropKey) -> Option<Direction> {
     match key.socket {

@@ -131,8 +131,10 @@ impl Pipeline {
         procfs::scan(&mut self.namespaces, restat)
     }
 
-    /// Attributes a window with the NAT table as last read.
+    /// Attributes a window, its flows' NAT sides looked up first (those not known yet).
     pub fn summarize(&mut self, window: &Window) -> Summary {
+        self.nat
+            .follow(&window.nat_wanted(self.attributor.host_netns()));
         window.summarize(&mut self.attributor, self.nat.index())
     }
 

@@ -1,27 +1,62 @@
 //! The host's NAT, read at its own rates: the audit (MASQUERADE rules, a fork of
 //! `iptables-save`) at start and then every minute, the leak watch on the uplinks it names,
-//! and the translations of the conntrack table when a command asks for them.
+//! and the translations of the flows a window follows, each looked up in the host's conntrack
+//! table by its tuple. The table is never dumped: its size (millions of entries on a NAT
+//! gateway) must not decide the agent's memory or CPU; the flows that retransmit, drop or lose
+//! time (bounded by the maps' caps) do.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use crate::{
-    attribute::{Attributor, nat::NatIndex},
+    attribute::{
+        Attributor,
+        nat::{Binding, NatIndex},
+    },
     collect::{
         nat_leaks,
         netfilter::{self, NatAudit},
     },
-    conntrack::ConntrackError,
+    conntrack::{ConntrackError, Lookups},
     kernel::probes::Probes,
     model::NatPair,
 };
 
 /// The audit runs this often in a long-running agent, not every pass.
 const AUDIT_EVERY: Duration = Duration::from_secs(60);
+/// A translation is checked again this often (a 4-tuple may come back with another port).
+const RECHECK_FOUND: Duration = Duration::from_secs(300);
+/// A flow without a translation is asked about again this often (its entry may come later).
+const RECHECK_MISSING: Duration = Duration::from_secs(30);
+/// What no window asked for in this long is forgotten.
+const FORGET_UNUSED: Duration = Duration::from_secs(600);
+/// Lookups per window at most (each a netlink round trip of a few microseconds); the rest
+/// wait for the next window and are counted.
+pub(crate) const MAX_LOOKUPS: usize = 4096;
+
+/// A flow or packet as conntrack keys it: protocol, source, destination.
+pub(crate) type NatKey = (u8, SocketAddr, SocketAddr);
+
+/// What a lookup found for one key, and when.
+#[derive(Clone, Copy, Debug)]
+struct Cached {
+    binding: Option<Binding>,
+    checked: Instant,
+    used: Instant,
+}
 
 pub(crate) struct NatSources {
     audit: NatAudit,
     audited: Instant,
+    cache: HashMap<NatKey, Cached>,
     index: NatIndex,
+    /// The last lookups' outcome: why the table could not be read.
+    table_error: Option<String>,
+    /// Lookups left for a later window because a window asked for more than [`MAX_LOOKUPS`].
+    pub deferred: u64,
 }
 
 impl NatSources {
@@ -31,7 +66,10 @@ impl NatSources {
         let mut sources = Self {
             audit: NatAudit::default(),
             audited: Instant::now(),
+            cache: HashMap::new(),
             index: NatIndex::default(),
+            table_error: None,
+            deferred: 0,
         };
         let note = sources.audit_and_watch(probes, true);
         (sources, note)
@@ -47,10 +85,57 @@ impl NatSources {
         nat_leaks::watch(probes, &self.audit)
     }
 
-    /// Reads the translations of the host's conntrack table; on failure the last ones stay.
-    pub fn read_table(&mut self) -> Result<(), ConntrackError> {
-        self.index = netfilter::nat_index()?;
+    /// Looks up the translations of `wanted` (each flow or packet of a window, as its socket
+    /// or the wire saw it) that are not known yet or are due a check, and indexes them.
+    pub fn follow(&mut self, wanted: &[NatKey]) {
+        let now = Instant::now();
+        self.table_error = self.look_up(wanted, now).err().map(|e| e.to_string());
+        self.cache
+            .retain(|_, c| now.saturating_duration_since(c.used) < FORGET_UNUSED);
+        let cache = &self.cache;
+        self.index = NatIndex::new(wanted.iter().filter_map(|k| cache.get(k)?.binding));
+    }
+
+    fn look_up(&mut self, wanted: &[NatKey], now: Instant) -> Result<(), ConntrackError> {
+        let mut lookups: Option<Lookups> = None;
+        let mut done = 0;
+        for key in wanted {
+            if let Some(cached) = self.cache.get_mut(key) {
+                cached.used = now;
+                let every = if cached.binding.is_some() {
+                    RECHECK_FOUND
+                } else {
+                    RECHECK_MISSING
+                };
+                if now.saturating_duration_since(cached.checked) < every {
+                    continue;
+                }
+            }
+            if done >= MAX_LOOKUPS {
+                self.deferred += 1;
+                continue;
+            }
+            let socket = match &mut lookups {
+                Some(socket) => socket,
+                None => lookups.insert(Lookups::open()?),
+            };
+            let binding = binding(socket, *key)?;
+            done += 1;
+            self.cache.insert(
+                *key,
+                Cached {
+                    binding,
+                    checked: now,
+                    used: now,
+                },
+            );
+        }
         Ok(())
+    }
+
+    /// Why the last lookups failed (`None`: they worked, or none was needed).
+    pub fn table_error(&self) -> Option<&str> {
+        self.table_error.as_deref()
     }
 
     pub fn audit(&self) -> &NatAudit {
@@ -80,4 +165,20 @@ impl NatSources {
         pairs.dedup();
         pairs
     }
+}
+
+/// The translation of a flow or packet `src -> dst`: its entry has the tuple as it is (a
+/// flow as its socket sees it, a packet before NAT going out or after it coming in) or
+/// reversed (a packet after NAT going out, or before it coming in). `None` when the entry is
+/// not translated or there is none.
+fn binding(
+    lookups: &mut Lookups,
+    (protocol, src, dst): NatKey,
+) -> Result<Option<Binding>, ConntrackError> {
+    for (a, b) in [(src, dst), (dst, src)] {
+        if let Some(entry) = lookups.get(protocol, a, b)? {
+            return Ok(netfilter::binding(&entry));
+        }
+    }
+    Ok(None)
 }

@@ -92,7 +92,9 @@ impl Passes {
         if full || new_namespace {
             self.pipeline.attributor.refresh_names();
         }
-        let nat_table = full.then(|| self.refresh_nat());
+        if full {
+            self.refresh_audit();
+        }
         let host = self.pipeline.attributor.host_netns();
         let conntrack = host.is_some_and(|h| snapshot.conntrack.netns.contains_key(&h));
         for note in &snapshot.conntrack.notes {
@@ -107,6 +109,10 @@ impl Passes {
         let summary = self.pipeline.summarize(&window);
         self.last = window.into_latest();
         let mut evidence = self.pipeline.evidence(&summary);
+        let nat_table = full.then(|| self.pipeline.nat.table_error().is_none());
+        if let Some(e) = self.pipeline.nat.table_error() {
+            log::debug!("NAT table: {e}");
+        }
         if nat_table == Some(true) {
             evidence.nat = Some(self.pipeline.nat.pairs(&mut self.pipeline.attributor));
         }
@@ -162,18 +168,11 @@ impl Passes {
         self.housekeeping.evicted
     }
 
-    /// The audit (now and then) and the leak watch, then the NAT table: whether it was read.
-    fn refresh_nat(&mut self) -> bool {
+    /// The audit (now and then) and the leak watch.
+    fn refresh_audit(&mut self) {
         let nat = &mut self.pipeline.nat;
         if let Some(note) = nat.audit_and_watch(&mut self.pipeline.probes, false) {
             log::debug!("{note}");
-        }
-        match nat.read_table() {
-            Ok(()) => true,
-            Err(e) => {
-                log::debug!("NAT table: {e}");
-                false
-            }
         }
     }
 

@@ -12,10 +12,11 @@ use galmanhae_common::{
 
 use super::{
     Snapshot,
-    drops::{DropTotals, attribute_drops},
+    drops::{DropTotals, attribute_drops, unowned},
+    nat::NatKey,
 };
 use crate::{
-    addr::endpoints,
+    addr::{endpoints, packet_endpoints},
     attribute::{
         Attributor, Workload,
         nat::{Binding, NatIndex},
@@ -119,6 +120,43 @@ impl Window {
             .retransmits
             .since(&self.start.retransmits)
             .total()
+    }
+
+    /// What the window's summary asks of the NAT table: each flow (as its socket sees it), and
+    /// each packet dropped in the host's namespace (`host`) that neither a socket nor its
+    /// conntrack entry ties to a workload.
+    pub fn nat_wanted(&self, host: Option<u32>) -> Vec<NatKey> {
+        let mut wanted: Vec<NatKey> = self
+            .latest
+            .retransmits
+            .since(&self.start.retransmits)
+            .by_flow()
+            .into_keys()
+            .chain(
+                self.latest
+                    .time_lost
+                    .since(&self.start.time_lost)
+                    .into_keys(),
+            )
+            .map(|key| {
+                let (local, remote) = endpoints(&key);
+                (IPPROTO_TCP, local, remote)
+            })
+            .collect();
+        let drops = self.latest.drops.since(&self.start.drops);
+        wanted.extend(
+            drops
+                .flows
+                .keys()
+                .filter(|key| Some(key.netns) == host && unowned(key))
+                .filter_map(|key| {
+                    let (src, dst) = packet_endpoints(key)?;
+                    Some((key.protocol, src, dst))
+                }),
+        );
+        wanted.sort_unstable();
+        wanted.dedup();
+        wanted
     }
 
     /// Attributes every flow and namespace of the window.

@@ -84,9 +84,10 @@ fn loss(console: &Console, report: &Value) -> Vec<Outcome> {
         check("the NAT-leak watch attaches to the uplink", || {
             nat_leak_watch(report)
         }),
-        check("the task iterator attaches (no CAP_SYS_PTRACE kept)", || {
-            task_iterator(report)
-        }),
+        check(
+            "the task iterator attaches (no CAP_SYS_PTRACE kept)",
+            || task_iterator(report),
+        ),
         check(
             "the retransmit hook matches the tracepoint's layout",
             || retransmit_layout(report, console.section("tracepoint-format")?),
