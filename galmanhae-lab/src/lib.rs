@@ -222,8 +222,13 @@ fn remove_db() -> anyhow::Result<()> {
         kill_db_processes();
         run("ip", &["netns", "del", DB_NETNS])?;
     }
-    if run("ip", &["link", "show", HOST_VETH]).is_ok() {
-        run("ip", &["link", "del", HOST_VETH])?;
+    // Deleting the namespace takes the veth pair with it, asynchronously: the host end may
+    // still show and then be gone before `ip link del` reaches it.
+    if run("ip", &["link", "show", HOST_VETH]).is_ok()
+        && let Err(e) = run("ip", &["link", "del", HOST_VETH])
+        && run("ip", &["link", "show", HOST_VETH]).is_ok()
+    {
+        return Err(e);
     }
     Ok(())
 }

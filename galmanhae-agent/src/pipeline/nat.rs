@@ -37,6 +37,10 @@ const FORGET_UNUSED: Duration = Duration::from_secs(600);
 /// wait for the next window and are counted.
 pub(crate) const MAX_LOOKUPS: usize = 4096;
 
+/// A window with nothing to look up asks the table this often whether it answers (so a missing
+/// `CAP_NET_ADMIN` is said also on a quiet host).
+const PROBE_EVERY: Duration = Duration::from_secs(60);
+
 /// A flow or packet as conntrack keys it: protocol, source, destination.
 pub(crate) type NatKey = (u8, SocketAddr, SocketAddr);
 
@@ -55,6 +59,8 @@ pub(crate) struct NatSources {
     index: NatIndex,
     /// The last lookups' outcome: why the table could not be read.
     table_error: Option<String>,
+    /// When the table was last asked for nothing in particular (see [`probe`]).
+    probed: Option<Instant>,
     /// Lookups left for a later window because a window asked for more than [`MAX_LOOKUPS`].
     pub deferred: u64,
 }
@@ -69,6 +75,7 @@ impl NatSources {
             cache: HashMap::new(),
             index: NatIndex::default(),
             table_error: None,
+            probed: None,
             deferred: 0,
         };
         let note = sources.audit_and_watch(probes, true);
@@ -89,14 +96,30 @@ impl NatSources {
     /// or the wire saw it) that are not known yet or are due a check, and indexes them.
     pub fn follow(&mut self, wanted: &[NatKey]) {
         let now = Instant::now();
-        self.table_error = self.look_up(wanted, now).err().map(|e| e.to_string());
+        let asked = match self.look_up(wanted, now) {
+            Ok(0)
+                if self
+                    .probed
+                    .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_EVERY) =>
+            {
+                self.probed = Some(now);
+                Some(probe())
+            }
+            Ok(0) => None,
+            Ok(_) => Some(Ok(())),
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(result) = asked {
+            self.table_error = result.err().map(|e| e.to_string());
+        }
         self.cache
             .retain(|_, c| now.saturating_duration_since(c.used) < FORGET_UNUSED);
         let cache = &self.cache;
         self.index = NatIndex::new(wanted.iter().filter_map(|k| cache.get(k)?.binding));
     }
 
-    fn look_up(&mut self, wanted: &[NatKey], now: Instant) -> Result<(), ConntrackError> {
+    /// Looks up what is due; how many lookups reached the kernel.
+    fn look_up(&mut self, wanted: &[NatKey], now: Instant) -> Result<usize, ConntrackError> {
         let mut lookups: Option<Lookups> = None;
         let mut done = 0;
         for key in wanted {
@@ -130,7 +153,7 @@ impl NatSources {
                 },
             );
         }
-        Ok(())
+        Ok(done)
     }
 
     /// Why the last lookups failed (`None`: they worked, or none was needed).
@@ -181,4 +204,11 @@ fn binding(
         }
     }
     Ok(None)
+}
+
+/// One lookup of a tuple no connection has (unspecified addresses, port 0): `Ok` when the
+/// table answers, the reason when it refuses (no `CAP_NET_ADMIN`, no ctnetlink).
+fn probe() -> Result<(), ConntrackError> {
+    let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+    Lookups::open()?.get(6, nowhere, nowhere).map(drop)
 }

@@ -10,6 +10,7 @@
     reason = "measurements shown as floats: counts and nanoseconds far below 2^52"
 )]
 
+mod conntrack;
 mod measure;
 mod peers;
 mod report;
@@ -81,6 +82,11 @@ pub struct BenchArgs {
     /// (fewer flows make fewer retransmits per second, whatever the pacing).
     #[arg(long, default_value_t = 128)]
     flows: u32,
+    /// Synthetic entries in the host's conntrack table for the table run (issue 13): the
+    /// daemon and diagnose measured with and without them (default 250000; 0 skips it; with
+    /// --quick it is skipped unless given).
+    #[arg(long)]
+    conntrack_entries: Option<u32>,
     /// Where BENCHMARKS.md and .json go (default: the repository root; target/bench with
     /// --quick).
     #[arg(long)]
@@ -146,7 +152,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     on_interrupt_finish_cleanly();
-    let (levels, containers) = {
+    let (levels, containers, conntrack) = {
         let _stats = BpfStats::enable()?;
         let mut lab = Scenario::new()?;
         for n in 1..=args.containers {
@@ -166,7 +172,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .iter()
             .map(|spec| bench.level(spec, &peers))
             .collect::<anyhow::Result<_>>()?;
-        (levels, lab.containers.clone())
+        let table = table_run(args, &galmanhae, &lab.containers)?;
+        (levels, lab.containers.clone(), table)
     };
     eprintln!(
         "xtask: bench: storms done in {:.0} s; rendering /metrics",
@@ -188,17 +195,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             unpaced_write_bytes: galmanhae_lab::storm::BULK_WRITE,
         },
         levels,
+        conntrack,
         render: render()?,
         goals: Vec::new(),
-        notes: vec![
-            "The machine has 2 cores: the storm's senders, the kernel's forwarding and the \
-             tool share them, so throughput differences below a few % are within run-to-run \
-             noise."
-                .to_owned(),
-            "Accuracy windows run from just before the storm starts to just after every flow \
-             was closed with a RST; galmanhae run is scraped at both ends."
-                .to_owned(),
-        ],
+        notes: base_notes(),
     };
     if window < SCRAPE_INTERVAL.as_secs_f64() {
         report.notes.push(format!(
@@ -210,6 +210,34 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     report.evaluate_goals();
     std::fs::create_dir_all(&out)?;
     report.write(&out)
+}
+
+/// What every report says about how it was measured.
+fn base_notes() -> Vec<String> {
+    vec![
+        "The machine has 2 cores: the storm's senders, the kernel's forwarding and the \
+         tool share them, so throughput differences below a few % are within run-to-run \
+         noise."
+            .to_owned(),
+        "Accuracy windows run from just before the storm starts to just after every flow \
+         was closed with a RST; galmanhae run is scraped at both ends."
+            .to_owned(),
+    ]
+}
+
+/// The conntrack-table run (issue 13), with the first storm container's lossy stream.
+fn table_run(
+    args: &BenchArgs,
+    galmanhae: &Path,
+    containers: &[String],
+) -> anyhow::Result<Option<conntrack::ConntrackTable>> {
+    let entries = args
+        .conntrack_entries
+        .unwrap_or(if args.quick { 0 } else { 250_000 });
+    match containers.first() {
+        Some(first) if entries > 0 => conntrack::measure(galmanhae, first, entries).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// Set by SIGINT or SIGTERM: the bench stops after the current run, and its guards remove

@@ -22,6 +22,8 @@ pub struct Report {
     pub tools: Vec<(String, String)>,
     pub storm: StormSettings,
     pub levels: Vec<Level>,
+    /// The daemon and diagnose with a small and a huge host conntrack table (issue 13).
+    pub conntrack: Option<super::conntrack::ConntrackTable>,
     pub render: Vec<Render>,
     pub goals: Vec<Goal>,
     pub notes: Vec<String>,
@@ -322,10 +324,33 @@ impl Report {
             }),
         ));
         goals.extend(self.throughput_goals());
+        goals.extend(self.conntrack_goals());
         self.goals = goals;
     }
 
     /// The daemon's CPU against the per-event tracer, the capture and the one-liner.
+    /// Issue 13: peak RSS with a huge conntrack table within 8 MiB of the empty table's.
+    fn conntrack_goals(&self) -> Vec<Goal> {
+        let Some(table) = &self.conntrack else {
+            return Vec::new();
+        };
+        let (daemon, diagnose) = table.growth();
+        let bound = i64::try_from(super::conntrack::RSS_BOUND_KIB).unwrap_or(i64::MAX);
+        [("Daemon", daemon), ("diagnose", diagnose)]
+            .into_iter()
+            .map(|(who, grew)| {
+                goal(
+                    &format!(
+                        "{who} peak RSS with {} more conntrack entries (issue 13)",
+                        table.added
+                    ),
+                    "≤ 8 MiB above the table as it came",
+                    Some((format!("{:+.1} MiB", grew as f64 / 1024.0), grew <= bound)),
+                )
+            })
+            .collect()
+    }
+
     fn cpu_ratio_goals(&self, level: &str, daemon_cpu: Option<f64>) -> Vec<Goal> {
         let mut goals = Vec::new();
         let ratio = |other: Option<f64>, at_least: f64, what: &str| {
@@ -473,6 +498,9 @@ impl Report {
         self.write_storm(&mut md);
         self.write_cpu(&mut md, &levels);
         self.write_rss(&mut md, &levels);
+        if let Some(table) = &self.conntrack {
+            md.push_str(&table.markdown());
+        }
         self.write_programs(&mut md, &levels);
         self.write_accuracy(&mut md, &levels);
         self.write_throughput(&mut md, &levels);
@@ -543,7 +571,7 @@ impl Report {
     fn write_goals(&self, md: &mut String) {
         let _ = writeln!(
             md,
-            "## Goals (issues 5 and 14)\n\n| Goal | Target | Measured | Status |\n|---|---|---|---|"
+            "## Goals (issues 5, 13 and 14)\n\n| Goal | Target | Measured | Status |\n|---|---|---|---|"
         );
         for g in &self.goals {
             let _ = writeln!(
@@ -968,6 +996,7 @@ mod tests {
                 paced_write: "one MSS",
                 unpaced_write_bytes: 65_536,
             },
+            conntrack: None,
             levels: vec![Level {
                 name: "10k/s".to_owned(),
                 target_retransmits_per_s: Some(10_000.0),
