@@ -97,7 +97,12 @@ fn a_ctr_container_is_named_from_its_cgroup() {
         named["sent_segments"].as_u64().is_some_and(|n| n > 0),
         "{named:#}"
     );
-    let unnamed = unnamed(&report, "workloads", "name");
+    // Namespaces with traffic in the window; a socket left retransmitting by an earlier test
+    // in a namespace that is already gone sends nothing and has no process to name it by.
+    let unnamed: Vec<&Value> = unnamed(&report, "workloads", "name")
+        .into_iter()
+        .filter(|w| w["sent_segments"].as_u64().is_some_and(|n| n > 0))
+        .collect();
     assert!(
         unnamed.is_empty(),
         "namespaces without a name: {unnamed:#?}"
