@@ -49,7 +49,9 @@ impl Lookups {
                 ) => entry(attributes),
                 _ => None,
             })),
-            Err(Failure::Refused(libc::ENOENT)) => Ok(None),
+            // ENOENT: no such entry. EINVAL: a tuple this protocol's entries cannot have (the
+            // kernel parses ports only for the protocols that have them).
+            Err(Failure::Refused(libc::ENOENT | libc::EINVAL)) => Ok(None),
             Err(failure) => Err(from_failure(WHAT, failure)),
         }
     }

@@ -315,6 +315,18 @@ fn in_namespace(netns: &Netns) {
         .get(6, snat_orig.destination(), snat_orig.source())
         .unwrap();
     assert_eq!(unknown, None, "the reverse of a tuple names no entry");
+    // ICMP and unknown protocols have no ports: such a tuple names nothing (the kernel refuses
+    // it with EINVAL), and the lookups go on.
+    for protocol in [1, 0] {
+        let none = lookups.get(protocol, snat_orig.source(), snat_orig.destination());
+        assert!(matches!(none, Ok(None)), "protocol {protocol}: {none:?}");
+    }
+    assert!(
+        lookups
+            .get(6, snat_reply.source(), snat_reply.destination())
+            .unwrap()
+            .is_some()
+    );
 
     // Statistics: ctnetlink, this thread's procfs and a process's procfs agree.
     let mut sleeper = Command::new("sleep")

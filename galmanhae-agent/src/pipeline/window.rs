@@ -6,7 +6,7 @@ use std::{
 };
 
 use galmanhae_common::{
-    drop::IPPROTO_TCP,
+    drop::{IPPROTO_TCP, IPPROTO_UDP},
     retransmit::{FlowKey, RetransmitCounters},
 };
 
@@ -149,6 +149,8 @@ impl Window {
                 .flows
                 .keys()
                 .filter(|key| Some(key.netns) == host && unowned(key))
+                // Only TCP and UDP: NAT bindings are looked up by ports.
+                .filter(|key| matches!(key.protocol, IPPROTO_TCP | IPPROTO_UDP))
                 .filter_map(|key| {
                     let (src, dst) = packet_endpoints(key)?;
                     Some((key.protocol, src, dst))
