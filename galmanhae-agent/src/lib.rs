@@ -7,20 +7,22 @@
 //! [`conntrack`] reads the NAT table, its health and the MASQUERADE rules for `diagnose`.
 //! Sinks: [`report`] (`diagnose`'s text and JSON), [`metrics`] (`run`'s Prometheus endpoint).
 
-pub mod addr;
-pub mod attribute;
-pub mod cli;
-pub mod collect;
-pub mod commands;
-pub mod config;
-pub mod conntrack;
-pub mod findings;
-pub mod kernel;
+pub(crate) mod addr;
+pub(crate) mod attribute;
+pub(crate) mod cli;
+pub(crate) mod collect;
+pub(crate) mod commands;
+pub(crate) mod config;
+pub(crate) mod conntrack;
+pub(crate) mod findings;
+pub(crate) mod kernel;
 pub mod metrics;
 pub(crate) mod model;
-pub mod netlink;
+pub(crate) mod netlink;
 pub mod path;
-pub mod pipeline;
-pub mod report;
-pub mod systemd;
-pub mod timeline;
+pub(crate) mod pipeline;
+pub(crate) mod report;
+pub(crate) mod systemd;
+pub(crate) mod timeline;
+
+pub use commands::entry::main;

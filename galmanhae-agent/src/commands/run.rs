@@ -25,7 +25,7 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// `DaemonSet`'s grace period can count on).
 const PASS_WAIT: Duration = Duration::from_millis(500);
 
-pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: &Settings) -> anyhow::Result<()> {
     // Listen before loading anything: a port in use fails fast and leaves nothing behind.
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

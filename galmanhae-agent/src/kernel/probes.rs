@@ -35,7 +35,7 @@ use super::{
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/galmanhae"));
 
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
     #[error("loading the eBPF object: {0}")]
@@ -44,23 +44,23 @@ pub enum LoadError {
 
 /// One kernel hook and what became of it.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Hook {
-    pub name: String,
-    pub kind: &'static str,
-    pub status: HookStatus,
+pub(crate) struct Hook {
+    pub(crate) name: String,
+    pub(crate) kind: &'static str,
+    pub(crate) status: HookStatus,
     /// Whether a core count is missing without it (the retransmit, SYN-ACK and drop hooks,
     /// the NAT-leak watch where there is something to watch); an optional hook only adds
     /// precision or a field, and its absence is no fault of the host.
-    pub required: bool,
-    pub detail: String,
+    pub(crate) required: bool,
+    pub(crate) detail: String,
     /// The program's name in the object (and in `bpftool prog`).
     #[serde(skip)]
-    pub program: &'static str,
+    pub(crate) program: &'static str,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum HookStatus {
+pub(crate) enum HookStatus {
     Attached,
     /// The kernel does not have it (or lacks a field it needs).
     Unavailable,
@@ -73,7 +73,7 @@ pub enum HookStatus {
 impl HookStatus {
     /// The value of the `status` label.
     #[must_use]
-    pub const fn label(self) -> &'static str {
+    pub(crate) const fn label(self) -> &'static str {
         match self {
             Self::Attached => "attached",
             Self::Unavailable => "unavailable",
@@ -85,17 +85,17 @@ impl HookStatus {
 
 /// What the kernel says of a program's runs, cumulative since it was loaded.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RunStats {
-    pub runs: u64,
-    pub run_time: std::time::Duration,
+pub(crate) struct RunStats {
+    pub(crate) runs: u64,
+    pub(crate) run_time: std::time::Duration,
     /// Runs skipped because another tracing program was running on the CPU (`None` before
     /// Linux 5.12): events lost to every map.
-    pub missed: Option<u64>,
+    pub(crate) missed: Option<u64>,
 }
 
 impl RunStats {
     #[must_use]
-    pub fn since(&self, earlier: &Self) -> Self {
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
         Self {
             runs: self.runs.saturating_sub(earlier.runs),
             run_time: self.run_time.saturating_sub(earlier.run_time),
@@ -109,13 +109,13 @@ impl RunStats {
 
 /// Options for [`Probes::load`].
 #[derive(Clone, Debug)]
-pub struct LoadOptions {
+pub(crate) struct LoadOptions {
     /// Capacity of the per-flow map.
-    pub flow_capacity: u32,
+    pub(crate) flow_capacity: u32,
     /// Enable kernel run-time statistics (`BPF_ENABLE_STATS`) while loaded.
-    pub bpf_stats: bool,
+    pub(crate) bpf_stats: bool,
     /// Never the BTF tracepoint programs.
-    pub classic_tracepoints: bool,
+    pub(crate) classic_tracepoints: bool,
 }
 
 impl Default for LoadOptions {
@@ -129,19 +129,19 @@ impl Default for LoadOptions {
 }
 
 /// The loaded programs and their maps. Dropping it detaches and unloads everything.
-pub struct Probes {
-    pub ebpf: Ebpf,
-    pub hooks: Vec<Hook>,
+pub(crate) struct Probes {
+    pub(crate) ebpf: Ebpf,
+    pub(crate) hooks: Vec<Hook>,
     /// Notes on reduced precision (an optional struct member the kernel lacks, ...).
-    pub notes: Vec<String>,
-    pub flow_capacity: u32,
+    pub(crate) notes: Vec<String>,
+    pub(crate) flow_capacity: u32,
     /// Names of the drop reasons the drop program counts.
-    pub drop_reasons: DropReasons,
+    pub(crate) drop_reasons: DropReasons,
     /// Names of the kernel functions that drop packets.
-    pub symbols: Symbolizer,
+    pub(crate) symbols: Symbolizer,
     /// The uplinks the NAT-leak program watches, by ifindex (names kept for the report,
     /// also when an interface vanishes).
-    pub uplinks: BTreeMap<u32, String>,
+    pub(crate) uplinks: BTreeMap<u32, String>,
     /// Offset of `recursion_misses` in `struct bpf_prog_info`, when the kernel has it.
     recursion_misses_offset: Option<u32>,
     /// Holds `BPF_ENABLE_STATS` on while loaded (needs `CAP_SYS_ADMIN`).
@@ -149,7 +149,7 @@ pub struct Probes {
     /// The NAT-leak watch's subnets and links.
     leak_watch: LeakWatch,
     /// Every process's namespace and cgroup from the kernel (`None`: from /proc instead).
-    pub tasks: Option<TaskIter>,
+    pub(crate) tasks: Option<TaskIter>,
 }
 
 /// A tracepoint program of the object.
@@ -192,7 +192,7 @@ const INET_SOCK_SET_STATE: TracepointSpec = TracepointSpec {
 };
 
 impl Probes {
-    pub fn load(env: &Environment, options: &LoadOptions) -> Result<Self, LoadError> {
+    pub(crate) fn load(env: &Environment, options: &LoadOptions) -> Result<Self, LoadError> {
         raise_memlock_limit();
         let btf = KernelBtf::load(Path::new(btf::VMLINUX_BTF))?;
         let (structs, mut notes) = btf::struct_offsets(&btf)?;
@@ -300,7 +300,7 @@ impl Probes {
     /// Makes the NAT-leak watch follow the host's translated subnets and uplinks (TCX:
     /// detached when the agent exits, whatever happens): its hook is added or replaced;
     /// whether anything changed.
-    pub fn watch_uplinks(&mut self, subnets: &[IpNet], uplinks: &[(u32, String)]) -> bool {
+    pub(crate) fn watch_uplinks(&mut self, subnets: &[IpNet], uplinks: &[(u32, String)]) -> bool {
         let Some(hook) = self.leak_watch.update(&mut self.ebpf, subnets, uplinks) else {
             return false;
         };
@@ -321,14 +321,14 @@ impl Probes {
 
     /// Whether the kernel measures the programs' run time: our `BPF_ENABLE_STATS` handle, or
     /// `kernel.bpf_stats_enabled=1` (the systemd unit sets it; the agent may lack the right).
-    pub fn run_time_measured(&self) -> bool {
+    pub(crate) fn run_time_measured(&self) -> bool {
         self.stats.is_some()
             || std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
                 .is_ok_and(|v| v.trim() == "1")
     }
 
     /// How many hooks are attached.
-    pub fn attached(&self) -> usize {
+    pub(crate) fn attached(&self) -> usize {
         self.hooks
             .iter()
             .filter(|h| h.status == HookStatus::Attached)
@@ -337,7 +337,7 @@ impl Probes {
 
     /// Kernel-side run count, total run time (zero without stats) and skipped runs of a hook's
     /// program, cumulative; `None` for a hook that is not attached.
-    pub fn run_stats(&self, hook: &Hook) -> Option<RunStats> {
+    pub(crate) fn run_stats(&self, hook: &Hook) -> Option<RunStats> {
         if hook.status != HookStatus::Attached {
             return None;
         }

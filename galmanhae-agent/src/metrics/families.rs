@@ -41,16 +41,16 @@ const MIN_PASS_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct Shared {
     exporter: Mutex<Exporter>,
     /// How long the previous `/metrics` render took, in nanoseconds.
-    pub render_ns: AtomicU64,
+    pub(crate) render_ns: AtomicU64,
     /// The last pass's outcome: `/healthz` reads it without waiting for a pass in progress.
     health: Mutex<PassHealth>,
 }
 
 /// When the last pass completed, and why the last one failed if it did.
 #[derive(Clone, Debug)]
-pub struct PassHealth {
+pub(crate) struct PassHealth {
     at: Instant,
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl Default for PassHealth {
@@ -65,7 +65,7 @@ impl Default for PassHealth {
 
 impl PassHealth {
     /// `None` while healthy; else why not.
-    pub fn problem(&self, now: Instant, max_age: Duration) -> Option<String> {
+    pub(crate) fn problem(&self, now: Instant, max_age: Duration) -> Option<String> {
         if let Some(e) = &self.error {
             return Some(format!("the last collection failed: {e}"));
         }
@@ -82,7 +82,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(exporter: Exporter) -> Self {
+    pub(crate) fn new(exporter: Exporter) -> Self {
         Self {
             exporter: Mutex::new(exporter),
             render_ns: AtomicU64::new(0),
@@ -93,7 +93,7 @@ impl Shared {
     /// Runs a pass (`full`: the timer's) and records its outcome; returns the exporter still
     /// locked, so that the caller sees that pass's state. A light pass is skipped when one
     /// completed less than `MIN_PASS_INTERVAL` ago.
-    pub fn pass(&self, full: bool) -> MutexGuard<'_, Exporter> {
+    pub(crate) fn pass(&self, full: bool) -> MutexGuard<'_, Exporter> {
         let mut exporter = lock(&self.exporter);
         if full || self.health().at.elapsed() >= MIN_PASS_INTERVAL {
             let outcome = exporter.collect(full);
@@ -107,7 +107,7 @@ impl Shared {
         exporter
     }
 
-    pub fn health(&self) -> PassHealth {
+    pub(crate) fn health(&self) -> PassHealth {
         lock(&self.health).clone()
     }
 }
@@ -632,7 +632,7 @@ pub fn render_families(
 }
 
 /// The registry as OpenMetrics 1.0 text, or as Prometheus text 0.0.4.
-pub fn encode(
+pub(crate) fn encode(
     body: &mut String,
     registry: &Registry,
     openmetrics: bool,

@@ -8,9 +8,9 @@
 
 pub mod families;
 mod findings;
-pub mod health;
-pub mod http;
-pub mod series;
+pub(crate) mod health;
+pub(crate) mod http;
+pub(crate) mod series;
 mod time_lost;
 
 use std::{
@@ -22,7 +22,7 @@ use std::{
 use galmanhae_common::retransmit::{RetransmitCounters, RetransmitKind};
 use prometheus_client::encoding::EncodeLabelSet;
 
-pub use self::findings::FindingLabels;
+pub(crate) use self::findings::FindingLabels;
 use self::health::{COLLECTORS, SourceState};
 pub use self::series::Lifecycle;
 use self::series::{Admission, Series, Slots, TopK};
@@ -59,21 +59,21 @@ impl WorkloadLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct RemoteLabels {
-    pub workload: String,
-    pub remote: String,
+pub(crate) struct RemoteLabels {
+    pub(crate) workload: String,
+    pub(crate) remote: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct OnlyWorkload {
-    pub workload: String,
+pub(crate) struct OnlyWorkload {
+    pub(crate) workload: String,
 }
 
 /// A bucket (index into `STALL_BUCKETS_MS`, `+Inf` last) of a workload's stall histogram.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct StallBucket {
-    pub workload: String,
-    pub bucket: usize,
+pub(crate) struct StallBucket {
+    pub(crate) workload: String,
+    pub(crate) bucket: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -84,54 +84,53 @@ pub struct RetransmitLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct DropLabels {
-    pub workload: String,
-    pub reason: String,
-    pub location: String,
+pub(crate) struct DropLabels {
+    pub(crate) workload: String,
+    pub(crate) reason: String,
+    pub(crate) location: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct LeakLabels {
-    pub workload: String,
-    pub interface: String,
+pub(crate) struct LeakLabels {
+    pub(crate) workload: String,
+    pub(crate) interface: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct NamespaceLabels {
-    pub namespace: String,
+pub(crate) struct NamespaceLabels {
+    pub(crate) namespace: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ConntrackEventLabels {
-    pub namespace: String,
-    pub event: &'static str,
+pub(crate) struct ConntrackEventLabels {
+    pub(crate) namespace: String,
+    pub(crate) event: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct NatLabels {
-    pub workload: String,
-    pub source: String,
-    pub translated: String,
+pub(crate) struct NatLabels {
+    pub(crate) workload: String,
+    pub(crate) source: String,
+    pub(crate) translated: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct PathLabels {
-    pub workload: String,
-    pub hop: &'static str,
-    pub interface: String,
+pub(crate) struct PathLabels {
+    pub(crate) workload: String,
+    pub(crate) hop: &'static str,
+    pub(crate) interface: String,
 }
 
 /// Family names as PromQL sees them, for `galmanhae_series_dropped_total{family}`.
-pub mod family {
-    pub const SENT: &str = "galmanhae_tcp_sent_segments_total";
-    pub const RETRANSMITTED: &str = "galmanhae_tcp_retransmitted_segments_total";
-    pub const RETRANSMITS: &str = "galmanhae_tcp_retransmits_total";
-    pub const DROPS: &str = "galmanhae_skb_drops_total";
-    pub const LEAKS: &str = "galmanhae_nat_leaked_packets_total";
-    pub const NAT: &str = "galmanhae_nat_info";
-    pub const PATH_MTU: &str = "galmanhae_path_mtu_bytes";
-    pub const CONNTRACK: &str = "galmanhae_conntrack_entries";
-    pub const FINDING: &str = "galmanhae_finding";
+pub(crate) mod family {
+    pub(crate) const SENT: &str = "galmanhae_tcp_sent_segments_total";
+    pub(crate) const RETRANSMITS: &str = "galmanhae_tcp_retransmits_total";
+    pub(crate) const DROPS: &str = "galmanhae_skb_drops_total";
+    pub(crate) const LEAKS: &str = "galmanhae_nat_leaked_packets_total";
+    pub(crate) const NAT: &str = "galmanhae_nat_info";
+    pub(crate) const PATH_MTU: &str = "galmanhae_path_mtu_bytes";
+    pub(crate) const CONNTRACK: &str = "galmanhae_conntrack_entries";
+    pub(crate) const FINDING: &str = "galmanhae_finding";
 }
 
 /// The series of every family the agent folds from its passes (its own health is read at
@@ -141,22 +140,22 @@ pub struct Families {
     pub sent: Series<WorkloadLabels>,
     pub retransmitted: Series<WorkloadLabels>,
     pub retransmits: Series<RetransmitLabels>,
-    pub retransmit_segments: Series<RemoteLabels>,
+    pub(crate) retransmit_segments: Series<RemoteLabels>,
     /// Nanoseconds in RTO recovery, and waiting for SYN retries, per remote.
-    pub rto_stall: Series<RemoteLabels>,
-    pub syn_retry: Series<RemoteLabels>,
+    pub(crate) rto_stall: Series<RemoteLabels>,
+    pub(crate) syn_retry: Series<RemoteLabels>,
     /// Completed recoveries per duration bucket, and their nanoseconds, per workload.
-    pub stall_buckets: Series<StallBucket>,
-    pub stall_sum: Series<OnlyWorkload>,
-    pub drops: Series<DropLabels>,
-    pub leaks: Series<LeakLabels>,
-    pub conntrack_entries: Series<NamespaceLabels>,
-    pub conntrack_max: Series<NamespaceLabels>,
-    pub conntrack_events: Series<ConntrackEventLabels>,
-    pub nat_info: Series<NatLabels>,
-    pub path_mtu: Series<PathLabels>,
+    pub(crate) stall_buckets: Series<StallBucket>,
+    pub(crate) stall_sum: Series<OnlyWorkload>,
+    pub(crate) drops: Series<DropLabels>,
+    pub(crate) leaks: Series<LeakLabels>,
+    pub(crate) conntrack_entries: Series<NamespaceLabels>,
+    pub(crate) conntrack_max: Series<NamespaceLabels>,
+    pub(crate) conntrack_events: Series<ConntrackEventLabels>,
+    pub(crate) nat_info: Series<NatLabels>,
+    pub(crate) path_mtu: Series<PathLabels>,
     /// 1 per finding that holds over the findings window.
-    pub findings: Series<FindingLabels>,
+    pub(crate) findings: Series<FindingLabels>,
 }
 
 impl Families {
@@ -237,20 +236,20 @@ pub(crate) struct Exporter {
     /// Last segment counters per namespace and when the namespace was last seen.
     netns_tcp: HashMap<u32, (TcpSegments, Instant)>,
     /// The host's NAT audit as last read.
-    pub nat_audit: NatAudit,
+    pub(crate) nat_audit: NatAudit,
     /// The findings of the last pass, over the findings window.
     findings: Vec<Finding>,
 
-    pub series: Families,
+    pub(crate) series: Families,
 
     workloads: Slots<String>,
     remotes: HashMap<String, TopK<String>>,
     locations: TopK<String>,
     /// Series refused by a cap, per family, counted per pass.
-    pub series_dropped: BTreeMap<&'static str, u64>,
+    pub(crate) series_dropped: BTreeMap<&'static str, u64>,
     /// What became of each user-space source on the last pass (`bpf_stats` is read at
     /// scrape time).
-    pub collectors: BTreeMap<&'static str, SourceState>,
+    pub(crate) collectors: BTreeMap<&'static str, SourceState>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -262,7 +261,7 @@ impl std::fmt::Debug for Exporter {
 impl Exporter {
     /// Takes the first snapshot: counting starts here. `notes` are the start-up's, `docker`
     /// whether the Docker API named the containers (`None`: not asked).
-    pub fn new(
+    pub(crate) fn new(
         pipeline: Pipeline,
         notes: &[String],
         docker: Option<bool>,
@@ -303,7 +302,7 @@ impl Exporter {
 
     /// One pass of the engine, folded into the series. `full` also refreshes names, the NAT
     /// table and path MTUs. Fails, changing nothing, when the maps cannot be read.
-    pub fn collect(&mut self, full: bool) -> Result<(), ReadError> {
+    pub(crate) fn collect(&mut self, full: bool) -> Result<(), ReadError> {
         let now = Instant::now();
         let pass = match self.passes.pass(full) {
             Ok(pass) => pass,

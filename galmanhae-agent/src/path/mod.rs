@@ -231,7 +231,7 @@ impl PathMtu {
 }
 
 /// Every interface of the calling thread's network namespace.
-pub fn links() -> Result<Vec<Interface>, PathError> {
+pub(crate) fn links() -> Result<Vec<Interface>, PathError> {
     dump_links(&mut Rtnl::open()?, None)
 }
 
@@ -250,17 +250,9 @@ pub fn route_to(dst: IpAddr) -> Result<Route, PathError> {
 }
 
 /// The id the calling thread's namespace gives the network namespace of `pid`; `None` when
-/// it has none yet ([`assign_nsid`] gives it one, as `ip netns set` does).
+/// it has none yet (the path walk gives it one, as `ip netns set` does).
 pub fn nsid_of_pid(pid: u32) -> Result<Option<i32>, PathError> {
     nsid(&mut Rtnl::open()?, pid)
-}
-
-/// Gives the network namespace of `pid` an id in the calling thread's namespace (the kernel
-/// picks it) and returns it; this is what `ip netns set NAME auto` does. An id is needed to
-/// read a namespace's interfaces with [`links_in`]; the kernel assigns one on its own as
-/// soon as a veth links the two namespaces.
-pub fn assign_nsid(pid: u32) -> Result<i32, PathError> {
-    assign(&mut Rtnl::open()?, pid)
 }
 
 /// The MTUs on the path of the workload that `pid` (any process in its network namespace)
@@ -273,7 +265,7 @@ pub fn workload_path(pid: u32, remote: IpAddr) -> PathMtu {
 /// [`workload_path`] for a process known to live in a namespace of its own (the caller found
 /// it from the kernel's task list), so `/proc/PID/ns/net`, which needs ptrace access to the
 /// process, is not read.
-pub fn separate_workload_path(pid: u32, remote: IpAddr) -> PathMtu {
+pub(crate) fn separate_workload_path(pid: u32, remote: IpAddr) -> PathMtu {
     path_of(pid, Some(false), remote)
 }
 
