@@ -4,8 +4,6 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::config;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "galmanhae",
@@ -42,25 +40,25 @@ pub(crate) struct RunArgs {
 
     /// Remotes with their own retransmit series per workload, the heaviest by recent retransmits;
     /// the rest are `other` [default: 20].
-    #[arg(long, env = "GALMANHAE_MAX_REMOTES_PER_WORKLOAD", value_parser = range(config::REMOTES))]
+    #[arg(long, env = "GALMANHAE_MAX_REMOTES_PER_WORKLOAD", value_parser = range(REMOTES))]
     pub(crate) max_remotes_per_workload: Option<u32>,
 
     /// Workloads with series; more are counted in `galmanhae_series_dropped_total` [default: 500].
-    #[arg(long, env = "GALMANHAE_MAX_WORKLOADS", value_parser = range(config::WORKLOADS))]
+    #[arg(long, env = "GALMANHAE_MAX_WORKLOADS", value_parser = range(WORKLOADS))]
     pub(crate) max_workloads: Option<u32>,
 
     /// Distinct drop locations (kernel functions), the heaviest by recent drops; the rest are
     /// `other` [default: 50].
-    #[arg(long, env = "GALMANHAE_MAX_DROP_LOCATIONS", value_parser = range(config::LOCATIONS))]
+    #[arg(long, env = "GALMANHAE_MAX_DROP_LOCATIONS", value_parser = range(LOCATIONS))]
     pub(crate) max_drop_locations: Option<u32>,
 
     /// How far back the findings look: a finding holds while its evidence is in this window
     /// [default: 5m].
-    #[arg(long, env = "GALMANHAE_FINDINGS_WINDOW", value_parser = config::parse_findings_window)]
+    #[arg(long, env = "GALMANHAE_FINDINGS_WINDOW", value_parser = parse_findings_window)]
     pub(crate) findings_window: Option<Duration>,
 
     /// How long series of vanished workloads, remotes and namespaces stay [default: 5m].
-    #[arg(long, env = "GALMANHAE_SERIES_GRACE_PERIOD", value_parser = config::parse_grace_period)]
+    #[arg(long, env = "GALMANHAE_SERIES_GRACE_PERIOD", value_parser = parse_grace_period)]
     pub(crate) series_grace_period: Option<Duration>,
 
     #[command(flatten)]
@@ -103,7 +101,7 @@ pub(crate) struct KernelArgs {
 
     /// Capacity of the kernel's per-flow map; flows beyond it are counted per workload
     /// [default: 16384].
-    #[arg(long, value_parser = range(config::FLOW_CAPACITY), env = "GALMANHAE_FLOW_MAP_CAPACITY")]
+    #[arg(long, value_parser = range(FLOW_CAPACITY), env = "GALMANHAE_FLOW_MAP_CAPACITY")]
     pub(crate) flow_map_capacity: Option<u32>,
 
     /// Load the classic tracepoint programs (a helper call per kernel read) even where the
@@ -124,6 +122,38 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!(
             "`{text}` is too long: at most 24h (use `galmanhae run` to watch forever)"
         ));
+    }
+    Ok(duration)
+}
+
+// Value checks shared with the config file (config.rs), so that a flag and a file reject the
+// same values.
+
+/// `1` to `1000` remotes per workload.
+pub(crate) const REMOTES: std::ops::RangeInclusive<u32> = 1..=1000;
+/// `1` to `100000` workloads.
+pub(crate) const WORKLOADS: std::ops::RangeInclusive<u32> = 1..=100_000;
+/// `1` to `10000` drop locations.
+pub(crate) const LOCATIONS: std::ops::RangeInclusive<u32> = 1..=10_000;
+/// The flow map: 16 to 4 Mi entries.
+pub(crate) const FLOW_CAPACITY: std::ops::RangeInclusive<u32> = 16..=4_194_304;
+
+/// A grace period: `30s` to `24h`.
+pub(crate) fn parse_grace_period(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 5m or 90s"))?;
+    if !(Duration::from_secs(30)..=Duration::from_secs(24 * 3600)).contains(&duration) {
+        return Err(format!("`{text}` is out of range: between 30s and 24h"));
+    }
+    Ok(duration)
+}
+
+/// A findings window: `10s` to `24h`.
+pub(crate) fn parse_findings_window(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 5m or 90s"))?;
+    if !(Duration::from_secs(10)..=Duration::from_secs(24 * 3600)).contains(&duration) {
+        return Err(format!("`{text}` is out of range: between 10s and 24h"));
     }
     Ok(duration)
 }

@@ -12,7 +12,10 @@ use serde::Deserialize;
 
 use crate::{
     attribute::docker::DEFAULT_SOCKET,
-    cli::{KernelArgs, RunArgs},
+    cli::{
+        FLOW_CAPACITY, KernelArgs, LOCATIONS, REMOTES, RunArgs, WORKLOADS, parse_findings_window,
+        parse_grace_period,
+    },
 };
 
 /// Where `/metrics` is served unless told otherwise: loopback (the metrics name containers
@@ -198,37 +201,6 @@ fn read(path: &Path) -> Result<FileConfig, ConfigError> {
 /// The parser's message names the line and column, shows the line and what is wrong.
 fn parse(text: &str) -> Result<FileConfig, String> {
     toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
-}
-
-// Value checks shared with the flags (cli.rs), so that a file and a flag reject the same values.
-
-/// `1` to `1000` remotes per workload.
-pub(crate) const REMOTES: std::ops::RangeInclusive<u32> = 1..=1000;
-/// `1` to `100000` workloads.
-pub(crate) const WORKLOADS: std::ops::RangeInclusive<u32> = 1..=100_000;
-/// `1` to `10000` drop locations.
-pub(crate) const LOCATIONS: std::ops::RangeInclusive<u32> = 1..=10_000;
-/// The flow map: 16 to 4 Mi entries.
-pub(crate) const FLOW_CAPACITY: std::ops::RangeInclusive<u32> = 16..=4_194_304;
-
-/// A grace period: `30s` to `24h`.
-pub(crate) fn parse_grace_period(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 5m or 90s"))?;
-    if !(Duration::from_secs(30)..=Duration::from_secs(24 * 3600)).contains(&duration) {
-        return Err(format!("`{text}` is out of range: between 30s and 24h"));
-    }
-    Ok(duration)
-}
-
-/// A findings window: `10s` to `24h`.
-pub(crate) fn parse_findings_window(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 5m or 90s"))?;
-    if !(Duration::from_secs(10)..=Duration::from_secs(24 * 3600)).contains(&duration) {
-        return Err(format!("`{text}` is out of range: between 10s and 24h"));
-    }
-    Ok(duration)
 }
 
 fn bounded<'de, D: serde::Deserializer<'de>>(

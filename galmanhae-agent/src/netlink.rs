@@ -1,6 +1,6 @@
 //! One netlink request and its whole answer, over a blocking socket: the transport under both
-//! rtnetlink ([`crate::path`]: links, routes, namespace ids) and ctnetlink
-//! ([`crate::conntrack`]: the table and its statistics). The callers are a synchronous
+//! rtnetlink (`path/`: links, routes, namespace ids) and ctnetlink
+//! (`conntrack/`: the table and its statistics). The callers are a synchronous
 //! pipeline, so no tokio; each turns a [`Failure`] into its own error.
 //!
 //! An answer spans datagrams until `NLMSG_DONE` (a dump) or the acknowledgement `NLM_F_ACK`
