@@ -10,7 +10,7 @@ use crate::{
     config::Settings,
     metrics::{
         Exporter,
-        families::{self, Shared},
+        encode::{self, Shared},
         http,
     },
     systemd::{self, Notifier},
@@ -44,7 +44,7 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<()> {
     )
     .context("first reading of the maps")?;
     let shared = Arc::new(Shared::new(exporter));
-    let registry = families::registry(Arc::clone(&shared));
+    let registry = encode::registry(Arc::clone(&shared));
     let app = http::router(Arc::clone(&shared), registry, TICK * 3);
     log::info!(
         "attached {attached}/{hooks} hooks; serving http://{}/metrics",

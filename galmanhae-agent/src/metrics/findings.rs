@@ -67,7 +67,7 @@ mod tests {
     use super::*;
     use crate::{
         findings::Severity,
-        metrics::{Families, Lifecycle as _, families::render_families},
+        metrics::{Families, Lifecycle as _, encode::render_families},
     };
 
     #[test]

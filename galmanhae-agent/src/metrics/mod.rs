@@ -4,9 +4,9 @@
 //!
 //! A pass runs on every scrape (the maps are read at scrape time) and on a timer (so that
 //! vanished containers are seen, names refreshed, the NAT table and path MTUs read).
-//! [`families`] encodes the series with `prometheus-client`; [`http`] serves them.
+//! [`encode`] encodes the series with `prometheus-client`; [`http`] serves them.
 
-pub mod families;
+pub mod encode;
 mod findings;
 pub(crate) mod health;
 pub(crate) mod http;
@@ -134,7 +134,7 @@ pub(crate) mod family {
 }
 
 /// The series of every family the agent folds from its passes (its own health is read at
-/// scrape time, see [`families`]).
+/// scrape time, see [`encode`]).
 #[derive(Debug, Default)]
 pub struct Families {
     pub sent: Series<WorkloadLabels>,
