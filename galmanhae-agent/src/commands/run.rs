@@ -8,11 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::Settings,
-    metrics::{
-        Exporter,
-        encode::{self, Shared},
-        http,
-    },
+    metrics::{Exporter, encode, http, shared::Shared},
     systemd::{self, Notifier},
 };
 

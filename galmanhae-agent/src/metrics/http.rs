@@ -17,7 +17,7 @@ use axum::{
 };
 use prometheus_client::{encoding::prometheus_text, registry::Registry};
 
-use super::encode::{self, Shared};
+use super::{encode, shared::Shared};
 
 /// Renders in flight at once; more scrapes wait for a slot.
 const RENDERS: usize = 4;

@@ -11,6 +11,7 @@ mod findings;
 pub(crate) mod health;
 pub(crate) mod http;
 pub(crate) mod series;
+pub(crate) mod shared;
 mod time_lost;
 
 use std::{
