@@ -1,11 +1,12 @@
 //! galmanhae's agent: loads the kernel programs, attributes sockets to workloads, reports.
 //!
-//! Data flows one way: kernel maps ([`kernel`]) -> collectors ([`collect`]) -> attribution
-//! ([`attribute`]) -> [`pipeline`] (every source, each at its own rate) -> [`model`]'s
-//! evidence -> [`findings`] -> sinks ([`report`], [`metrics`]) -> [`commands`] (wiring).
+//! Data flows one way: kernel maps (`kernel`) -> collectors (`collect`) -> attribution
+//! (`attribute`) -> `pipeline` (every source, each at its own rate) -> `model`'s
+//! evidence -> `findings` -> sinks (`report`, [`metrics`]) -> `commands` (wiring).
 //! [`path`] reads the MTUs on a workload's path (its interface, veth, bridge, egress route).
-//! [`conntrack`] reads the NAT table, its health and the MASQUERADE rules for `diagnose`.
-//! Sinks: [`report`] (`diagnose`'s text and JSON), [`metrics`] (`run`'s Prometheus endpoint).
+//! `conntrack` reads the NAT table, its health and the MASQUERADE rules for `diagnose`.
+//! Sinks: `report` (`diagnose`'s text and JSON), [`metrics`] (`run`'s Prometheus endpoint).
+//! Everything but [`main`], [`path`] and [`metrics`]' families is `pub(crate)`.
 
 pub(crate) mod addr;
 pub(crate) mod attribute;

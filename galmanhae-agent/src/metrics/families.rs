@@ -9,7 +9,7 @@ use super::{
 };
 
 /// The series of every family the agent folds from its passes (its own health is read at
-/// scrape time, see [`encode`]).
+/// scrape time, see [`encode`](super::encode)).
 #[derive(Debug, Default)]
 pub struct Families {
     pub sent: Series<WorkloadLabels>,

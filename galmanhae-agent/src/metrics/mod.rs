@@ -7,9 +7,9 @@
 //!
 //! `exporter.rs` runs the passes and expires what went; `fold.rs`, `retransmits.rs`,
 //! `time_lost.rs` and `findings.rs` fold each pass's evidence into [`Families`] (the
-//! series of every family, `families.rs`) under the label sets of `labels.rs`; [`series`]
+//! series of every family, `families.rs`) under the label sets of `labels.rs`; `series.rs`
 //! keeps series and caps their labels. [`encode`] encodes the series with
-//! `prometheus-client`; [`http`] serves them, [`shared`] is what its handlers and the timer
+//! `prometheus-client`; `http.rs` serves them, `shared.rs` is what its handlers and the timer
 //! share.
 
 pub mod encode;

@@ -1,6 +1,6 @@
 //! Encodes the series as Prometheus families (`prometheus-client` collector). Every scrape
 //! first runs a pass over the maps, under the same lock as the encoding: concurrent scrapes
-//! are serialised and each one sees a single consistent state ([`Shared`]).
+//! are serialised and each one sees a single consistent state (`Shared`).
 //!
 //! `folded.rs`: the families folded from the passes (and the MASQUERADE rules); `agent.rs`:
 //! the agent's own health; `write.rs`: one family written from folded series.
