@@ -10,7 +10,7 @@ use std::{
 };
 
 use galmanhae::metrics::{
-    Families, Lifecycle as _, RetransmitLabels, WorkloadLabels, families::render_families,
+    Families, Lifecycle as _, RetransmitLabels, WorkloadLabels, encode::render_families,
 };
 
 const KINDS: [&str; 3] = ["rto", "fast", "tlp"];

@@ -10,13 +10,13 @@ use galmanhae_common::{
 
 /// An address as the kernel stores it: IPv4 ones come v4-mapped. A dual-stack IPv6 socket
 /// talking IPv4 has v4-mapped addresses too; it is shown as IPv4, as conntrack shows it.
-pub fn ip(bytes: [u8; 16]) -> IpAddr {
+pub(crate) fn ip(bytes: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(bytes);
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
 }
 
 /// Local and remote socket addresses of a flow.
-pub fn endpoints(key: &FlowKey) -> (SocketAddr, SocketAddr) {
+pub(crate) fn endpoints(key: &FlowKey) -> (SocketAddr, SocketAddr) {
     (
         SocketAddr::new(ip(key.local_addr), key.local_port),
         SocketAddr::new(ip(key.remote_addr), key.remote_port),
@@ -24,7 +24,7 @@ pub fn endpoints(key: &FlowKey) -> (SocketAddr, SocketAddr) {
 }
 
 /// Source and destination of a dropped packet; `None` if its headers were not parsed.
-pub fn packet_endpoints(key: &DropKey) -> Option<(SocketAddr, SocketAddr)> {
+pub(crate) fn packet_endpoints(key: &DropKey) -> Option<(SocketAddr, SocketAddr)> {
     (key.family != 0).then(|| {
         (
             SocketAddr::new(ip(key.src_addr), key.src_port),
@@ -35,7 +35,7 @@ pub fn packet_endpoints(key: &DropKey) -> Option<(SocketAddr, SocketAddr)> {
 
 /// A packet as one line: `tcp 198.18.100.2:41000 -> 198.19.0.2:5432`, or for ICMP (whose
 /// "ports" the maps fill with type and code) `icmp 198.19.0.1 -> 198.18.100.2 type 3 code 4`.
-pub fn describe(protocol: u8, src: SocketAddr, dst: SocketAddr) -> String {
+pub(crate) fn describe(protocol: u8, src: SocketAddr, dst: SocketAddr) -> String {
     match protocol {
         IPPROTO_TCP => format!("tcp {src} -> {dst}"),
         IPPROTO_UDP => format!("udp {src} -> {dst}"),
@@ -52,7 +52,7 @@ pub fn describe(protocol: u8, src: SocketAddr, dst: SocketAddr) -> String {
 
 /// The pre-NAT source of a dropped packet's connection, and whether the packet went in the
 /// reply direction; `None` when it had no conntrack entry.
-pub fn conntrack_source(key: &DropKey) -> Option<(SocketAddr, bool)> {
+pub(crate) fn conntrack_source(key: &DropKey) -> Option<(SocketAddr, bool)> {
     (key.ct_family != 0).then(|| {
         (
             SocketAddr::new(ip(key.ct_src_addr), key.ct_src_port),

@@ -12,24 +12,27 @@ use serde::Deserialize;
 
 use crate::{
     attribute::docker::DEFAULT_SOCKET,
-    cli::{KernelArgs, RunArgs},
+    cli::{
+        FLOW_CAPACITY, KernelArgs, LOCATIONS, REMOTES, RunArgs, WORKLOADS, parse_findings_window,
+        parse_grace_period,
+    },
 };
 
 /// Where `/metrics` is served unless told otherwise: loopback (the metrics name containers
 /// and remote addresses), port 9436 (see deploy/METRICS.md, "Listen address").
-pub const DEFAULT_LISTEN: SocketAddr =
+pub(crate) const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9436);
 
 /// How far back `run`'s findings look unless told otherwise.
-pub const DEFAULT_FINDINGS_WINDOW: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_FINDINGS_WINDOW: Duration = Duration::from_secs(300);
 
 /// Without `--log-level`, `GALMANHAE_LOG_LEVEL` or a config file saying otherwise.
-pub const DEFAULT_LOG_LEVEL: log::LevelFilter = log::LevelFilter::Warn;
+pub(crate) const DEFAULT_LOG_LEVEL: log::LevelFilter = log::LevelFilter::Warn;
 
 /// A config file that cannot be used. The message names the file and, from the TOML parser,
 /// the line, column and key.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -41,11 +44,11 @@ pub enum ConfigError {
 
 /// Caps that keep every label bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub max_remotes_per_workload: u32,
-    pub max_workloads: u32,
-    pub max_drop_locations: u32,
-    pub series_grace_period: Duration,
+pub(crate) struct Limits {
+    pub(crate) max_remotes_per_workload: u32,
+    pub(crate) max_workloads: u32,
+    pub(crate) max_drop_locations: u32,
+    pub(crate) series_grace_period: Duration,
 }
 
 impl Default for Limits {
@@ -61,23 +64,23 @@ impl Default for Limits {
 
 /// What the kernel side and attribution need; shared by `diagnose` and `run`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelSettings {
-    pub tracefs: Option<PathBuf>,
-    pub docker_socket: PathBuf,
-    pub flow_map_capacity: u32,
+pub(crate) struct KernelSettings {
+    pub(crate) tracefs: Option<PathBuf>,
+    pub(crate) docker_socket: PathBuf,
+    pub(crate) flow_map_capacity: u32,
     /// Classic tracepoint programs even where the BTF ones load.
-    pub classic_tracepoints: bool,
+    pub(crate) classic_tracepoints: bool,
 }
 
 /// Everything `galmanhae run` needs, resolved.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
-    pub listen: SocketAddr,
-    pub log_level: log::LevelFilter,
-    pub limits: Limits,
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) log_level: log::LevelFilter,
+    pub(crate) limits: Limits,
     /// The sliding window the daemon evaluates findings over.
-    pub findings_window: Duration,
-    pub kernel: KernelSettings,
+    pub(crate) findings_window: Duration,
+    pub(crate) kernel: KernelSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,14 +140,14 @@ impl KernelArgs {
     }
 
     /// Flags and environment over the defaults (`diagnose` reads no file).
-    pub fn settings(&self) -> KernelSettings {
+    pub(crate) fn settings(&self) -> KernelSettings {
         self.resolve(FileKernel::default())
     }
 }
 
 impl Settings {
     /// Reads the config file if one was given, then applies flags and environment over it.
-    pub fn resolve(
+    pub(crate) fn resolve(
         args: &RunArgs,
         log_level: Option<log::LevelFilter>,
     ) -> Result<Self, ConfigError> {
@@ -198,37 +201,6 @@ fn read(path: &Path) -> Result<FileConfig, ConfigError> {
 /// The parser's message names the line and column, shows the line and what is wrong.
 fn parse(text: &str) -> Result<FileConfig, String> {
     toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
-}
-
-// Value checks shared with the flags (cli.rs), so that a file and a flag reject the same values.
-
-/// `1` to `1000` remotes per workload.
-pub const REMOTES: std::ops::RangeInclusive<u32> = 1..=1000;
-/// `1` to `100000` workloads.
-pub const WORKLOADS: std::ops::RangeInclusive<u32> = 1..=100_000;
-/// `1` to `10000` drop locations.
-pub const LOCATIONS: std::ops::RangeInclusive<u32> = 1..=10_000;
-/// The flow map: 16 to 4 Mi entries.
-pub const FLOW_CAPACITY: std::ops::RangeInclusive<u32> = 16..=4_194_304;
-
-/// A grace period: `30s` to `24h`.
-pub fn parse_grace_period(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 5m or 90s"))?;
-    if !(Duration::from_secs(30)..=Duration::from_secs(24 * 3600)).contains(&duration) {
-        return Err(format!("`{text}` is out of range: between 30s and 24h"));
-    }
-    Ok(duration)
-}
-
-/// A findings window: `10s` to `24h`.
-pub fn parse_findings_window(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 5m or 90s"))?;
-    if !(Duration::from_secs(10)..=Duration::from_secs(24 * 3600)).contains(&duration) {
-        return Err(format!("`{text}` is out of range: between 10s and 24h"));
-    }
-    Ok(duration)
 }
 
 fn bounded<'de, D: serde::Deserializer<'de>>(

@@ -1,6 +1,6 @@
 //! One netlink request and its whole answer, over a blocking socket: the transport under both
-//! rtnetlink ([`crate::path`]: links, routes, namespace ids) and ctnetlink
-//! ([`crate::conntrack`]: the table and its statistics). The callers are a synchronous
+//! rtnetlink (`path/`: links, routes, namespace ids) and ctnetlink
+//! (`conntrack/`: the table and its statistics). The callers are a synchronous
 //! pipeline, so no tokio; each turns a [`Failure`] into its own error.
 //!
 //! An answer spans datagrams until `NLMSG_DONE` (a dump) or the acknowledgement `NLM_F_ACK`
@@ -21,7 +21,7 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the kernel ends its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// `NLM_F_DUMP`: every object, then `NLMSG_DONE`.
     Dump,
     /// One object or none, then the acknowledgement `NLM_F_ACK` asks for.
@@ -30,7 +30,7 @@ pub enum Answer {
 
 /// Why a request got no complete answer.
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The socket call failed (a receive timeout reads as `WouldBlock`).
     Io(io::Error),
     /// The kernel answered with this errno (positive).
@@ -41,28 +41,17 @@ pub enum Failure {
     Overrun,
 }
 
-impl Failure {
-    /// The errno the kernel or the socket call returned, if any.
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            Self::Io(e) => e.raw_os_error(),
-            Self::Refused(errno) => Some(*errno),
-            Self::Malformed(_) | Self::Overrun => None,
-        }
-    }
-}
-
 /// The messages that answer one request, as far as they have been read.
 #[derive(Debug)]
-pub struct Replies<T> {
-    pub messages: Vec<T>,
+pub(crate) struct Replies<T> {
+    pub(crate) messages: Vec<T>,
     /// Messages the decoder rejected.
-    pub undecodable: usize,
+    pub(crate) undecodable: usize,
     /// `NLMSG_DONE` or the acknowledgement arrived.
-    pub complete: bool,
+    pub(crate) complete: bool,
     /// The kernel flagged the dump inconsistent (`NLM_F_DUMP_INTR`: objects changed while it
     /// was read); asking again gives a consistent one.
-    pub interrupted: bool,
+    pub(crate) interrupted: bool,
 }
 
 impl<T> Default for Replies<T> {
@@ -79,7 +68,7 @@ impl<T> Default for Replies<T> {
 impl<T: NetlinkDeserializable + Debug> Replies<T> {
     /// Takes in the messages of one datagram that answer request `seq`; leftovers of an
     /// earlier request on the same socket that failed half-way are skipped.
-    pub fn read(&mut self, datagram: &[u8], seq: u32) -> Result<(), Failure> {
+    pub(crate) fn read(&mut self, datagram: &[u8], seq: u32) -> Result<(), Failure> {
         let mut rest = datagram;
         while !rest.is_empty() {
             let header = NetlinkBuffer::new_checked(rest).map_err(Failure::Malformed)?;
@@ -122,14 +111,14 @@ impl<T: NetlinkDeserializable + Debug> Replies<T> {
 
 /// A netlink socket of one protocol. It belongs to the network namespace of the thread that
 /// opened it, whatever that thread does afterwards.
-pub struct Socket {
+pub(crate) struct Socket {
     socket: netlink_sys::Socket,
     seq: u32,
 }
 
 impl Socket {
     /// A socket of `protocol` (`NETLINK_ROUTE`, ...) in the calling thread's namespace.
-    pub fn open(protocol: isize) -> io::Result<Self> {
+    pub(crate) fn open(protocol: isize) -> io::Result<Self> {
         let mut socket = netlink_sys::Socket::new(protocol)?;
         set_recv_timeout(&socket)?;
         socket.bind_auto()?;
@@ -138,12 +127,12 @@ impl Socket {
     }
 
     /// A larger receive buffer (the kernel caps it at `net.core.rmem_max`), for big dumps.
-    pub fn set_receive_buffer(&self, bytes: usize) -> io::Result<()> {
+    pub(crate) fn set_receive_buffer(&self, bytes: usize) -> io::Result<()> {
         self.socket.set_rx_buf_sz(bytes)
     }
 
     /// Sends `inner` and reads the whole answer.
-    pub fn request<T>(&mut self, inner: T, answer: Answer) -> Result<Replies<T>, Failure>
+    pub(crate) fn request<T>(&mut self, inner: T, answer: Answer) -> Result<Replies<T>, Failure>
     where
         T: NetlinkSerializable + NetlinkDeserializable + Debug + Into<NetlinkPayload<T>>,
     {
@@ -189,7 +178,7 @@ impl Socket {
 }
 
 /// The request as it goes on the wire: `inner` with the header flags `answer` asks for.
-pub fn encode<T>(inner: T, answer: Answer, seq: u32) -> Vec<u8>
+pub(crate) fn encode<T>(inner: T, answer: Answer, seq: u32) -> Vec<u8>
 where
     T: NetlinkSerializable + Into<NetlinkPayload<T>>,
 {

@@ -11,29 +11,29 @@ use std::{
 
 /// Where systemd listens, if it does.
 #[derive(Debug, Clone)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<std::ffi::OsString>,
 }
 
 impl Notifier {
     /// From `$NOTIFY_SOCKET`.
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         Self {
             socket: std::env::var_os("NOTIFY_SOCKET"),
         }
     }
 
     /// Start-up is done: `READY=1`.
-    pub fn ready(&self) {
+    pub(crate) fn ready(&self) {
         self.send("READY=1\nSTATUS=serving metrics");
     }
 
     /// A pass completed: `WATCHDOG=1` (systemd restarts the agent when these stop coming).
-    pub fn alive(&self) {
+    pub(crate) fn alive(&self) {
         self.send("WATCHDOG=1");
     }
 
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send("STOPPING=1");
     }
 
@@ -49,7 +49,7 @@ impl Notifier {
 
 /// How often systemd wants `WATCHDOG=1`, if it does: `$WATCHDOG_USEC` (for this process:
 /// `$WATCHDOG_PID`, when set, is ours).
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let for_us =
         std::env::var("WATCHDOG_PID").map_or(true, |pid| pid.parse() == Ok(std::process::id()));
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;

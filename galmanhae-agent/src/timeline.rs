@@ -17,17 +17,17 @@ const MAX_GAP_SPREAD: f64 = 0.25;
 
 /// One second of one owner.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Second {
-    pub retransmits: u64,
-    pub stall_seconds: f64,
+pub(crate) struct Second {
+    pub(crate) retransmits: u64,
+    pub(crate) stall_seconds: f64,
 }
 
 /// Per tick, what each owner did in it.
 #[derive(Debug, Default)]
-pub struct Timeline {
+pub(crate) struct Timeline {
     ticks: VecDeque<HashMap<OwnerKey, Second>>,
     /// Ticks dropped from the front (beyond [`MAX_SECONDS`]).
-    pub dropped: usize,
+    pub(crate) dropped: usize,
 }
 
 fn owner(netns: u32, cgroup_id: u64) -> OwnerKey {
@@ -66,7 +66,7 @@ impl Timeline {
     }
 
     /// Every owner's seconds, merged by `name` (several owners can be one workload).
-    pub fn by_name(
+    pub(crate) fn by_name(
         &self,
         mut name: impl FnMut(&OwnerKey) -> String,
     ) -> HashMap<String, Vec<Second>> {
@@ -86,7 +86,7 @@ impl Timeline {
 
 /// The period of bursts (runs of seconds with retransmits or stalls after a quiet second),
 /// when at least [`MIN_BURSTS`] of them start at regular intervals.
-pub fn burst_period(seconds: &[Second]) -> Option<f64> {
+pub(crate) fn burst_period(seconds: &[Second]) -> Option<f64> {
     let active = |s: &Second| s.retransmits > 0 || s.stall_seconds > 0.0;
     let starts: Vec<usize> = (0..seconds.len())
         .filter(|&i| active(&seconds[i]) && (i == 0 || !active(&seconds[i - 1])))

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Non-loopback local addresses of `pid`'s namespace; empty if the process is gone.
-pub fn local_addresses(pid: i32) -> Vec<IpAddr> {
+pub(crate) fn local_addresses(pid: i32) -> Vec<IpAddr> {
     let mut out = Vec::new();
     if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/fib_trie")) {
         out.extend(parse_fib_trie(&text).into_iter().map(IpAddr::V4));

@@ -4,7 +4,7 @@
 /// What kind of workload a namespace or socket belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum WorkloadKind {
+pub(crate) enum WorkloadKind {
     Container,
     Pod,
     Service,
@@ -14,7 +14,7 @@ pub enum WorkloadKind {
 }
 
 impl WorkloadKind {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Container => "container",
             Self::Pod => "pod",
@@ -27,16 +27,16 @@ impl WorkloadKind {
 
 /// The workload a cgroup path names.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CgroupIdentity {
-    pub kind: WorkloadKind,
+pub(crate) struct CgroupIdentity {
+    pub(crate) kind: WorkloadKind,
     /// docker, containerd, podman, cri-o, kubernetes, systemd.
-    pub runtime: &'static str,
+    pub(crate) runtime: &'static str,
     /// Container id, pod uid or unit name.
-    pub id: String,
+    pub(crate) id: String,
 }
 
 /// Classifies one cgroup path; `None` for the root and for paths that name no workload.
-pub fn classify(path: &str) -> Option<CgroupIdentity> {
+pub(crate) fn classify(path: &str) -> Option<CgroupIdentity> {
     let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     // Kubernetes first: a pod's containers share its network namespace, so the pod is the
     // workload. kubepods/<qos>/pod<uid>/<id> or kubepods-<qos>-pod<uid>.slice.
@@ -107,7 +107,7 @@ pub fn classify(path: &str) -> Option<CgroupIdentity> {
 /// without a `.scope` suffix, a 64-digit id shortened to 12, a long one cut. `None` for the
 /// root, slices, and the scopes of login sessions and user managers: they name a login, not
 /// the workload.
-pub fn leaf_name(path: &str) -> Option<String> {
+pub(crate) fn leaf_name(path: &str) -> Option<String> {
     const LONGEST: usize = 48;
     let leaf = path.rsplit('/').find(|c| !c.is_empty())?;
     let leaf = leaf.strip_suffix(".scope").unwrap_or(leaf);

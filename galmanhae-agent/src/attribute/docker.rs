@@ -15,10 +15,10 @@ use std::{
 };
 
 /// The default Docker Engine API socket.
-pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
 #[derive(Debug, thiserror::Error)]
-pub enum DockerError {
+pub(crate) enum DockerError {
     #[error("Docker Engine API at {path}: {source}")]
     Io {
         path: String,
@@ -39,9 +39,9 @@ const MAX_RESPONSE: u64 = 32 << 20;
 
 /// What the Engine API says about one container.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContainerInfo {
-    pub name: String,
-    pub image: String,
+pub(crate) struct ContainerInfo {
+    pub(crate) name: String,
+    pub(crate) image: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -55,7 +55,7 @@ struct ApiContainer {
 }
 
 /// Every container (running or not), by full id.
-pub fn containers(socket: &Path) -> Result<HashMap<String, ContainerInfo>, DockerError> {
+pub(crate) fn containers(socket: &Path) -> Result<HashMap<String, ContainerInfo>, DockerError> {
     let io = |source| DockerError::Io {
         path: socket.display().to_string(),
         source,

@@ -22,10 +22,10 @@ const REMOVED_KEEP: Duration = Duration::from_secs(600);
 
 /// A container as last listed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Known {
-    pub info: ContainerInfo,
+pub(crate) struct Known {
+    pub(crate) info: ContainerInfo,
     /// The API no longer lists it.
-    pub removed: bool,
+    pub(crate) removed: bool,
     last_listed: Instant,
 }
 
@@ -43,7 +43,7 @@ struct State {
 
 /// The names, shared with the thread that refreshes them.
 #[derive(Debug)]
-pub struct DockerNames {
+pub(crate) struct DockerNames {
     shared: Arc<(Mutex<State>, Condvar)>,
     wake: mpsc::SyncSender<()>,
 }
@@ -51,7 +51,7 @@ pub struct DockerNames {
 impl DockerNames {
     /// Starts the thread, which asks at once (each ask bounded, see [`docker::containers`]),
     /// and waits at most [`FIRST_WAIT`] for that first answer.
-    pub fn start(socket: &Path) -> Self {
+    pub(crate) fn start(socket: &Path) -> Self {
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let (wake, woken) = mpsc::sync_channel(1);
         let socket = socket.to_owned();
@@ -75,12 +75,12 @@ impl DockerNames {
     }
 
     /// Asks the thread for a fresh answer, without waiting.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         let _ = self.wake.try_send(());
     }
 
     /// Asks for a fresh answer and waits for it at most `timeout`.
-    pub fn refresh_within(&self, timeout: Duration) {
+    pub(crate) fn refresh_within(&self, timeout: Duration) {
         let asked = self.state().answers;
         self.wake();
         self.wait_for_answer(asked, timeout);
@@ -95,15 +95,15 @@ impl DockerNames {
         let _ = answered.wait_timeout_while(guard, timeout, |s| s.answers == asked);
     }
 
-    pub fn get(&self, id: &str) -> Option<Known> {
+    pub(crate) fn get(&self, id: &str) -> Option<Known> {
         self.state().containers.get(id).cloned()
     }
 
-    pub fn answered(&self) -> Option<bool> {
+    pub(crate) fn answered(&self) -> Option<bool> {
         self.state().answered
     }
 
-    pub fn note(&self) -> Option<String> {
+    pub(crate) fn note(&self) -> Option<String> {
         self.state().note.clone()
     }
 }

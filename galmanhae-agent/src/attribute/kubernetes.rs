@@ -6,11 +6,11 @@
 use std::{collections::HashMap, path::Path};
 
 /// Where the kubelet keeps pod logs (the `DaemonSet` mounts it read-only).
-pub const POD_LOG_DIR: &str = "/var/log/pods";
+pub(crate) const POD_LOG_DIR: &str = "/var/log/pods";
 
 /// Pod uid → `namespace/name`, for the pods of this node; empty when the directory is absent
 /// (not a Kubernetes node) or unreadable.
-pub fn pod_names(dir: &Path) -> HashMap<String, String> {
+pub(crate) fn pod_names(dir: &Path) -> HashMap<String, String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return HashMap::new();
     };

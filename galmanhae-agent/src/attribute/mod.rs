@@ -2,13 +2,13 @@
 //! to a workload: a container, a pod, a systemd service, a bare namespace, or the host.
 //! Only this module knows about Docker and cgroup layouts.
 
-pub mod addresses;
-pub mod cgroup_path;
-pub mod docker;
-pub mod docker_names;
-pub mod kubernetes;
-pub mod nat;
-pub mod procfs;
+pub(crate) mod addresses;
+pub(crate) mod cgroup_path;
+pub(crate) mod docker;
+pub(crate) mod docker_names;
+pub(crate) mod kubernetes;
+pub(crate) mod nat;
+pub(crate) mod procfs;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,7 +18,7 @@ use std::{
 };
 
 use cgroup_path::CgroupIdentity;
-pub use cgroup_path::WorkloadKind;
+pub(crate) use cgroup_path::WorkloadKind;
 
 use self::{
     docker_names::DockerNames,
@@ -31,23 +31,23 @@ const NAME_WAIT: Duration = Duration::from_millis(300);
 
 /// Who owns a socket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Workload {
-    pub kind: WorkloadKind,
+pub(crate) struct Workload {
+    pub(crate) kind: WorkloadKind,
     /// docker, containerd, podman, cri-o, kubernetes, systemd, host, none.
-    pub runtime: String,
+    pub(crate) runtime: String,
     /// Full container id, pod uid, unit name, namespace inode, or `host`.
-    pub id: String,
+    pub(crate) id: String,
     /// Container name (from the Engine API), unit name, `host`, ...
-    pub name: String,
-    pub image: Option<String>,
-    pub netns: u32,
+    pub(crate) name: String,
+    pub(crate) image: Option<String>,
+    pub(crate) netns: u32,
     /// The namespace is the host's, shared with other workloads: its segment counters are
     /// the whole host's.
-    pub netns_shared: bool,
+    pub(crate) netns_shared: bool,
 }
 
 /// Resolves owners to workloads, remembering namespaces after their processes exit.
-pub struct Attributor {
+pub(crate) struct Attributor {
     docker: DockerNames,
     cgroups: CgroupResolver,
     by_netns: HashMap<u32, Option<CgroupIdentity>>,
@@ -67,11 +67,11 @@ pub struct Attributor {
     /// Namespaces whose addresses are known.
     addressed: HashSet<u32>,
     /// Why a source of names is unavailable (shown once in the report).
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 impl Attributor {
-    pub fn new(docker_socket: &Path) -> Self {
+    pub(crate) fn new(docker_socket: &Path) -> Self {
         Self {
             docker: DockerNames::start(docker_socket),
             cgroups: CgroupResolver::new(),
@@ -91,7 +91,7 @@ impl Attributor {
     /// Learns the identity of namespaces first seen in this scan. Known ones keep theirs, so a
     /// container that exits mid-window is still named; one that left a scan and comes back
     /// is learned again.
-    pub fn observe(&mut self, table: &ProcessTable) {
+    pub(crate) fn observe(&mut self, table: &ProcessTable) {
         self.host_netns = table.host_netns.or(self.host_netns);
         self.pids = table
             .netns
@@ -173,27 +173,27 @@ impl Attributor {
     }
 
     /// The namespace whose interface has `address`, if it is not the host's.
-    pub fn netns_of_address(&self, address: IpAddr) -> Option<u32> {
+    pub(crate) fn netns_of_address(&self, address: IpAddr) -> Option<u32> {
         self.addresses.get(&address).copied()
     }
 
     /// Every namespace seen in the last scan, with one of its processes.
-    pub fn namespaces(&self) -> Vec<(u32, i32)> {
+    pub(crate) fn namespaces(&self) -> Vec<(u32, i32)> {
         self.pids.iter().map(|(n, p)| (*n, *p)).collect()
     }
 
-    pub fn pid_of(&self, netns: u32) -> Option<i32> {
+    pub(crate) fn pid_of(&self, netns: u32) -> Option<i32> {
         self.pids.get(&netns).copied()
     }
 
-    pub fn host_netns(&self) -> Option<u32> {
+    pub(crate) fn host_netns(&self) -> Option<u32> {
         self.host_netns
     }
 
     /// Refreshes pod names (/var/log/pods) and namespace names (/run/netns), and asks the
     /// names thread for fresh container names (Docker Engine API) without waiting; see
     /// [`Self::docker_answered`] for how the last ask went.
-    pub fn refresh_names(&mut self) {
+    pub(crate) fn refresh_names(&mut self) {
         self.netns_names = procfs::netns_names();
         self.pods = kubernetes::pod_names(Path::new(kubernetes::POD_LOG_DIR));
         self.docker.wake();
@@ -207,19 +207,19 @@ impl Attributor {
 
     /// Whether the Docker API answered its last ask; `None` when it was not asked (no socket,
     /// or no permission to use it: a choice, see `xtask install --docker-names`).
-    pub fn docker_answered(&self) -> Option<bool> {
+    pub(crate) fn docker_answered(&self) -> Option<bool> {
         self.docker.answered()
     }
 
     /// Whether the workload is a container its runtime no longer lists.
-    pub fn removed(&self, workload: &Workload) -> bool {
+    pub(crate) fn removed(&self, workload: &Workload) -> bool {
         workload.kind == WorkloadKind::Container
             && self.docker.get(&workload.id).is_some_and(|k| k.removed)
     }
 
     /// Forgets a namespace that is gone (a daemon would otherwise remember every container
     /// that ever ran), and the names of containers that no longer run.
-    pub fn forget(&mut self, netns: u32) {
+    pub(crate) fn forget(&mut self, netns: u32) {
         self.unlearn(netns);
         self.netns_names.remove(&netns);
         self.present.remove(&netns);
@@ -234,7 +234,7 @@ impl Attributor {
     }
 
     /// The workload that owns a socket in `netns` created by a task in cgroup `cgroup_id`.
-    pub fn workload(&mut self, netns: u32, cgroup_id: u64) -> Workload {
+    pub(crate) fn workload(&mut self, netns: u32, cgroup_id: u64) -> Workload {
         if Some(netns) == self.host_netns {
             // Host network: the namespace says nothing, the socket's cgroup does.
             let identity = self.cgroups.path(cgroup_id).and_then(cgroup_path::classify);

@@ -6,20 +6,20 @@ use std::{collections::HashMap, net::SocketAddr};
 
 /// One conntrack entry whose reply tuple is not the mirror of its original: it is translated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Binding {
-    pub protocol: u8,
+pub(crate) struct Binding {
+    pub(crate) protocol: u8,
     /// The original sender's view: its own address and the remote it connected to.
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) remote: SocketAddr,
     /// The same flow after translation, as the remote sees it.
-    pub nat_local: SocketAddr,
-    pub nat_remote: SocketAddr,
+    pub(crate) nat_local: SocketAddr,
+    pub(crate) nat_remote: SocketAddr,
 }
 
 /// Which side of a flow a packet travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Direction {
+pub(crate) enum Direction {
     /// From the workload towards its remote.
     Egress,
     /// From the remote back to the workload.
@@ -28,13 +28,13 @@ pub enum Direction {
 
 /// Lookups over the bindings of one conntrack dump.
 #[derive(Clone, Debug, Default)]
-pub struct NatIndex {
+pub(crate) struct NatIndex {
     by_original: HashMap<(u8, SocketAddr, SocketAddr), Binding>,
     by_translated: HashMap<(u8, SocketAddr, SocketAddr), Binding>,
 }
 
 impl NatIndex {
-    pub fn new(bindings: impl IntoIterator<Item = Binding>) -> Self {
+    pub(crate) fn new(bindings: impl IntoIterator<Item = Binding>) -> Self {
         let mut index = Self::default();
         for b in bindings {
             index.by_original.insert((b.protocol, b.local, b.remote), b);
@@ -45,20 +45,12 @@ impl NatIndex {
         index
     }
 
-    pub fn len(&self) -> usize {
-        self.by_original.len()
-    }
-
-    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+    pub(crate) fn bindings(&self) -> impl Iterator<Item = &Binding> {
         self.by_original.values()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_original.is_empty()
-    }
-
     /// The translation of a flow that a workload's socket sees as `local -> remote`.
-    pub fn translate(
+    pub(crate) fn translate(
         &self,
         protocol: u8,
         local: SocketAddr,
@@ -69,7 +61,7 @@ impl NatIndex {
 
     /// The binding a packet `src -> dst` belongs to, in either direction and on either side of
     /// the translation, and which way it was going.
-    pub fn packet(
+    pub(crate) fn packet(
         &self,
         protocol: u8,
         src: SocketAddr,

@@ -10,21 +10,21 @@ use crate::kernel::task_iter::Tasks;
 
 /// The processes of one network namespace, lowest pid first.
 #[derive(Clone, Debug, Default)]
-pub struct NetnsProcesses {
-    pub pids: Vec<i32>,
+pub(crate) struct NetnsProcesses {
+    pub(crate) pids: Vec<i32>,
 }
 
 /// A scan of /proc.
 #[derive(Clone, Debug, Default)]
-pub struct ProcessTable {
+pub(crate) struct ProcessTable {
     /// The host's namespace: galmanhae's own. It runs on the host network (systemd unit,
     /// `DaemonSet` with `hostNetwork`); pid 1's namespace is not always the host's (sandboxes).
-    pub host_netns: Option<u32>,
-    pub netns: BTreeMap<u32, NetnsProcesses>,
+    pub(crate) host_netns: Option<u32>,
+    pub(crate) netns: BTreeMap<u32, NetnsProcesses>,
 }
 
 /// Inode of a namespace file (`/proc/PID/ns/net`, a bind mount in /run/netns, ...).
-pub fn ns_inode(path: &Path) -> Option<u32> {
+pub(crate) fn ns_inode(path: &Path) -> Option<u32> {
     std::fs::metadata(path)
         .ok()
         .and_then(|m| u32::try_from(m.ino()).ok())
@@ -36,11 +36,7 @@ pub fn ns_inode(path: &Path) -> Option<u32> {
 /// per pass, which is most of a pass's cost on a host with thousands of processes. A process
 /// keeps its namespace unless it calls `setns`/`unshare` (`ip netns exec`): `restat` (every few
 /// seconds) checks every process again.
-#[expect(
-    clippy::implicit_hasher,
-    reason = "the pipeline's own cache, with the default hasher"
-)]
-pub fn scan(known: &mut HashMap<i32, u32>, restat: bool) -> ProcessTable {
+pub(crate) fn scan(known: &mut HashMap<i32, u32>, restat: bool) -> ProcessTable {
     let mut table = ProcessTable {
         host_netns: ns_inode(Path::new("/proc/self/ns/net")),
         netns: BTreeMap::new(),
@@ -75,7 +71,7 @@ pub fn scan(known: &mut HashMap<i32, u32>, restat: bool) -> ProcessTable {
 
 /// The same table from the kernel's task list (`iter/task`): no `/proc/PID/ns/net`, so no
 /// ptrace access to other processes is needed.
-pub fn from_tasks(tasks: &Tasks) -> ProcessTable {
+pub(crate) fn from_tasks(tasks: &Tasks) -> ProcessTable {
     let mut table = ProcessTable {
         host_netns: ns_inode(Path::new("/proc/self/ns/net")),
         netns: BTreeMap::new(),
@@ -88,7 +84,7 @@ pub fn from_tasks(tasks: &Tasks) -> ProcessTable {
 }
 
 /// The cgroup paths of a process, one per hierarchy (v1 controllers and the v2 `0::` line).
-pub fn cgroup_paths(pid: i32) -> Vec<String> {
+pub(crate) fn cgroup_paths(pid: i32) -> Vec<String> {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map(|text| {
             text.lines()
@@ -99,7 +95,7 @@ pub fn cgroup_paths(pid: i32) -> Vec<String> {
 }
 
 /// A process's command name (`comm`), `None` once it has exited.
-pub fn comm(pid: i32) -> Option<String> {
+pub(crate) fn comm(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|c| c.trim_end().to_owned())
@@ -107,7 +103,7 @@ pub fn comm(pid: i32) -> Option<String> {
 }
 
 /// Names of namespaces that are bind-mounted (`ip netns add`, Docker sandboxes).
-pub fn netns_names() -> HashMap<u32, String> {
+pub(crate) fn netns_names() -> HashMap<u32, String> {
     let mut names = HashMap::new();
     for dir in ["/run/netns", "/var/run/docker/netns"] {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -126,13 +122,13 @@ pub fn netns_names() -> HashMap<u32, String> {
 /// Maps cgroup v2 ids (what `sk_cgrp_data` holds) to paths: the id is the inode of the
 /// cgroup's directory in the cgroup2 mount.
 #[derive(Debug, Default)]
-pub struct CgroupResolver {
+pub(crate) struct CgroupResolver {
     root: Option<PathBuf>,
     paths: HashMap<u64, String>,
 }
 
 impl CgroupResolver {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             // `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` in hybrid mode.
             root: crate::kernel::mounts::mount_point("cgroup2"),
@@ -141,7 +137,7 @@ impl CgroupResolver {
     }
 
     /// The path (relative to the cgroup2 root, `/` for the root) of a cgroup id.
-    pub fn path(&mut self, id: u64) -> Option<&str> {
+    pub(crate) fn path(&mut self, id: u64) -> Option<&str> {
         if id == 0 {
             return None;
         }

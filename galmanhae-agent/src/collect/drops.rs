@@ -8,27 +8,23 @@ use super::maps::{Counts, ReadError, counts_since, read_counts};
 
 /// Cumulative drop counts since the programs were loaded.
 #[derive(Clone, Debug, Default)]
-pub struct DropSample {
-    pub flows: Counts<DropKey>,
+pub(crate) struct DropSample {
+    pub(crate) flows: Counts<DropKey>,
     /// Counted per site only, because `DROPS` was full.
-    pub overflow: Counts<DropSiteKey>,
+    pub(crate) overflow: Counts<DropSiteKey>,
 }
 
 impl DropSample {
     #[must_use]
-    pub fn since(&self, earlier: &Self) -> Self {
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
         Self {
             flows: counts_since(&self.flows, &earlier.flows),
             overflow: counts_since(&self.overflow, &earlier.overflow),
         }
     }
-
-    pub fn total(&self) -> u64 {
-        self.flows.values().chain(self.overflow.values()).sum()
-    }
 }
 
-pub fn read(ebpf: &Ebpf) -> Result<DropSample, ReadError> {
+pub(crate) fn read(ebpf: &Ebpf) -> Result<DropSample, ReadError> {
     Ok(DropSample {
         flows: read_counts(ebpf, "DROPS")?,
         overflow: read_counts(ebpf, "DROP_OVERFLOW")?,

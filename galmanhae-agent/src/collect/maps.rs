@@ -9,7 +9,7 @@ use aya::{
 use galmanhae_common::health::HealthCounter;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     #[error("map {0} is missing from the eBPF object")]
     NoMap(&'static str),
     #[error("reading map {name}: {source}")]
@@ -20,7 +20,7 @@ pub enum ReadError {
 }
 
 /// Every key of a per-CPU hash map, its CPUs' values folded into one with `add`.
-pub fn read_per_cpu_hash<K, V>(
+pub(crate) fn read_per_cpu_hash<K, V>(
     ebpf: &Ebpf,
     name: &'static str,
     add: impl Fn(&mut V, &V),
@@ -42,7 +42,7 @@ where
 }
 
 /// Every key of a shared (not per-CPU) hash map, its value mapped by `project`.
-pub fn read_hash<K, V, T>(
+pub(crate) fn read_hash<K, V, T>(
     ebpf: &Ebpf,
     name: &'static str,
     project: impl Fn(&V) -> T,
@@ -78,10 +78,10 @@ fn collect<K: Eq + Hash, V, T>(
 }
 
 /// Packets per key of a per-CPU hash of `u64` counters, cumulative since the program loaded.
-pub type Counts<K> = HashMap<K, u64>;
+pub(crate) type Counts<K> = HashMap<K, u64>;
 
 /// Every key of a per-CPU counting map, its CPUs' counts summed.
-pub fn read_counts<K: Pod + Eq + Hash>(
+pub(crate) fn read_counts<K: Pod + Eq + Hash>(
     ebpf: &Ebpf,
     name: &'static str,
 ) -> Result<Counts<K>, ReadError> {
@@ -89,7 +89,7 @@ pub fn read_counts<K: Pod + Eq + Hash>(
 }
 
 /// What each key counted since `then`; keys that counted nothing are left out.
-pub fn counts_since<K: Copy + Eq + Hash>(now: &Counts<K>, then: &Counts<K>) -> Counts<K> {
+pub(crate) fn counts_since<K: Copy + Eq + Hash>(now: &Counts<K>, then: &Counts<K>) -> Counts<K> {
     delta(
         now,
         then,
@@ -99,7 +99,7 @@ pub fn counts_since<K: Copy + Eq + Hash>(now: &Counts<K>, then: &Counts<K>) -> C
 }
 
 /// The `HEALTH` counters, indexed by [`HealthCounter`].
-pub fn read_health(ebpf: &Ebpf) -> Result<[u64; HealthCounter::COUNT as usize], ReadError> {
+pub(crate) fn read_health(ebpf: &Ebpf) -> Result<[u64; HealthCounter::COUNT as usize], ReadError> {
     const HEALTH: &str = "HEALTH";
     let map = ebpf.map(HEALTH).ok_or(ReadError::NoMap(HEALTH))?;
     let map: PerCpuArray<&MapData, u64> =
@@ -120,12 +120,8 @@ pub fn read_health(ebpf: &Ebpf) -> Result<[u64; HealthCounter::COUNT as usize], 
     Ok(health)
 }
 
-#[expect(
-    clippy::implicit_hasher,
-    reason = "every map read from the kernel uses the default hasher"
-)]
 /// `now - then` per key, keeping only keys that changed (a key absent before starts at zero).
-pub fn delta<K: Copy + Eq + Hash, V: Copy>(
+pub(crate) fn delta<K: Copy + Eq + Hash, V: Copy>(
     now: &HashMap<K, V>,
     then: &HashMap<K, V>,
     since: impl Fn(&V, &V) -> V,
@@ -142,7 +138,7 @@ pub fn delta<K: Copy + Eq + Hash, V: Copy>(
 /// When each key of a counting map last changed, so that a long-running agent can free the
 /// entries of finished flows before the map fills up.
 #[derive(Debug)]
-pub struct IdleKeys<K> {
+pub(crate) struct IdleKeys<K> {
     changed: HashMap<K, std::time::Instant>,
 }
 
@@ -156,7 +152,12 @@ impl<K> Default for IdleKeys<K> {
 
 impl<K: Copy + Eq + Hash> IdleKeys<K> {
     /// Records a pass: `changed` counted since the last one, `present` are in the map now.
-    pub fn observe<T>(&mut self, present: &HashMap<K, T>, changed: &[K], now: std::time::Instant) {
+    pub(crate) fn observe<T>(
+        &mut self,
+        present: &HashMap<K, T>,
+        changed: &[K],
+        now: std::time::Instant,
+    ) {
         self.changed.retain(|k, _| present.contains_key(k));
         for key in present.keys() {
             self.changed.entry(*key).or_insert(now);
@@ -167,7 +168,7 @@ impl<K: Copy + Eq + Hash> IdleKeys<K> {
     }
 
     /// Keys unchanged for at least `idle`, oldest first.
-    pub fn idle(&self, now: std::time::Instant, idle: std::time::Duration) -> Vec<K> {
+    pub(crate) fn idle(&self, now: std::time::Instant, idle: std::time::Duration) -> Vec<K> {
         let mut keys: Vec<(K, std::time::Instant)> = self
             .changed
             .iter()
@@ -178,7 +179,7 @@ impl<K: Copy + Eq + Hash> IdleKeys<K> {
         keys.into_iter().map(|(k, _)| k).collect()
     }
 
-    pub fn forget(&mut self, key: &K) {
+    pub(crate) fn forget(&mut self, key: &K) {
         self.changed.remove(key);
     }
 }
@@ -187,7 +188,7 @@ impl<K: Copy + Eq + Hash> IdleKeys<K> {
 /// counts into an entry in the microseconds between our last read and the deletion loses that
 /// count, which is why only entries idle for a long time are deleted, and only when the map
 /// fills up.
-pub fn remove_keys<K: Pod, V: Pod>(
+pub(crate) fn remove_keys<K: Pod, V: Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
     keys: &[K],

@@ -1,9 +1,9 @@
 //! One module per signal; each turns kernel state into plain records.
 
-pub mod drops;
-pub mod maps;
-pub mod nat_leaks;
-pub mod netfilter;
-pub mod netns_snmp;
-pub mod retransmits;
-pub mod time_lost;
+pub(crate) mod drops;
+pub(crate) mod maps;
+pub(crate) mod nat_leaks;
+pub(crate) mod netfilter;
+pub(crate) mod netns_snmp;
+pub(crate) mod retransmits;
+pub(crate) mod time_lost;

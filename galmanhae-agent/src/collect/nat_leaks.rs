@@ -18,16 +18,16 @@ use crate::{
 };
 
 /// Untranslated packets per uplink and flow, cumulative since the program was attached.
-pub type LeakSample = Counts<LeakKey>;
+pub(crate) type LeakSample = Counts<LeakKey>;
 
-pub fn read(ebpf: &Ebpf) -> Result<LeakSample, ReadError> {
+pub(crate) fn read(ebpf: &Ebpf) -> Result<LeakSample, ReadError> {
     read_counts(ebpf, "LEAKS")
 }
 
 /// Where translated packets leave: the host's interfaces that are up, except loopback,
 /// bridges and their ports (container veths), and interfaces a MASQUERADE rule excludes
 /// (`! -o docker0`).
-pub fn uplinks(audit: &NatAudit) -> Result<Vec<Interface>, path::PathError> {
+pub(crate) fn uplinks(audit: &NatAudit) -> Result<Vec<Interface>, path::PathError> {
     let excluded: Vec<&str> = audit
         .masquerade
         .iter()
@@ -45,7 +45,7 @@ pub fn uplinks(audit: &NatAudit) -> Result<Vec<Interface>, path::PathError> {
 }
 
 /// Starts watching the uplinks for untranslated packets; a note when that cannot be done.
-pub fn watch(probes: &mut Probes, audit: &NatAudit) -> Option<String> {
+pub(crate) fn watch(probes: &mut Probes, audit: &NatAudit) -> Option<String> {
     match uplinks(audit) {
         Ok(links) => {
             let links: Vec<(u32, String)> =
@@ -60,7 +60,7 @@ pub fn watch(probes: &mut Probes, audit: &NatAudit) -> Option<String> {
 }
 
 /// The watched uplinks that no longer exist (or are another interface now).
-pub fn vanished(watched: &BTreeMap<u32, String>) -> Vec<String> {
+pub(crate) fn vanished(watched: &BTreeMap<u32, String>) -> Vec<String> {
     let Ok(now) = path::links() else {
         return Vec::new();
     };

@@ -13,13 +13,13 @@ use crate::{
 
 /// Conntrack counters of every namespace that has a process, at one instant.
 #[derive(Clone, Debug, Default)]
-pub struct ConntrackSample {
-    pub netns: BTreeMap<u32, Stats>,
+pub(crate) struct ConntrackSample {
+    pub(crate) netns: BTreeMap<u32, Stats>,
     /// Why a source was not available (shown once in the report).
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
-pub fn sample(attributor: &Attributor) -> ConntrackSample {
+pub(crate) fn sample(attributor: &Attributor) -> ConntrackSample {
     let mut out = ConntrackSample::default();
     let host = attributor.host_netns();
     if let Some(host) = host {
@@ -53,7 +53,7 @@ pub fn sample(attributor: &Attributor) -> ConntrackSample {
 }
 
 /// The translation an entry holds; `None` when it is not translated.
-pub fn binding(entry: &conntrack::Entry) -> Option<Binding> {
+pub(crate) fn binding(entry: &conntrack::Entry) -> Option<Binding> {
     (entry.is_src_nat() || entry.is_dst_nat()).then(|| {
         let (nat_local, nat_remote) = entry.translated();
         Binding {
@@ -67,7 +67,7 @@ pub fn binding(entry: &conntrack::Entry) -> Option<Binding> {
 }
 
 /// MASQUERADE rules and the conntrack sysctls that decide how NAT behaves under stress.
-pub fn audit() -> NatAudit {
+pub(crate) fn audit() -> NatAudit {
     let (masquerade, unavailable, no_tools) = match conntrack::masquerade_rules() {
         Ok(rules) => (rules, Vec::new(), false),
         Err(e) => {
@@ -85,22 +85,22 @@ pub fn audit() -> NatAudit {
 
 /// The host's NAT set-up, checked for known traps.
 #[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct NatAudit {
+pub(crate) struct NatAudit {
     /// MASQUERADE rules as `iptables-save` prints them, and whether they randomise ports fully.
-    pub masquerade: Vec<MasqueradeRule>,
+    pub(crate) masquerade: Vec<MasqueradeRule>,
     /// `tcp_be_liberal`, `tcp_loose`, the established timeout, the table size.
     #[serde(flatten)]
-    pub sysctls: Sysctls,
+    pub(crate) sysctls: Sysctls,
     /// Why part of the audit could not be done.
-    pub unavailable: Vec<String>,
+    pub(crate) unavailable: Vec<String>,
     /// The host has no iptables tools: nothing to audit, by design.
     #[serde(skip)]
-    pub no_tools: bool,
+    pub(crate) no_tools: bool,
 }
 
 impl NatAudit {
     /// The source prefixes MASQUERADE translates: a packet from one must not leave as is.
-    pub fn translated_subnets(&self) -> Vec<ipnet::IpNet> {
+    pub(crate) fn translated_subnets(&self) -> Vec<ipnet::IpNet> {
         let mut nets: Vec<ipnet::IpNet> = self
             .masquerade
             .iter()
@@ -112,7 +112,7 @@ impl NatAudit {
     }
 
     /// Whether a MASQUERADE rule translates packets from `addr` (a bridge address).
-    pub fn masqueraded(&self, addr: std::net::IpAddr) -> bool {
+    pub(crate) fn masqueraded(&self, addr: std::net::IpAddr) -> bool {
         self.masquerade
             .iter()
             .filter_map(MasqueradeRule::source_net)

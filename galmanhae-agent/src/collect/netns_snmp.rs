@@ -8,14 +8,14 @@ use crate::attribute::procfs::ProcessTable;
 
 /// `Tcp: OutSegs` and `Tcp: RetransSegs` of one namespace.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcpSegments {
-    pub out_segs: u64,
-    pub retrans_segs: u64,
+pub(crate) struct TcpSegments {
+    pub(crate) out_segs: u64,
+    pub(crate) retrans_segs: u64,
 }
 
 impl TcpSegments {
     #[must_use]
-    pub fn since(&self, earlier: &Self) -> Self {
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
         Self {
             out_segs: self.out_segs.saturating_sub(earlier.out_segs),
             retrans_segs: self.retrans_segs.saturating_sub(earlier.retrans_segs),
@@ -25,7 +25,7 @@ impl TcpSegments {
 
 /// Reads the counters of every namespace that has a process, trying the next process when
 /// one exits between the scan and the read.
-pub fn read_all(processes: &ProcessTable) -> BTreeMap<u32, TcpSegments> {
+pub(crate) fn read_all(processes: &ProcessTable) -> BTreeMap<u32, TcpSegments> {
     processes
         .netns
         .iter()

@@ -8,26 +8,26 @@ use galmanhae_common::{
     retransmit::{FlowKey, FlowState, OwnerKey, RetransmitCounters, SocketState},
 };
 
-pub use super::maps::ReadError;
+pub(crate) use super::maps::ReadError;
 use super::maps::{delta, read_hash, read_health, read_per_cpu_hash};
 
 /// Cumulative counters since the programs were loaded.
 #[derive(Clone, Debug, Default)]
-pub struct RetransmitSample {
+pub(crate) struct RetransmitSample {
     /// Per socket cookie (the BTF program): the socket's flow and counters.
-    pub sockets: HashMap<u64, (FlowKey, RetransmitCounters)>,
+    pub(crate) sockets: HashMap<u64, (FlowKey, RetransmitCounters)>,
     /// Per flow (the classic tracepoint program, SYN-ACKs).
-    pub flows: HashMap<FlowKey, RetransmitCounters>,
+    pub(crate) flows: HashMap<FlowKey, RetransmitCounters>,
     /// Counted per owner because the flow map was full.
-    pub overflow: HashMap<OwnerKey, RetransmitCounters>,
+    pub(crate) overflow: HashMap<OwnerKey, RetransmitCounters>,
     /// Indexed by [`HealthCounter`].
-    pub health: [u64; HealthCounter::COUNT as usize],
+    pub(crate) health: [u64; HealthCounter::COUNT as usize],
 }
 
 impl RetransmitSample {
     /// What happened between `earlier` and `self`.
     #[must_use]
-    pub fn since(&self, earlier: &Self) -> Self {
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
         let since = |now: &RetransmitCounters, then: &RetransmitCounters| now.since(then);
         let mut health = self.health;
         for (now, then) in health.iter_mut().zip(earlier.health) {
@@ -57,7 +57,7 @@ impl RetransmitSample {
     }
 
     /// Per flow, sockets folded in (two sockets can have had the same tuple).
-    pub fn by_flow(&self) -> HashMap<FlowKey, RetransmitCounters> {
+    pub(crate) fn by_flow(&self) -> HashMap<FlowKey, RetransmitCounters> {
         let mut flows = self.flows.clone();
         for (flow, counters) in self.sockets.values() {
             flows.entry(*flow).or_default().add(counters);
@@ -66,12 +66,12 @@ impl RetransmitSample {
     }
 
     /// Entries in the kernel's socket and flow maps.
-    pub fn entries(&self) -> usize {
+    pub(crate) fn entries(&self) -> usize {
         self.sockets.len() + self.flows.len()
     }
 
     /// Sum of every socket, flow and overflow bucket.
-    pub fn total(&self) -> RetransmitCounters {
+    pub(crate) fn total(&self) -> RetransmitCounters {
         let mut total = RetransmitCounters::default();
         let sockets = self.sockets.values().map(|(_, counters)| counters);
         for counters in sockets
@@ -83,13 +83,13 @@ impl RetransmitSample {
         total
     }
 
-    pub fn health(&self, counter: HealthCounter) -> u64 {
+    pub(crate) fn health(&self, counter: HealthCounter) -> u64 {
         self.health[counter as usize]
     }
 }
 
 /// Reads all retransmit maps (and the shared health counters) once.
-pub fn read(ebpf: &Ebpf) -> Result<RetransmitSample, ReadError> {
+pub(crate) fn read(ebpf: &Ebpf) -> Result<RetransmitSample, ReadError> {
     Ok(RetransmitSample {
         sockets: read_hash(ebpf, "RETRANSMIT_SOCKETS", |s: &SocketState| {
             (s.flow, s.state.counters)

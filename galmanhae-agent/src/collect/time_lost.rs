@@ -14,39 +14,39 @@ use super::maps::{ReadError, read_hash};
 
 /// `TIME_LOST` as read at `at` (`CLOCK_MONOTONIC` ns, the programs' clock).
 #[derive(Clone, Debug, Default)]
-pub struct TimeLostSample {
-    pub sockets: HashMap<u64, SocketTime>,
-    pub at: u64,
+pub(crate) struct TimeLostSample {
+    pub(crate) sockets: HashMap<u64, SocketTime>,
+    pub(crate) at: u64,
 }
 
 /// Time a flow (or a workload) lost in a window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TimeLost {
+pub(crate) struct TimeLost {
     /// In RTO recovery: from a timeout to the next change out of `TCP_CA_Loss`.
-    pub rto_stall_ns: u64,
+    pub(crate) rto_stall_ns: u64,
     /// The longest single recovery (at most `rto_stall_ns`).
-    pub longest_rto_stall_ns: u64,
+    pub(crate) longest_rto_stall_ns: u64,
     /// Recoveries that ran in the window, a running one included.
-    pub rto_recoveries: u64,
+    pub(crate) rto_recoveries: u64,
     /// The most timeouts in a row in one recovery.
-    pub max_consecutive_timeouts: u32,
+    pub(crate) max_consecutive_timeouts: u32,
     /// From a timed-out handshake's first SYN to established or closed.
-    pub syn_retry_ns: u64,
-    pub syn_timeouts: u64,
+    pub(crate) syn_retry_ns: u64,
+    pub(crate) syn_timeouts: u64,
     /// Handshakes whose first SYN time was assumed (one initial RTO before the first timeout).
-    pub syn_estimated: u64,
+    pub(crate) syn_estimated: u64,
     /// Recoveries that ended in the window, by duration (`STALL_BUCKETS_MS`), and their time.
-    pub stall_buckets: [u64; STALL_BUCKETS],
-    pub completed_stall_ns: u64,
+    pub(crate) stall_buckets: [u64; STALL_BUCKETS],
+    pub(crate) completed_stall_ns: u64,
 }
 
 impl TimeLost {
-    pub fn is_zero(&self) -> bool {
+    pub(crate) fn is_zero(&self) -> bool {
         *self == Self::default()
     }
 
     /// Adds `other`: totals sum, longest and most take the larger.
-    pub fn add(&mut self, other: &Self) {
+    pub(crate) fn add(&mut self, other: &Self) {
         self.rto_stall_ns += other.rto_stall_ns;
         self.longest_rto_stall_ns = self.longest_rto_stall_ns.max(other.longest_rto_stall_ns);
         self.rto_recoveries += other.rto_recoveries;
@@ -95,7 +95,7 @@ fn totals(s: &SocketTime, at: u64) -> Totals {
 }
 
 impl TimeLostSample {
-    pub fn read(ebpf: &Ebpf) -> Result<Self, ReadError> {
+    pub(crate) fn read(ebpf: &Ebpf) -> Result<Self, ReadError> {
         let sockets = read_hash(ebpf, "TIME_LOST", |s: &SocketTime| *s)?;
         Ok(Self {
             sockets,
@@ -104,7 +104,7 @@ impl TimeLostSample {
     }
 
     /// Time lost per flow between `earlier` and `self`.
-    pub fn since(&self, earlier: &Self) -> HashMap<FlowKey, TimeLost> {
+    pub(crate) fn since(&self, earlier: &Self) -> HashMap<FlowKey, TimeLost> {
         let mut flows: HashMap<FlowKey, TimeLost> = HashMap::new();
         for (cookie, socket) in &self.sockets {
             let now = totals(socket, self.at);

@@ -20,7 +20,7 @@ use crate::{
 
 const TICK: Duration = Duration::from_secs(1);
 
-pub async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     let super::Started {
         mut pipeline,
         checks,

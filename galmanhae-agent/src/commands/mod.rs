@@ -1,7 +1,8 @@
 //! One file per subcommand.
 
-pub mod diagnose;
-pub mod run;
+pub(crate) mod diagnose;
+pub(crate) mod entry;
+pub(crate) mod run;
 
 use std::process::ExitCode;
 
@@ -20,13 +21,13 @@ use crate::{
 
 /// The engine both commands run: programs attached, attribution ready.
 pub(crate) struct Started {
-    pub pipeline: Pipeline,
+    pub(crate) pipeline: Pipeline,
     /// What the prerequisite checks found (for the report).
-    pub checks: Vec<Check>,
+    pub(crate) checks: Vec<Check>,
     /// Start-up notes (an uplink that could not be watched, ...).
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
     /// Whether the Docker API named the containers (`None`: not asked).
-    pub docker: Option<bool>,
+    pub(crate) docker: Option<bool>,
 }
 
 /// Checks the host, loads and attaches the programs, watches the uplinks for NAT leaks and
@@ -89,12 +90,12 @@ pub(crate) fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
 /// No retransmit hook could be attached: there is nothing to watch.
 #[derive(Debug, thiserror::Error)]
 #[error("no retransmit hook could be attached:\n{0}")]
-pub struct NoHooks(pub String);
+pub(crate) struct NoHooks(pub(crate) String);
 
 /// Exit codes beyond 0 (success) and 2 (usage, from clap, or a bad config file): 77 for
 /// missing privileges, 69 for a missing kernel feature (`sysexits.h` `EX_NOPERM`,
 /// `EX_UNAVAILABLE`), 1 for anything else.
-pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+pub(crate) fn exit_code(error: &anyhow::Error) -> ExitCode {
     for cause in error.chain() {
         if let Some(prereq) = cause.downcast_ref::<PrereqError>() {
             return match prereq {

@@ -8,11 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::Settings,
-    metrics::{
-        Exporter,
-        families::{self, Shared},
-        http,
-    },
+    metrics::{Exporter, encode, http, shared::Shared},
     systemd::{self, Notifier},
 };
 
@@ -25,7 +21,7 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// `DaemonSet`'s grace period can count on).
 const PASS_WAIT: Duration = Duration::from_millis(500);
 
-pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: &Settings) -> anyhow::Result<()> {
     // Listen before loading anything: a port in use fails fast and leaves nothing behind.
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -44,7 +40,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     )
     .context("first reading of the maps")?;
     let shared = Arc::new(Shared::new(exporter));
-    let registry = families::registry(Arc::clone(&shared));
+    let registry = encode::registry(Arc::clone(&shared));
     let app = http::router(Arc::clone(&shared), registry, TICK * 3);
     log::info!(
         "attached {attached}/{hooks} hooks; serving http://{}/metrics",

@@ -8,7 +8,7 @@ use std::process::Command;
 use super::ConntrackError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum Family {
+pub(crate) enum Family {
     #[serde(rename = "ipv4")]
     V4,
     #[serde(rename = "ipv6")]
@@ -16,7 +16,7 @@ pub enum Family {
 }
 
 impl Family {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::V4 => "ipv4",
             Self::V6 => "ipv6",
@@ -27,13 +27,13 @@ impl Family {
 /// Which iptables implementation holds the rule: both can be active at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Backend {
+pub(crate) enum Backend {
     Nft,
     Legacy,
 }
 
 impl Backend {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Nft => "nft",
             Self::Legacy => "legacy",
@@ -42,22 +42,22 @@ impl Backend {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct MasqueradeRule {
-    pub family: Family,
-    pub backend: Backend,
-    pub chain: String,
+pub(crate) struct MasqueradeRule {
+    pub(crate) family: Family,
+    pub(crate) backend: Backend,
+    pub(crate) chain: String,
     /// The line as `iptables-save` prints it.
-    pub rule: String,
+    pub(crate) rule: String,
     /// `-s`, with a leading `!` when negated.
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
     /// `-o`, with a leading `!` when negated (`!docker0`: everything but the bridge).
-    pub out_iface: Option<String>,
-    pub random_fully: bool,
+    pub(crate) out_iface: Option<String>,
+    pub(crate) random_fully: bool,
 }
 
 impl MasqueradeRule {
     /// The source prefix the rule translates, unless it is negated or absent.
-    pub fn source_net(&self) -> Option<ipnet::IpNet> {
+    pub(crate) fn source_net(&self) -> Option<ipnet::IpNet> {
         let source = self.source.as_deref()?;
         if source.starts_with('!') {
             return None;
@@ -97,7 +97,7 @@ const TOOLS: [Tools; 2] = [
 
 /// Runs `iptables-save -t nat` and `ip6tables-save -t nat` (and their legacy twins when a
 /// legacy nat table exists beside nftables) and keeps the `-j MASQUERADE` rules.
-pub fn masquerade_rules() -> Result<Vec<MasqueradeRule>, ConntrackError> {
+pub(crate) fn masquerade_rules() -> Result<Vec<MasqueradeRule>, ConntrackError> {
     let mut rules = Vec::new();
     for tools in &TOOLS {
         let text = save(tools.save)?;
@@ -147,7 +147,7 @@ fn backend(text: &str) -> Backend {
 }
 
 /// The `-j MASQUERADE` rules of the nat table in `iptables-save` output.
-pub fn parse_iptables_save(family: Family, text: &str) -> Vec<MasqueradeRule> {
+pub(crate) fn parse_iptables_save(family: Family, text: &str) -> Vec<MasqueradeRule> {
     let backend = backend(text);
     let mut in_nat = false;
     let mut rules = Vec::new();

@@ -15,25 +15,25 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
-use super::{ConntrackError, Entry, netlink::from_failure, table::entry};
+use super::{ConntrackError, Entry, entry::entry, netlink::from_failure};
 use crate::netlink::{self, Answer, Failure};
 
 const WHAT: &str = "looking up a conntrack entry";
 
 /// A ctnetlink socket in the calling thread's network namespace.
-pub struct Lookups {
+pub(crate) struct Lookups {
     socket: netlink::Socket,
 }
 
 impl Lookups {
-    pub fn open() -> Result<Self, ConntrackError> {
+    pub(crate) fn open() -> Result<Self, ConntrackError> {
         netlink::Socket::open(NETLINK_NETFILTER)
             .map(|socket| Self { socket })
             .map_err(|e| from_failure(WHAT, Failure::Io(e)))
     }
 
     /// The entry with a tuple `src -> dst`, in either direction; `None` when there is none.
-    pub fn get(
+    pub(crate) fn get(
         &mut self,
         protocol: u8,
         src: SocketAddr,

@@ -1,5 +1,5 @@
-//! The kernel's connection tracking, read for `galmanhae diagnose`: the table, to join a
-//! container's pre-NAT flow with the tuple it leaves the host with ([`dump`]); the health
+//! The kernel's connection tracking: entries looked up by tuple, to join a container's
+//! pre-NAT flow with the tuple it leaves the host with ([`Lookups`]); the health
 //! counters of a network namespace ([`stats_netlink`], [`stats_procfs`], [`sysctls`]); and the
 //! NAT rules that decide the translation ([`masquerade_rules`]).
 //!
@@ -8,11 +8,15 @@
 //! procfs is read through `/proc/thread-self`, not `/proc/self` (the main thread's namespace).
 
 mod audit;
+mod entry;
 mod lookup;
 mod netlink;
 #[cfg(test)]
 mod root_test;
 mod stats;
+// The dump: the agent looks flows up by tuple; the root test checks those lookups against
+// it.
+#[cfg(test)]
 mod table;
 
 use std::{
@@ -20,20 +24,30 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-pub use audit::{Backend, Family, MasqueradeRule, masquerade_rules, parse_iptables_save};
-pub use lookup::Lookups;
-pub use stats::{Stats, StatsSource, Sysctls, stats_netlink, stats_procfs, sysctls};
-pub use table::{Table, dump, dump_table};
+pub(crate) use audit::{MasqueradeRule, masquerade_rules};
+// Tests build audits and statistics with these.
+#[cfg(test)]
+pub(crate) use audit::{Backend, Family};
+pub(crate) use lookup::Lookups;
+#[cfg(test)]
+pub(crate) use stats::StatsSource;
+pub(crate) use stats::{Stats, Sysctls, stats_netlink, stats_procfs, sysctls};
+#[cfg(test)]
+use table::{dump, dump_table};
 
 /// `IPS_*` status bits of an entry (`include/uapi/linux/netfilter/nf_conntrack_common.h`).
-pub const IPS_SEEN_REPLY: u32 = 1 << 1;
-pub const IPS_ASSURED: u32 = 1 << 2;
-pub const IPS_CONFIRMED: u32 = 1 << 3;
-pub const IPS_SRC_NAT: u32 = 1 << 4;
-pub const IPS_DST_NAT: u32 = 1 << 5;
+/// The bits below are only read by the tests that build and decode entries.
+#[cfg(test)]
+pub(crate) const IPS_SEEN_REPLY: u32 = 1 << 1;
+#[cfg(test)]
+pub(crate) const IPS_ASSURED: u32 = 1 << 2;
+#[cfg(test)]
+pub(crate) const IPS_CONFIRMED: u32 = 1 << 3;
+pub(crate) const IPS_SRC_NAT: u32 = 1 << 4;
+pub(crate) const IPS_DST_NAT: u32 = 1 << 5;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConntrackError {
+pub(crate) enum ConntrackError {
     #[error(
         "{what} was refused (EPERM): ctnetlink needs CAP_NET_ADMIN in the namespace's user \
          namespace. Run galmanhae as root or grant it with the others (setcap replaces the \
@@ -72,19 +86,19 @@ pub enum ConntrackError {
 
 /// One direction of a connection. Ports are 0 for protocols without ports (ICMP, GRE, ...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct Tuple {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub sport: u16,
-    pub dport: u16,
+pub(crate) struct Tuple {
+    pub(crate) src: IpAddr,
+    pub(crate) dst: IpAddr,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
 }
 
 impl Tuple {
-    pub fn source(&self) -> SocketAddr {
+    pub(crate) fn source(&self) -> SocketAddr {
         SocketAddr::new(self.src, self.sport)
     }
 
-    pub fn destination(&self) -> SocketAddr {
+    pub(crate) fn destination(&self) -> SocketAddr {
         SocketAddr::new(self.dst, self.dport)
     }
 }
@@ -98,38 +112,39 @@ impl fmt::Display for Tuple {
 /// One conntrack entry. `orig` is the flow as its sender wrote it; `reply` is what the peer
 /// answers to, so it carries the translated addresses.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// `IPPROTO_*`.
-    pub protocol: u8,
-    pub orig: Tuple,
-    pub reply: Tuple,
+    pub(crate) protocol: u8,
+    pub(crate) orig: Tuple,
+    pub(crate) reply: Tuple,
     /// `IPS_*` bits.
-    pub status: u32,
+    pub(crate) status: u32,
     /// `TCP_CONNTRACK_*`, for TCP.
-    pub tcp_state: Option<u8>,
-    pub timeout_s: Option<u32>,
-    pub mark: u32,
-    pub zone: u16,
+    pub(crate) tcp_state: Option<u8>,
+    pub(crate) timeout_s: Option<u32>,
+    pub(crate) mark: u32,
+    pub(crate) zone: u16,
 }
 
 impl Entry {
-    pub fn is_src_nat(&self) -> bool {
+    pub(crate) fn is_src_nat(&self) -> bool {
         self.status & IPS_SRC_NAT != 0
     }
 
-    pub fn is_dst_nat(&self) -> bool {
+    pub(crate) fn is_dst_nat(&self) -> bool {
         self.status & IPS_DST_NAT != 0
     }
 
     /// The original sender's flow after translation: local = `reply.dst:reply.dport`, remote =
     /// `reply.src:reply.sport`. This is the socket pair the peer (and a capture on the wire)
     /// sees for a masqueraded container.
-    pub fn translated(&self) -> (SocketAddr, SocketAddr) {
+    pub(crate) fn translated(&self) -> (SocketAddr, SocketAddr) {
         (self.reply.destination(), self.reply.source())
     }
 
-    /// The TCP state as `conntrack -L` prints it.
-    pub fn tcp_state_name(&self) -> Option<&'static str> {
+    /// The TCP state as `conntrack -L` prints it (the tests compare with it).
+    #[cfg(test)]
+    pub(crate) fn tcp_state_name(&self) -> Option<&'static str> {
         // enum tcp_conntrack, include/uapi/linux/netfilter/nf_conntrack_tcp.h
         const NAMES: [&str; 10] = [
             "NONE",

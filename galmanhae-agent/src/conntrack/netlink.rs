@@ -14,6 +14,8 @@ use netlink_sys::protocols::NETLINK_NETFILTER;
 use super::ConntrackError;
 use crate::netlink::{self, Answer, Failure};
 
+/// A dump of the table (the tests only: the agent looks entries up, see `lookup.rs`).
+#[cfg(test)]
 pub(super) const IPCTNL_MSG_CT_GET: u8 = 1;
 pub(super) const IPCTNL_MSG_CT_GET_STATS_CPU: u8 = 4;
 pub(super) const IPCTNL_MSG_CT_GET_STATS: u8 = 5;
@@ -28,19 +30,19 @@ const RETRY_RCVBUF: usize = 8 * 1024 * 1024;
 /// What to ask the kernel for.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Request {
-    pub message_type: u8,
+    pub(crate) message_type: u8,
     /// Every object (`NLM_F_DUMP`, multipart until `NLMSG_DONE`), or one answer and an ack.
-    pub dump: bool,
+    pub(crate) dump: bool,
     /// For error messages: "dumping the conntrack table", ...
-    pub what: &'static str,
+    pub(crate) what: &'static str,
 }
 
 /// The ctnetlink replies to one request.
 #[derive(Debug, Default)]
 pub(super) struct Replies {
-    pub messages: Vec<ConntrackMessage>,
+    pub(crate) messages: Vec<ConntrackMessage>,
     /// Messages the decoder rejected: counted and skipped, one bad entry must not hide the rest.
-    pub undecodable: usize,
+    pub(crate) undecodable: usize,
 }
 
 impl Replies {
@@ -180,7 +182,7 @@ pub(super) mod tests {
     }
 
     /// A netlink message header: length, type, flags, sequence, port.
-    pub fn nlmsg(message_type: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn nlmsg(message_type: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
         let length = u32::try_from(16 + payload.len()).unwrap();
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&length.to_ne_bytes());
@@ -200,7 +202,7 @@ pub(super) mod tests {
     }
 
     /// The replies in captured datagrams, which must end the reply.
-    pub fn replies(datagrams: &[&[u8]]) -> Replies {
+    pub(crate) fn replies(datagrams: &[&[u8]]) -> Replies {
         let mut replies = Replies::default();
         let progress: Vec<Progress> = datagrams
             .iter()

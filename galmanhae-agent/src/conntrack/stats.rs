@@ -9,8 +9,8 @@ use netlink_packet_netfilter::conntrack::ConntrackMessage;
 
 use super::{
     ConntrackError,
+    entry::value,
     netlink::{self, IPCTNL_MSG_CT_GET_STATS, IPCTNL_MSG_CT_GET_STATS_CPU, Replies, Request},
-    table::value,
 };
 
 /// `enum ctattr_stats_global`.
@@ -19,13 +19,13 @@ const CTA_STATS_GLOBAL_MAX_ENTRIES: u16 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum StatsSource {
+pub(crate) enum StatsSource {
     Ctnetlink,
     Procfs,
 }
 
 impl StatsSource {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Ctnetlink => "ctnetlink",
             Self::Procfs => "procfs",
@@ -35,28 +35,28 @@ impl StatsSource {
 
 /// Counters summed over CPUs. The kernel keeps them per namespace and per CPU as u32s.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Stats {
-    pub source: StatsSource,
+pub(crate) struct Stats {
+    pub(crate) source: StatsSource,
     /// Entries in the namespace's table.
-    pub entries: Option<u64>,
+    pub(crate) entries: Option<u64>,
     /// `nf_conntrack_max`: one limit for all namespaces (read-only outside the initial one).
-    pub max: Option<u64>,
-    pub found: u64,
+    pub(crate) max: Option<u64>,
+    pub(crate) found: u64,
     /// Packets conntrack could not track (bad TCP flags or window, checksum, ...).
-    pub invalid: u64,
-    pub insert: u64,
+    pub(crate) invalid: u64,
+    pub(crate) insert: u64,
     /// Inserts that lost a race with another CPU and were not resolved (the packet is dropped).
-    pub insert_failed: u64,
+    pub(crate) insert_failed: u64,
     /// New connections dropped, most often because the table was full.
-    pub drop: u64,
-    pub early_drop: u64,
+    pub(crate) drop: u64,
+    pub(crate) early_drop: u64,
     /// ICMP errors that matched no connection, and other protocol errors.
-    pub error: u64,
-    pub search_restart: u64,
+    pub(crate) error: u64,
+    pub(crate) search_restart: u64,
     /// Insert races resolved by reusing the other CPU's entry.
-    pub clash_resolve: u64,
+    pub(crate) clash_resolve: u64,
     /// Inserts refused because a hash chain was too long.
-    pub chaintoolong: u64,
+    pub(crate) chaintoolong: u64,
 }
 
 impl Stats {
@@ -79,7 +79,7 @@ impl Stats {
     }
 
     /// The event counters by the names `galmanhae_conntrack_events_total{event}` uses.
-    pub fn events(&self) -> [(&'static str, u64); 7] {
+    pub(crate) fn events(&self) -> [(&'static str, u64); 7] {
         [
             ("insert_failed", self.insert_failed),
             ("drop", self.drop),
@@ -93,7 +93,7 @@ impl Stats {
 
     /// The counters' growth since `earlier`; `entries` and `max` stay as they are now.
     #[must_use]
-    pub fn since(&self, earlier: &Self) -> Self {
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
         Self {
             source: self.source,
             entries: self.entries,
@@ -183,7 +183,7 @@ impl Counter {
 
 /// The calling thread's namespace, over ctnetlink: the per-CPU counters
 /// (`IPCTNL_MSG_CT_GET_STATS_CPU`, summed) and the table's fill (`IPCTNL_MSG_CT_GET_STATS`).
-pub fn stats_netlink() -> Result<Stats, ConntrackError> {
+pub(crate) fn stats_netlink() -> Result<Stats, ConntrackError> {
     let per_cpu = netlink::request(Request {
         message_type: IPCTNL_MSG_CT_GET_STATS_CPU,
         dump: true,
@@ -248,7 +248,7 @@ fn attributes(replies: &Replies, wanted: u8) -> impl Iterator<Item = &DefaultNla
 
 /// From `/proc/<pid>/net/stat/nf_conntrack`, or the calling thread's own with `None`; `max`
 /// from the calling thread's `nf_conntrack_max` (a global limit, read-only in other namespaces).
-pub fn stats_procfs(pid: Option<u32>) -> Result<Stats, ConntrackError> {
+pub(crate) fn stats_procfs(pid: Option<u32>) -> Result<Stats, ConntrackError> {
     let process = pid.map_or_else(
         || PathBuf::from("/proc/thread-self"),
         |pid| PathBuf::from(format!("/proc/{pid}")),
@@ -338,18 +338,18 @@ fn parse_procfs(text: &str) -> Result<Stats, String> {
 
 /// `net.netfilter.nf_conntrack_*` of the calling thread's namespace; `None` where absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Sysctls {
-    pub max: Option<u64>,
-    pub count: Option<u64>,
-    pub buckets: Option<u64>,
+pub(crate) struct Sysctls {
+    pub(crate) max: Option<u64>,
+    pub(crate) count: Option<u64>,
+    pub(crate) buckets: Option<u64>,
     /// Out-of-window TCP packets are accepted instead of marked invalid.
-    pub tcp_be_liberal: Option<bool>,
+    pub(crate) tcp_be_liberal: Option<bool>,
     /// Connections already established when tracking started are picked up mid-stream.
-    pub tcp_loose: Option<bool>,
-    pub tcp_timeout_established_s: Option<u64>,
+    pub(crate) tcp_loose: Option<bool>,
+    pub(crate) tcp_timeout_established_s: Option<u64>,
 }
 
-pub fn sysctls() -> Sysctls {
+pub(crate) fn sysctls() -> Sysctls {
     Sysctls {
         max: sysctl("max"),
         count: sysctl("count"),

@@ -15,26 +15,26 @@ use crate::model::{Drop, DropReason, Evidence};
 
 /// One diagnosed problem. `id` values are a contract (see docs/findings.md).
 #[derive(Clone, Debug, Serialize)]
-pub struct Finding {
-    pub id: &'static str,
-    pub severity: Severity,
-    pub workload: String,
-    pub flows: Vec<String>,
-    pub summary: String,
-    pub evidence: Vec<String>,
-    pub advice: String,
+pub(crate) struct Finding {
+    pub(crate) id: &'static str,
+    pub(crate) severity: Severity,
+    pub(crate) workload: String,
+    pub(crate) flows: Vec<String>,
+    pub(crate) summary: String,
+    pub(crate) evidence: Vec<String>,
+    pub(crate) advice: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Severity {
+pub(crate) enum Severity {
     Low,
     Medium,
     High,
 }
 
 impl Severity {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Low => "low",
             Self::Medium => "medium",

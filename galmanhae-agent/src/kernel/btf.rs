@@ -11,10 +11,10 @@ use galmanhae_common::{
 };
 
 /// Where the kernel exposes its own BTF.
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
-pub enum BtfError {
+pub(crate) enum BtfError {
     #[error(
         "kernel BTF is absent: {path} does not exist (the kernel was built without \
          CONFIG_DEBUG_INFO_BTF=y; galmanhae needs it to find struct offsets)"
@@ -34,7 +34,7 @@ pub enum BtfError {
 
 /// The kernel's types. Memory-mapped and parsed on demand: materialising all of vmlinux's
 /// BTF would cost ~70 MB of RSS for a dozen lookups.
-pub struct KernelBtf {
+pub(crate) struct KernelBtf {
     btf: Btf,
 }
 
@@ -42,7 +42,7 @@ impl KernelBtf {
     /// Maps `path`; where the kernel refuses to mmap it (sysfs BTF is mappable only since
     /// Linux 6.16: older kernels answer ENODEV), copies it into a memfd and maps that, which
     /// costs its size (~6 MB) in shared memory instead of a full parse's ~70 MB.
-    pub fn load(path: &Path) -> Result<Self, BtfError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, BtfError> {
         let read_error = |e: &dyn std::fmt::Display| BtfError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -73,7 +73,7 @@ impl KernelBtf {
         Ok(Self { btf })
     }
     /// Byte offset of `path` (dotted, through anonymous members) inside struct `ty`.
-    pub fn offset_of(&self, ty: &str, path: &str) -> Result<u32, BtfError> {
+    pub(crate) fn offset_of(&self, ty: &str, path: &str) -> Result<u32, BtfError> {
         match self.member(ty, path)? {
             (bits, None) if bits % 8 == 0 => Ok(bits / 8),
             _ => Err(member_error(ty, path, "is a bitfield")),
@@ -81,7 +81,7 @@ impl KernelBtf {
     }
 
     /// A bitfield member (or a one-byte plain member) as byte, shift and mask.
-    pub fn bitfield(&self, ty: &str, path: &str) -> Result<BitField, BtfError> {
+    pub(crate) fn bitfield(&self, ty: &str, path: &str) -> Result<BitField, BtfError> {
         let (bit_offset, bits) = match self.member(ty, path)? {
             (offset, Some(size)) => (offset, size),
             (offset, None) => (offset, 8),
@@ -120,7 +120,7 @@ impl KernelBtf {
     }
 
     /// Values and names of an enum (`enum skb_drop_reason`, ...), as the running kernel has them.
-    pub fn enum_values(&self, name: &str) -> Result<Vec<(u32, String)>, BtfError> {
+    pub(crate) fn enum_values(&self, name: &str) -> Result<Vec<(u32, String)>, BtfError> {
         let found = self
             .btf
             .resolve_types_by_name(name)
@@ -223,7 +223,7 @@ fn member_error(ty: &str, path: &str, reason: &str) -> BtfError {
 
 /// The `sock_common` members the retransmit programs build a flow from, as the tracepoint
 /// record would. <https://elixir.bootlin.com/linux/v6.18/source/include/net/sock.h>
-pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
+pub(crate) fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
     let member = |path: &str| btf.offset_of("sock", &format!("__sk_common.{path}"));
     Ok(SockOffsets {
         family: member("skc_family")?,
@@ -240,7 +240,7 @@ pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
 
 /// The `task_struct` members the task iterator reads (namespace and cgroup of a process).
 /// <https://elixir.bootlin.com/linux/v6.18/source/include/linux/sched.h>
-pub fn task_offsets(btf: &KernelBtf) -> Result<TaskOffsets, BtfError> {
+pub(crate) fn task_offsets(btf: &KernelBtf) -> Result<TaskOffsets, BtfError> {
     Ok(TaskOffsets {
         pid: btf.offset_of("task_struct", "pid")?,
         tgid: btf.offset_of("task_struct", "tgid")?,
@@ -256,7 +256,7 @@ pub fn task_offsets(btf: &KernelBtf) -> Result<TaskOffsets, BtfError> {
 ///
 /// Members the programs can live without (the cgroup, the congestion state) come back as
 /// [`ABSENT`] with a note; the namespace is required.
-pub fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), BtfError> {
+pub(crate) fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<String>), BtfError> {
     let mut notes = Vec::new();
     let mut optional = |result: Result<u32, BtfError>| {
         result.unwrap_or_else(|e| {

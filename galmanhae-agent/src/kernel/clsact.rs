@@ -13,7 +13,7 @@ use crate::netlink::{self, Answer, Failure};
 
 /// Why the qdisc of an interface was left in place.
 #[derive(Debug, thiserror::Error)]
-pub enum ClsactError {
+pub(crate) enum ClsactError {
     #[error("rtnetlink: {0:?}")]
     Netlink(Failure),
     #[error("{0} filters of another tool remain on it")]
@@ -21,7 +21,7 @@ pub enum ClsactError {
 }
 
 /// Removes the clsact qdisc of `ifindex` when neither direction has a filter left.
-pub fn remove_if_unused(ifindex: u32) -> Result<(), ClsactError> {
+pub(crate) fn remove_if_unused(ifindex: u32) -> Result<(), ClsactError> {
     let mut socket =
         netlink::Socket::open(NETLINK_ROUTE).map_err(|e| ClsactError::Netlink(Failure::Io(e)))?;
     let index = i32::try_from(ifindex).unwrap_or(i32::MAX);

@@ -8,17 +8,17 @@ use super::{btf::KernelBtf, tracefs::Format};
 /// Names of `enum skb_drop_reason` values. The numbers shift between kernels and backports,
 /// so they come from the running kernel: its BTF, else the tracepoint's print format.
 #[derive(Clone, Debug, Default)]
-pub struct DropReasons {
+pub(crate) struct DropReasons {
     names: HashMap<u32, String>,
     /// Where the names came from, for the report.
-    pub source: &'static str,
+    pub(crate) source: &'static str,
 }
 
 /// `include/net/dropreason.h`: the upper 16 bits of a reason name a subsystem.
 const SUBSYS_SHIFT: u32 = 16;
 
 impl DropReasons {
-    pub fn resolve(btf: &KernelBtf, format: Option<&Format>) -> Self {
+    pub(crate) fn resolve(btf: &KernelBtf, format: Option<&Format>) -> Self {
         if let Ok(values) = btf.enum_values("skb_drop_reason") {
             let names = values
                 .into_iter()
@@ -52,7 +52,7 @@ impl DropReasons {
         }
     }
 
-    pub fn name(&self, reason: u32) -> String {
+    pub(crate) fn name(&self, reason: u32) -> String {
         if let Some(name) = self.names.get(&reason) {
             return name.clone();
         }

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub const KALLSYMS: &str = "/proc/kallsyms";
+pub(crate) const KALLSYMS: &str = "/proc/kallsyms";
 
 /// An address further than this above its nearest text symbol is in none we know (a module
 /// loaded after the table was read).
@@ -21,7 +21,7 @@ const MAX_FUNCTION_SIZE: u64 = 1 << 20;
 const REFRESH_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default)]
-pub struct Symbolizer {
+pub(crate) struct Symbolizer {
     /// `None` for an address kallsyms did not name.
     cache: HashMap<u64, Option<String>>,
     table: Option<(TextSymbols, Instant)>,
@@ -29,7 +29,7 @@ pub struct Symbolizer {
 
 impl Symbolizer {
     /// Names every address in `addresses` not seen before.
-    pub fn learn(&mut self, addresses: impl IntoIterator<Item = u64>) {
+    pub(crate) fn learn(&mut self, addresses: impl IntoIterator<Item = u64>) {
         for address in addresses {
             if self.cache.contains_key(&address) {
                 continue;
@@ -71,14 +71,8 @@ impl Symbolizer {
         self.table.as_ref().map(|(table, _)| table)
     }
 
-    /// The function `address` is in, else the address in hex.
-    pub fn name(&self, address: u64) -> String {
-        self.resolved(address)
-            .map_or_else(|| format!("{address:#x}"), str::to_owned)
-    }
-
     /// The function `address` is in, if kallsyms named it.
-    pub fn resolved(&self, address: u64) -> Option<&str> {
+    pub(crate) fn resolved(&self, address: u64) -> Option<&str> {
         self.cache.get(&address).and_then(Option::as_deref)
     }
 }

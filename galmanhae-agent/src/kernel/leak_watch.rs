@@ -22,19 +22,19 @@ type Wanted = (Vec<IpNet>, Vec<(u32, String)>);
 
 /// What is watched now, and what was last asked for.
 #[derive(Debug, Default)]
-pub struct LeakWatch {
+pub(crate) struct LeakWatch {
     /// The last lists asked for: asking again with the same changes nothing (an uplink that
     /// failed to attach is not retried every pass).
     wanted: Option<Wanted>,
     subnets: Vec<IpNet>,
     links: BTreeMap<u32, (String, SchedClassifierLinkId)>,
     /// Interfaces (ifindex, name) where the agent added a clsact qdisc, removed on drop.
-    pub added_clsact: Vec<(u32, String)>,
+    pub(crate) added_clsact: Vec<(u32, String)>,
 }
 
 impl LeakWatch {
     /// The uplinks watched now, by ifindex.
-    pub fn uplinks(&self) -> BTreeMap<u32, String> {
+    pub(crate) fn uplinks(&self) -> BTreeMap<u32, String> {
         self.links
             .iter()
             .map(|(ifindex, (name, _))| (*ifindex, name.clone()))
@@ -43,7 +43,7 @@ impl LeakWatch {
 
     /// Makes the watch match `subnets` and `uplinks`; the hook that says what it is now, or
     /// `None` when they are what was asked for last time.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         ebpf: &mut Ebpf,
         subnets: &[IpNet],

@@ -1,15 +1,15 @@
 //! Everything that knows the running kernel: BTF, tracefs, prerequisites, load and attach.
 //! Only this module knows offsets.
 
-pub mod btf;
+pub(crate) mod btf;
 pub(crate) mod clsact;
-pub mod drop_reasons;
-pub mod kallsyms;
+pub(crate) mod drop_reasons;
+pub(crate) mod kallsyms;
 pub(crate) mod leak_watch;
-pub mod mounts;
-pub mod prereq;
-pub mod privileges;
-pub mod probes;
-pub mod prog_info;
-pub mod task_iter;
-pub mod tracefs;
+pub(crate) mod mounts;
+pub(crate) mod prereq;
+pub(crate) mod privileges;
+pub(crate) mod probes;
+pub(crate) mod prog_info;
+pub(crate) mod task_iter;
+pub(crate) mod tracefs;

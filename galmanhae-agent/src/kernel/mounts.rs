@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 /// The first mount point of `fstype` (`tracefs`, `bpf`, `cgroup2`, ...).
-pub fn mount_point(fstype: &str) -> Option<PathBuf> {
+pub(crate) fn mount_point(fstype: &str) -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     mounts.lines().find_map(|line| {
         let mut parts = line.split_whitespace();

@@ -11,10 +11,10 @@ use caps::{CapSet, Capability};
 use super::{btf::VMLINUX_BTF, tracefs};
 
 /// Where bpffs is normally mounted.
-pub const BPFFS: &str = "/sys/fs/bpf";
+pub(crate) const BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Debug, thiserror::Error)]
-pub enum PrereqError {
+pub(crate) enum PrereqError {
     #[error(
         "missing privileges: {missing}. galmanhae loads eBPF tracepoint programs, which needs \
          root or CAP_BPF + CAP_PERFMON (plus CAP_DAC_READ_SEARCH to read tracefs and other \
@@ -38,15 +38,15 @@ pub enum PrereqError {
 
 /// The outcome of one check, for the report.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Check {
-    pub name: &'static str,
-    pub status: CheckStatus,
-    pub detail: String,
+pub(crate) struct Check {
+    pub(crate) name: &'static str,
+    pub(crate) status: CheckStatus,
+    pub(crate) detail: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CheckStatus {
+pub(crate) enum CheckStatus {
     Ok,
     /// It was missing and galmanhae fixed it (mounted a filesystem).
     Fixed,
@@ -56,13 +56,13 @@ pub enum CheckStatus {
 
 /// Paths the rest of the agent uses, once the checks passed.
 #[derive(Clone, Debug)]
-pub struct Environment {
-    pub tracefs: PathBuf,
-    pub checks: Vec<Check>,
+pub(crate) struct Environment {
+    pub(crate) tracefs: PathBuf,
+    pub(crate) checks: Vec<Check>,
 }
 
 /// Checks privileges, BTF, tracefs and bpffs; mounts tracefs and bpffs where needed.
-pub fn prepare(explicit_tracefs: Option<&Path>) -> Result<Environment, PrereqError> {
+pub(crate) fn prepare(explicit_tracefs: Option<&Path>) -> Result<Environment, PrereqError> {
     let mut checks = Vec::new();
     check_privileges(&mut checks)?;
 
@@ -133,7 +133,7 @@ fn check_privileges(checks: &mut Vec<Check>) -> Result<(), PrereqError> {
 }
 
 /// The capabilities of `wanted` that this process does not have in its effective set.
-pub fn lacking(wanted: &[Capability]) -> Vec<String> {
+pub(crate) fn lacking(wanted: &[Capability]) -> Vec<String> {
     wanted
         .iter()
         .filter(|cap| !caps::has_cap(None, CapSet::Effective, **cap).unwrap_or(false))

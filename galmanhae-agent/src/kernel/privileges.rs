@@ -9,7 +9,7 @@
 use caps::{CapSet, Capability, CapsHashSet};
 
 /// What a run uses after attach, and what for.
-pub const KEPT: [(Capability, &str); 6] = [
+pub(crate) const KEPT: [(Capability, &str); 6] = [
     (
         Capability::CAP_BPF,
         "bpf() on the maps (refused without it where unprivileged BPF is off)",
@@ -40,18 +40,18 @@ pub const KEPT: [(Capability, &str); 6] = [
 
 /// The effective set before and after, as `/proc/PID/status` shows it (`CapEff`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Dropped {
-    pub before: u64,
-    pub after: u64,
+pub(crate) struct Dropped {
+    pub(crate) before: u64,
+    pub(crate) after: u64,
 }
 
 /// What a run needs besides the capabilities every run keeps.
 #[derive(Clone, Copy, Debug)]
-pub struct Needs {
+pub(crate) struct Needs {
     /// Legacy iptables nat tables exist: `CAP_NET_RAW` for `iptables-legacy-save`.
-    pub legacy_iptables: bool,
+    pub(crate) legacy_iptables: bool,
     /// No task iterator: `/proc/PID/ns/net` of other processes, behind a ptrace check.
-    pub proc_namespaces: bool,
+    pub(crate) proc_namespaces: bool,
 }
 
 impl Needs {
@@ -66,7 +66,7 @@ impl Needs {
 
 /// Lowers the effective, permitted, inheritable, ambient and (with `CAP_SETPCAP`) bounding
 /// sets to [`KEPT`], less what `needs` says this run can do without.
-pub fn drop_unused(needs: Needs) -> Result<Dropped, caps::errors::CapsError> {
+pub(crate) fn drop_unused(needs: Needs) -> Result<Dropped, caps::errors::CapsError> {
     let before = caps::read(None, CapSet::Effective)?;
     let keep: CapsHashSet = KEPT
         .iter()
@@ -99,7 +99,7 @@ pub fn drop_unused(needs: Needs) -> Result<Dropped, caps::errors::CapsError> {
 
 /// Whether the host has legacy iptables tables (the ones `iptables-legacy-save` reads).
 #[must_use]
-pub fn legacy_iptables() -> bool {
+pub(crate) fn legacy_iptables() -> bool {
     ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
         .iter()
         .any(|path| {
@@ -108,7 +108,7 @@ pub fn legacy_iptables() -> bool {
 }
 
 #[must_use]
-pub fn mask(set: &CapsHashSet) -> u64 {
+pub(crate) fn mask(set: &CapsHashSet) -> u64 {
     set.iter().fold(0, |m, cap| m | cap.bitmask())
 }
 

@@ -22,7 +22,7 @@ struct InfoAttr {
 
 /// The program's `recursion_misses`; `offset` is that member's offset in `struct
 /// bpf_prog_info`, from the kernel's BTF. Only the bytes up to it are asked for.
-pub fn recursion_misses(program: BorrowedFd<'_>, offset: u32) -> io::Result<u64> {
+pub(crate) fn recursion_misses(program: BorrowedFd<'_>, offset: u32) -> io::Result<u64> {
     let mut info = vec![0u8; offset as usize + size_of::<u64>()];
     let attr = InfoAttr {
         bpf_fd: u32::try_from(program.as_raw_fd()).map_err(io::Error::other)?,

@@ -21,7 +21,7 @@ use galmanhae_common::task::{READER, TaskRecord};
 use super::probes::{Hook, HookStatus, error_chain};
 
 /// The program's name in the object.
-pub const TASK_ITER_PROGRAM: &str = "task_namespaces";
+pub(crate) const TASK_ITER_PROGRAM: &str = "task_namespaces";
 
 /// `enum bpf_cmd` and `enum bpf_attach_type` values (stable ABI).
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -50,20 +50,20 @@ struct IterCreateAttr {
 
 /// The attached iterator.
 #[derive(Debug)]
-pub struct TaskIter {
+pub(crate) struct TaskIter {
     link: OwnedFd,
 }
 
 /// One dump: each process's namespace inode and cgroup id, by pid.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Tasks {
-    pub netns: BTreeMap<i32, u32>,
-    pub cgroup: BTreeMap<i32, u64>,
+pub(crate) struct Tasks {
+    pub(crate) netns: BTreeMap<i32, u32>,
+    pub(crate) cgroup: BTreeMap<i32, u64>,
 }
 
 /// Why a dump cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum DumpError {
+pub(crate) enum DumpError {
     #[error("reading the task iterator: {0}")]
     Io(#[from] io::Error),
     #[error(
@@ -79,7 +79,7 @@ pub enum DumpError {
 impl TaskIter {
     /// Loads and attaches the program, as a hook with its status (optional: without it the
     /// agent reads `/proc/PID/ns/net` and keeps `CAP_SYS_PTRACE`).
-    pub fn attach(ebpf: &mut Ebpf, btf: Result<&aya::Btf, &String>) -> (Option<Self>, Hook) {
+    pub(crate) fn attach(ebpf: &mut Ebpf, btf: Result<&aya::Btf, &String>) -> (Option<Self>, Hook) {
         let mut hook = Hook {
             name: "bpf_iter_task".to_owned(),
             kind: "iter",
@@ -123,7 +123,7 @@ impl TaskIter {
     }
 
     /// Every process's namespace and cgroup, now.
-    pub fn read(&self) -> Result<Tasks, DumpError> {
+    pub(crate) fn read(&self) -> Result<Tasks, DumpError> {
         let attr = IterCreateAttr {
             link_fd: fd_u32(self.link.as_fd())?,
             flags: 0,

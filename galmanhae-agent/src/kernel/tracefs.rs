@@ -13,10 +13,10 @@ use galmanhae_common::offsets::{
 };
 
 /// Where tracefs is normally mounted.
-pub const DEFAULT_TRACEFS: &str = "/sys/kernel/tracing";
+pub(crate) const DEFAULT_TRACEFS: &str = "/sys/kernel/tracing";
 
 #[derive(Debug, thiserror::Error)]
-pub enum FormatError {
+pub(crate) enum FormatError {
     #[error("tracepoint {tracepoint} is not in this kernel ({path}: {source})")]
     Missing {
         tracepoint: String,
@@ -32,22 +32,22 @@ pub enum FormatError {
 
 /// One `field:` line of a format file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Field {
-    pub offset: u32,
-    pub size: u32,
+pub(crate) struct Field {
+    pub(crate) offset: u32,
+    pub(crate) size: u32,
 }
 
 /// The parsed `format` file of one tracepoint.
 #[derive(Clone, Debug)]
-pub struct Format {
-    pub tracepoint: String,
+pub(crate) struct Format {
+    pub(crate) tracepoint: String,
     fields: HashMap<String, Field>,
     print_fmt: Option<String>,
 }
 
 impl Format {
     /// Reads `<tracefs>/events/<category>/<name>/format`.
-    pub fn read(tracefs: &Path, category: &str, name: &str) -> Result<Self, FormatError> {
+    pub(crate) fn read(tracefs: &Path, category: &str, name: &str) -> Result<Self, FormatError> {
         let path = tracefs
             .join("events")
             .join(category)
@@ -62,7 +62,7 @@ impl Format {
     }
 
     /// Parses lines like `field:__u16 sport; offset:28; size:2; signed:0;` (tab-separated).
-    pub fn parse(tracepoint: &str, text: &str) -> Self {
+    pub(crate) fn parse(tracepoint: &str, text: &str) -> Self {
         let fields = text
             .lines()
             .filter_map(|line| {
@@ -100,7 +100,7 @@ impl Format {
         }
     }
 
-    pub fn field(&self, name: &str) -> Option<&Field> {
+    pub(crate) fn field(&self, name: &str) -> Option<&Field> {
         self.fields.get(name)
     }
 
@@ -117,7 +117,7 @@ impl Format {
         self.field(name).map_or(ABSENT, |f| f.offset)
     }
 
-    pub fn retransmit_skb(&self) -> Result<RetransmitSkbFields, FormatError> {
+    pub(crate) fn retransmit_skb(&self) -> Result<RetransmitSkbFields, FormatError> {
         Ok(RetransmitSkbFields {
             skbaddr: self.required("skbaddr")?,
             skaddr: self.required("skaddr")?,
@@ -131,7 +131,7 @@ impl Format {
         })
     }
 
-    pub fn kfree_skb(&self) -> Result<KfreeSkbFields, FormatError> {
+    pub(crate) fn kfree_skb(&self) -> Result<KfreeSkbFields, FormatError> {
         Ok(KfreeSkbFields {
             skbaddr: self.required("skbaddr")?,
             location: self.required("location")?,
@@ -143,7 +143,7 @@ impl Format {
 
     /// The `{ value, "NAME" }` pairs of `__print_symbolic(REC->field, ...)` in the print format:
     /// how the kernel itself names enum values in its trace output.
-    pub fn symbols(&self, field: &str) -> Vec<(u32, String)> {
+    pub(crate) fn symbols(&self, field: &str) -> Vec<(u32, String)> {
         let Some(print_fmt) = &self.print_fmt else {
             return Vec::new();
         };
@@ -163,7 +163,7 @@ impl Format {
             .collect()
     }
 
-    pub fn retransmit_synack(&self) -> Result<RetransmitSynackFields, FormatError> {
+    pub(crate) fn retransmit_synack(&self) -> Result<RetransmitSynackFields, FormatError> {
         Ok(RetransmitSynackFields {
             skaddr: self.required("skaddr")?,
             sport: self.required("sport")?,
@@ -184,7 +184,7 @@ fn field_name(decl: &str) -> Option<&str> {
 
 /// The tracefs mount point: the given one, else the first tracefs in /proc/self/mounts, else
 /// the default path (which [`super::prereq`] mounts when it is empty).
-pub fn locate(explicit: Option<&Path>) -> PathBuf {
+pub(crate) fn locate(explicit: Option<&Path>) -> PathBuf {
     if let Some(path) = explicit {
         return path.to_owned();
     }

@@ -14,19 +14,19 @@ use crate::{findings::Finding, model::Evidence};
 pub(crate) const SCHEMA: &str = "galmanhae.findings/v1";
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct FindingLabels {
-    pub id: &'static str,
-    pub severity: &'static str,
-    pub workload: String,
+pub(crate) struct FindingLabels {
+    pub(crate) id: &'static str,
+    pub(crate) severity: &'static str,
+    pub(crate) workload: String,
 }
 
 /// The body of `/findings`.
 #[derive(Debug, Serialize)]
 pub(crate) struct FindingsDocument<'a> {
-    pub schema: &'static str,
+    pub(crate) schema: &'static str,
     /// How far back the findings look, seconds.
-    pub window_s: u64,
-    pub findings: &'a [Finding],
+    pub(crate) window_s: u64,
+    pub(crate) findings: &'a [Finding],
 }
 
 impl Exporter {
@@ -67,7 +67,7 @@ mod tests {
     use super::*;
     use crate::{
         findings::Severity,
-        metrics::{Families, Lifecycle as _, families::render_families},
+        metrics::{Families, Lifecycle as _, encode::render_families},
     };
 
     #[test]

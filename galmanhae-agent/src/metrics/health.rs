@@ -9,7 +9,7 @@ use crate::kernel::probes::{Hook, HookStatus};
 
 /// What became of a user-space source on the last pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SourceState {
+pub(crate) enum SourceState {
     Ok,
     /// It was asked and failed (the log says why).
     Failed,
@@ -20,7 +20,7 @@ pub enum SourceState {
 
 impl SourceState {
     #[must_use]
-    pub const fn worked(ok: bool) -> Self {
+    pub(crate) const fn worked(ok: bool) -> Self {
         if ok { Self::Ok } else { Self::Failed }
     }
 
@@ -35,7 +35,7 @@ impl SourceState {
 
 /// Every user-space source, and whether a core count or label is missing without it (the
 /// optional ones only add names, locations or the programs' own cost).
-pub const COLLECTORS: [(&str, bool); 8] = [
+pub(crate) const COLLECTORS: [(&str, bool); 8] = [
     ("maps", true),
     ("snmp", true),
     ("conntrack", true),
@@ -58,16 +58,16 @@ const fn flag(required: bool) -> &'static str {
 
 /// `galmanhae_hook_up{hook, kind, status, required}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct HookLabels {
-    pub hook: String,
-    pub kind: &'static str,
-    pub status: &'static str,
-    pub required: &'static str,
+pub(crate) struct HookLabels {
+    pub(crate) hook: String,
+    pub(crate) kind: &'static str,
+    pub(crate) status: &'static str,
+    pub(crate) required: &'static str,
 }
 
 impl HookLabels {
     #[must_use]
-    pub fn of(hook: &Hook) -> Self {
+    pub(crate) fn of(hook: &Hook) -> Self {
         Self {
             hook: hook.name.clone(),
             kind: hook.kind,
@@ -79,15 +79,15 @@ impl HookLabels {
 
 /// `galmanhae_collector_up{collector, status, required}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct CollectorLabels {
-    pub collector: &'static str,
-    pub status: &'static str,
-    pub required: &'static str,
+pub(crate) struct CollectorLabels {
+    pub(crate) collector: &'static str,
+    pub(crate) status: &'static str,
+    pub(crate) required: &'static str,
 }
 
 impl CollectorLabels {
     #[must_use]
-    pub fn of(collector: &'static str, state: SourceState) -> Self {
+    pub(crate) fn of(collector: &'static str, state: SourceState) -> Self {
         Self {
             collector,
             status: state.label(),

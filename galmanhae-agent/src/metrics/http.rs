@@ -17,7 +17,7 @@ use axum::{
 };
 use prometheus_client::{encoding::prometheus_text, registry::Registry};
 
-use super::families::{self, Shared};
+use super::{encode, shared::Shared};
 
 /// Renders in flight at once; more scrapes wait for a slot.
 const RENDERS: usize = 4;
@@ -69,7 +69,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
             let _slot = slot;
             let started = Instant::now();
             let mut body = String::with_capacity(64 * 1024);
-            let result = families::encode(&mut body, &app.registry, openmetrics);
+            let result = encode::encode(&mut body, &app.registry, openmetrics);
             let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             app.shared.render_ns.store(took, Ordering::Relaxed);
             result.map(|()| body)

@@ -48,7 +48,7 @@ impl<L: Eq + Hash> Series<L> {
 
     /// Adds `delta` to a counter whose subject still exists: it is active even if it did not
     /// grow.
-    pub fn add_alive(&mut self, labels: L, delta: u64, now: Instant) {
+    pub(crate) fn add_alive(&mut self, labels: L, delta: u64, now: Instant) {
         self.grow(labels, delta, now, true);
     }
 
@@ -71,7 +71,7 @@ impl<L: Eq + Hash> Series<L> {
     }
 
     /// Sets a gauge; it is active.
-    pub fn set(&mut self, labels: L, value: u64, now: Instant) {
+    pub(crate) fn set(&mut self, labels: L, value: u64, now: Instant) {
         let entry = Entry {
             value,
             held: 0,
@@ -82,21 +82,21 @@ impl<L: Eq + Hash> Series<L> {
     }
 
     /// Removes the gauges not set since `since` (what they described is gone).
-    pub fn retain_set_since(&mut self, since: Instant) {
+    pub(crate) fn retain_set_since(&mut self, since: Instant) {
         self.entries.retain(|_, e| e.active >= since);
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&L, u64)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&L, u64)> {
         self.entries.iter().map(|(labels, e)| (labels, e.value))
     }
 
     /// Removes the series whose labels match.
-    pub fn remove_where(&mut self, matches: impl Fn(&L) -> bool) {
+    pub(crate) fn remove_where(&mut self, matches: impl Fn(&L) -> bool) {
         self.entries.retain(|labels, _| !matches(labels));
     }
 
     /// The value served now.
-    pub fn get(&self, labels: &L) -> Option<u64> {
+    pub(crate) fn get(&self, labels: &L) -> Option<u64> {
         self.entries.get(labels).map(|e| e.value)
     }
 }
@@ -151,13 +151,13 @@ impl<L: Eq + Hash> Lifecycle for Series<L> {
 
 /// At most `max` distinct keys; a key keeps its slot while in use and for the grace period.
 #[derive(Debug)]
-pub struct Slots<K> {
+pub(crate) struct Slots<K> {
     max: usize,
     used: HashMap<K, Instant>,
 }
 
 impl<K: Eq + Hash> Slots<K> {
-    pub fn new(max: u32) -> Self {
+    pub(crate) fn new(max: u32) -> Self {
         Self {
             max: max as usize,
             used: HashMap::new(),
@@ -165,7 +165,7 @@ impl<K: Eq + Hash> Slots<K> {
     }
 
     /// Whether `key` has a slot (taking a free one if needed); refreshes it.
-    pub fn admit(&mut self, key: K, now: Instant) -> bool {
+    pub(crate) fn admit(&mut self, key: K, now: Instant) -> bool {
         if let Some(last) = self.used.get_mut(&key) {
             *last = now;
             return true;
@@ -178,17 +178,15 @@ impl<K: Eq + Hash> Slots<K> {
     }
 
     /// Frees the slots unused for longer than `grace`.
-    pub fn expire(&mut self, now: Instant, grace: Duration) {
+    pub(crate) fn expire(&mut self, now: Instant, grace: Duration) {
         self.used
             .retain(|_, last| now.saturating_duration_since(*last) <= grace);
     }
 
-    pub fn len(&self) -> usize {
+    /// How many slots are taken (the tests count them).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.used.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.used.is_empty()
     }
 }
 
@@ -205,7 +203,7 @@ const TOP_K_CANDIDATES_PER_SLOT: usize = 4;
 /// The `max` heaviest keys by recent weight (an exponentially decayed count), with hysteresis.
 /// Kept keys get series of their own; the others are counted in an `other` bucket.
 #[derive(Debug)]
-pub struct TopK<K> {
+pub(crate) struct TopK<K> {
     max: usize,
     kept: HashMap<K, Weight>,
     candidates: HashMap<K, Weight>,
@@ -240,7 +238,7 @@ impl Weight {
 
 /// What [`TopK::admit`] decided.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Admission<K> {
+pub(crate) enum Admission<K> {
     /// The key has a slot (it may have just taken a free one).
     Kept,
     /// The key took the slot of `demoted`, which is counted in `other` from now on.
@@ -250,7 +248,7 @@ pub enum Admission<K> {
 }
 
 impl<K: Clone + Eq + Hash> TopK<K> {
-    pub fn new(max: u32) -> Self {
+    pub(crate) fn new(max: u32) -> Self {
         Self {
             max: max as usize,
             kept: HashMap::new(),
@@ -259,7 +257,7 @@ impl<K: Clone + Eq + Hash> TopK<K> {
     }
 
     /// Adds `weight` to `key` and decides whether it has a slot.
-    pub fn admit(&mut self, key: &K, weight: u64, now: Instant) -> Admission<K> {
+    pub(crate) fn admit(&mut self, key: &K, weight: u64, now: Instant) -> Admission<K> {
         if let Some(kept) = self.kept.get_mut(key) {
             kept.add(weight, now);
             return Admission::Kept;
@@ -314,13 +312,13 @@ impl<K: Clone + Eq + Hash> TopK<K> {
     }
 
     /// Frees the slots (and forgets the candidates) not counted for longer than `grace`.
-    pub fn expire(&mut self, now: Instant, grace: Duration) {
+    pub(crate) fn expire(&mut self, now: Instant, grace: Duration) {
         let recent = |w: &mut Weight| now.saturating_duration_since(w.at) <= grace;
         self.kept.retain(|_, w| recent(w));
         self.candidates.retain(|_, w| recent(w));
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.kept.is_empty() && self.candidates.is_empty()
     }
 }

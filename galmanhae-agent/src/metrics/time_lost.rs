@@ -56,7 +56,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::metrics::{Families, Lifecycle as _, families::render_families};
+    use crate::metrics::{Families, Lifecycle as _, encode::render_families};
 
     #[test]
     fn seconds_and_the_stall_histogram_render_as_prometheus_reads_them() {

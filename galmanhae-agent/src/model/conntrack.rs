@@ -13,7 +13,7 @@ pub(crate) enum Namespace {
 }
 
 impl Namespace {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Self::Host => "host",
             Self::Workload(name) => name,
@@ -25,19 +25,19 @@ impl Namespace {
 /// Table fill at the end of the window, event counters' growth over it.
 #[derive(Clone, Debug)]
 pub(crate) struct Conntrack {
-    pub namespace: Namespace,
-    pub netns: u32,
-    pub stats: Stats,
+    pub(crate) namespace: Namespace,
+    pub(crate) netns: u32,
+    pub(crate) stats: Stats,
 }
 
 impl Conntrack {
     /// Worth showing: the table holds entries, or an event counter grew.
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.stats.entries.unwrap_or(0) > 0 || self.stats.events().iter().any(|(_, n)| *n > 0)
     }
 
     /// Entries over the limit; 0 when either is unknown.
-    pub fn fill(&self) -> f64 {
+    pub(crate) fn fill(&self) -> f64 {
         match (self.stats.entries, self.stats.max) {
             #[expect(clippy::cast_precision_loss, reason = "a fill ratio")]
             (Some(entries), Some(max)) if max > 0 => entries as f64 / max as f64,

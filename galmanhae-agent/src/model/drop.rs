@@ -8,23 +8,23 @@ use crate::attribute::Workload;
 /// Packets of one workload dropped at one site for one reason at one location.
 #[derive(Clone, Debug)]
 pub(crate) struct Drop {
-    pub workload: Workload,
-    pub site: Site,
+    pub(crate) workload: Workload,
+    pub(crate) site: Site,
     /// The namespace the packets were dropped in.
-    pub netns: u32,
-    pub reason: DropReason,
-    pub location: Location,
-    pub packets: u64,
+    pub(crate) netns: u32,
+    pub(crate) reason: DropReason,
+    pub(crate) location: Location,
+    pub(crate) packets: u64,
     /// Packets by direction (from the workload / to it), when known.
-    pub egress: u64,
-    pub ingress: u64,
+    pub(crate) egress: u64,
+    pub(crate) ingress: u64,
     /// Of which TCP segments and UDP datagrams.
-    pub tcp: u64,
-    pub udp: u64,
+    pub(crate) tcp: u64,
+    pub(crate) udp: u64,
     /// Of which ICMP "fragmentation needed" / `ICMPv6` "packet too big".
-    pub icmp_too_big: u64,
+    pub(crate) icmp_too_big: u64,
     /// Up to five example packets, `src -> dst` with the protocol.
-    pub examples: Vec<String>,
+    pub(crate) examples: Vec<String>,
 }
 
 /// Where a packet was dropped, relative to the workload it belongs to.
@@ -42,7 +42,7 @@ pub(crate) enum Site {
 
 impl Site {
     /// `host`, the namespace's workload, or `unknown namespace`.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Self::Host => "host",
             Self::Own(name) | Self::Peer(name) => name,
@@ -51,7 +51,7 @@ impl Site {
     }
 
     /// On the workload's own side of its flows: the host or its own namespace.
-    pub fn is_local(&self) -> bool {
+    pub(crate) fn is_local(&self) -> bool {
         matches!(self, Self::Host | Self::Own(_))
     }
 }
@@ -62,21 +62,21 @@ impl Site {
 pub(crate) struct DropReason(Cow<'static, str>);
 
 impl DropReason {
-    pub const NOT_SPECIFIED: Self = Self::named("NOT_SPECIFIED");
-    pub const PKT_TOO_BIG: Self = Self::named("PKT_TOO_BIG");
-    pub const NETFILTER_DROP: Self = Self::named("NETFILTER_DROP");
-    pub const TC_EGRESS: Self = Self::named("TC_EGRESS");
-    pub const IP_OUTNOROUTES: Self = Self::named("IP_OUTNOROUTES");
-    pub const IP_INNOROUTES: Self = Self::named("IP_INNOROUTES");
-    pub const SOCKET_RCVBUFF: Self = Self::named("SOCKET_RCVBUFF");
-    pub const PROTO_MEM: Self = Self::named("PROTO_MEM");
-    pub const SOCKET_BACKLOG: Self = Self::named("SOCKET_BACKLOG");
-    pub const CPU_BACKLOG: Self = Self::named("CPU_BACKLOG");
-    pub const SOCKET_CLOSE: Self = Self::named("SOCKET_CLOSE");
+    pub(crate) const NOT_SPECIFIED: Self = Self::named("NOT_SPECIFIED");
+    pub(crate) const PKT_TOO_BIG: Self = Self::named("PKT_TOO_BIG");
+    pub(crate) const NETFILTER_DROP: Self = Self::named("NETFILTER_DROP");
+    pub(crate) const TC_EGRESS: Self = Self::named("TC_EGRESS");
+    pub(crate) const IP_OUTNOROUTES: Self = Self::named("IP_OUTNOROUTES");
+    pub(crate) const IP_INNOROUTES: Self = Self::named("IP_INNOROUTES");
+    pub(crate) const SOCKET_RCVBUFF: Self = Self::named("SOCKET_RCVBUFF");
+    pub(crate) const PROTO_MEM: Self = Self::named("PROTO_MEM");
+    pub(crate) const SOCKET_BACKLOG: Self = Self::named("SOCKET_BACKLOG");
+    pub(crate) const CPU_BACKLOG: Self = Self::named("CPU_BACKLOG");
+    pub(crate) const SOCKET_CLOSE: Self = Self::named("SOCKET_CLOSE");
 
     /// Reasons that are TCP's own receive-side bookkeeping (duplicates, closed sockets), not
     /// lost packets.
-    pub const TCP_BOOKKEEPING: [Self; 11] = [
+    pub(crate) const TCP_BOOKKEEPING: [Self; 11] = [
         Self::named("TCP_OLD_DATA"),
         Self::named("TCP_OLD_SEQUENCE"),
         Self::named("TCP_OFOMERGE"),
@@ -95,25 +95,25 @@ impl DropReason {
     }
 
     /// A reason by the name the running kernel gives it.
-    pub fn new(name: String) -> Self {
+    pub(crate) fn new(name: String) -> Self {
         Self(Cow::Owned(name))
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.0
     }
 
-    pub fn is_tcp_bookkeeping(&self) -> bool {
+    pub(crate) fn is_tcp_bookkeeping(&self) -> bool {
         Self::TCP_BOOKKEEPING.contains(self)
     }
 
     /// A queueing discipline or a tc program dropped it (`QDISC_*`, `FQ_*`, `TC_EGRESS`).
-    pub fn is_queueing(&self) -> bool {
+    pub(crate) fn is_queueing(&self) -> bool {
         self.0.starts_with("QDISC") || self.0.starts_with("FQ_") || *self == Self::TC_EGRESS
     }
 
     /// Neighbour resolution failed (`NEIGH_*`).
-    pub fn is_neighbour(&self) -> bool {
+    pub(crate) fn is_neighbour(&self) -> bool {
         self.0.starts_with("NEIGH")
     }
 }
@@ -121,28 +121,28 @@ impl DropReason {
 /// The kernel function a packet was freed in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Location {
-    pub address: u64,
+    pub(crate) address: u64,
     /// Its name from kallsyms; `None` when it could not be read.
-    pub function: Option<String>,
+    pub(crate) function: Option<String>,
 }
 
 impl Location {
     /// The function, else the address in hex.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.function
             .clone()
             .unwrap_or_else(|| format!("{:#x}", self.address))
     }
 
     /// Whether it is one of `functions`.
-    pub fn is_any_of(&self, functions: &[&str]) -> bool {
+    pub(crate) fn is_any_of(&self, functions: &[&str]) -> bool {
         self.function
             .as_deref()
             .is_some_and(|f| functions.contains(&f))
     }
 
     /// Whether the function's name contains `part`.
-    pub fn mentions(&self, part: &str) -> bool {
+    pub(crate) fn mentions(&self, part: &str) -> bool {
         self.function.as_deref().is_some_and(|f| f.contains(part))
     }
 }

@@ -9,37 +9,37 @@ use crate::{attribute::Workload, attribute::nat::Binding, collect::time_lost::Ti
 
 #[derive(Clone, Debug)]
 pub(crate) struct Flow {
-    pub workload: Workload,
+    pub(crate) workload: Workload,
     /// The socket's family: an IPv6 socket may talk IPv4 (v4-mapped addresses).
-    pub family: Family,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    pub(crate) family: Family,
+    pub(crate) local: SocketAddr,
+    pub(crate) remote: SocketAddr,
     /// The namespace of its socket.
-    pub netns: u32,
-    pub counters: RetransmitCounters,
-    pub time_lost: TimeLost,
+    pub(crate) netns: u32,
+    pub(crate) counters: RetransmitCounters,
+    pub(crate) time_lost: TimeLost,
     /// How the flow leaves the host, if it is translated.
-    pub nat: Option<Binding>,
+    pub(crate) nat: Option<Binding>,
 }
 
 impl Flow {
     /// Retransmits of one kind.
-    pub fn kind(&self, kind: RetransmitKind) -> u64 {
+    pub(crate) fn kind(&self, kind: RetransmitKind) -> u64 {
         self.counters.kinds[kind as usize]
     }
 
     /// Average payload of a retransmitted segment, bytes.
-    pub fn segment_bytes(&self) -> Option<u64> {
+    pub(crate) fn segment_bytes(&self) -> Option<u64> {
         (self.counters.segments > 0 && self.counters.bytes > 0)
             .then(|| self.counters.bytes / self.counters.segments)
     }
 
-    pub fn lost(&self) -> TimeLostSeconds {
+    pub(crate) fn lost(&self) -> TimeLostSeconds {
         TimeLostSeconds::from(&self.time_lost)
     }
 
     /// `local -> remote`, with the NAT side when there is one.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.nat {
             Some(nat) => format!(
                 "{} -> {} (as {} -> {})",
@@ -58,7 +58,7 @@ pub(crate) enum Family {
 }
 
 impl Family {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Ipv4 => "ipv4",
             Self::Ipv6 => "ipv6",

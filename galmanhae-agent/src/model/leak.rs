@@ -5,10 +5,10 @@ use std::{fmt, net::IpAddr};
 /// Untranslated packets of one owner through one uplink.
 #[derive(Clone, Debug)]
 pub(crate) struct Leak {
-    pub owner: LeakOwner,
-    pub interface: String,
-    pub packets: u64,
-    pub examples: Vec<String>,
+    pub(crate) owner: LeakOwner,
+    pub(crate) interface: String,
+    pub(crate) packets: u64,
+    pub(crate) examples: Vec<String>,
 }
 
 /// Whose the untranslated source address is.

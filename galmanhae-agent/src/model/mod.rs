@@ -33,48 +33,48 @@ use crate::{
 /// retransmit ratio, flows by retransmitted segments, drops and leaks by packets.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Evidence {
-    pub duration: Duration,
-    pub workloads: Vec<WorkloadEvidence>,
+    pub(crate) duration: Duration,
+    pub(crate) workloads: Vec<WorkloadEvidence>,
     /// Every flow that retransmitted or lost time (not only the top ones).
-    pub flows: Vec<Flow>,
+    pub(crate) flows: Vec<Flow>,
     /// Retransmits counted per workload only, because the flow map was full.
-    pub overflow: Vec<(Workload, RetransmitCounters)>,
-    pub drops: Vec<Drop>,
+    pub(crate) overflow: Vec<(Workload, RetransmitCounters)>,
+    pub(crate) drops: Vec<Drop>,
     /// Every namespace whose conntrack was read; [`Conntrack::busy`] says which matter.
-    pub conntrack: Vec<Conntrack>,
-    pub nat_audit: NatAudit,
+    pub(crate) conntrack: Vec<Conntrack>,
+    pub(crate) nat_audit: NatAudit,
     /// Which workload address leaves as which host address; `None` when the table was not
     /// read for this window.
-    pub nat: Option<Vec<NatPair>>,
-    pub paths: Vec<Path>,
-    pub leaks: Vec<Leak>,
+    pub(crate) nat: Option<Vec<NatPair>>,
+    pub(crate) paths: Vec<Path>,
+    pub(crate) leaks: Vec<Leak>,
     /// Every namespace's cumulative segment counters at the end of the window.
-    pub namespaces: Vec<NamespaceSegments>,
-    pub health: Health,
+    pub(crate) namespaces: Vec<NamespaceSegments>,
+    pub(crate) health: Health,
 }
 
 /// A workload's totals over the window.
 #[derive(Clone, Debug)]
 pub(crate) struct WorkloadEvidence {
-    pub workload: Workload,
+    pub(crate) workload: Workload,
     /// Growth of its namespace's `OutSegs`/`RetransSegs`.
-    pub segments: TcpSegments,
+    pub(crate) segments: TcpSegments,
     /// What the kernel hooks counted for its own sockets (flows and overflow).
-    pub hooked: RetransmitCounters,
-    pub time_lost: TimeLost,
+    pub(crate) hooked: RetransmitCounters,
+    pub(crate) time_lost: TimeLost,
     /// Its namespace disappeared before the window ended.
-    pub vanished: bool,
+    pub(crate) vanished: bool,
     /// Its runtime no longer lists it: the name is its last known.
-    pub removed: bool,
+    pub(crate) removed: bool,
 }
 
 impl WorkloadEvidence {
     /// Retransmitted over sent segments of its namespace; 0 when it sent nothing.
-    pub fn ratio(&self) -> f64 {
+    pub(crate) fn ratio(&self) -> f64 {
         ratio(self.segments.retrans_segs, self.segments.out_segs)
     }
 
-    pub fn lost(&self) -> TimeLostSeconds {
+    pub(crate) fn lost(&self) -> TimeLostSeconds {
         TimeLostSeconds::from(&self.time_lost)
     }
 }
@@ -82,30 +82,30 @@ impl WorkloadEvidence {
 /// A workload's address and the host address it is source-NATed to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct NatPair {
-    pub workload: String,
-    pub source: std::net::IpAddr,
-    pub translated: std::net::IpAddr,
+    pub(crate) workload: String,
+    pub(crate) source: std::net::IpAddr,
+    pub(crate) translated: std::net::IpAddr,
 }
 
 /// One namespace's cumulative `Tcp:` counters, and whose it is.
 #[derive(Clone, Debug)]
 pub(crate) struct NamespaceSegments {
-    pub netns: u32,
-    pub workload: Workload,
-    pub segments: TcpSegments,
+    pub(crate) netns: u32,
+    pub(crate) workload: Workload,
+    pub(crate) segments: TcpSegments,
 }
 
 /// What the kernel side could not count in full over the window.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Health {
     /// Entries in the flow map at the end (not a delta).
-    pub flow_map_entries: usize,
-    pub flow_map_full: u64,
-    pub lost: u64,
-    pub read_errors: u64,
-    pub drop_map_full: u64,
-    pub drops_lost: u64,
-    pub leaks_lost: u64,
+    pub(crate) flow_map_entries: usize,
+    pub(crate) flow_map_full: u64,
+    pub(crate) lost: u64,
+    pub(crate) read_errors: u64,
+    pub(crate) drop_map_full: u64,
+    pub(crate) drops_lost: u64,
+    pub(crate) leaks_lost: u64,
 }
 
 #[expect(

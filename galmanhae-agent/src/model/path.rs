@@ -4,20 +4,20 @@ use std::net::IpAddr;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Path {
-    pub workload: String,
-    pub remote: IpAddr,
-    pub hops: Vec<Hop>,
-    pub smallest_mtu: Option<u32>,
+    pub(crate) workload: String,
+    pub(crate) remote: IpAddr,
+    pub(crate) hops: Vec<Hop>,
+    pub(crate) smallest_mtu: Option<u32>,
     /// (inner, egress) when the workload side allows larger packets than the egress.
-    pub mismatch: Option<(u32, u32)>,
-    pub notes: Vec<String>,
+    pub(crate) mismatch: Option<(u32, u32)>,
+    pub(crate) notes: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct Hop {
-    pub role: HopRole,
-    pub interface: String,
-    pub mtu: u32,
+    pub(crate) role: HopRole,
+    pub(crate) interface: String,
+    pub(crate) mtu: u32,
 }
 
 /// Where on the path an interface is.
@@ -30,7 +30,7 @@ pub(crate) enum HopRole {
 }
 
 impl HopRole {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Workload => "workload",
             Self::HostVeth => "host_veth",

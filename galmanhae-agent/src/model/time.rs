@@ -9,14 +9,14 @@ use crate::collect::time_lost::TimeLost;
 /// counted up to the end of the window).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub(crate) struct TimeLostSeconds {
-    pub rto_stall_seconds: f64,
-    pub longest_rto_stall_seconds: f64,
-    pub rto_recoveries: u64,
-    pub max_consecutive_timeouts: u32,
-    pub syn_retry_seconds: f64,
-    pub syn_timeouts: u64,
+    pub(crate) rto_stall_seconds: f64,
+    pub(crate) longest_rto_stall_seconds: f64,
+    pub(crate) rto_recoveries: u64,
+    pub(crate) max_consecutive_timeouts: u32,
+    pub(crate) syn_retry_seconds: f64,
+    pub(crate) syn_timeouts: u64,
     /// Handshakes whose first SYN time was assumed one initial RTO before the first timeout.
-    pub syn_start_estimated: u64,
+    pub(crate) syn_start_estimated: u64,
 }
 
 impl From<&TimeLost> for TimeLostSeconds {
@@ -37,7 +37,7 @@ impl From<&TimeLost> for TimeLostSeconds {
 
 impl TimeLostSeconds {
     /// Seconds lost in all, stalls and handshakes.
-    pub fn seconds(&self) -> f64 {
+    pub(crate) fn seconds(&self) -> f64 {
         self.rto_stall_seconds + self.syn_retry_seconds
     }
 }

@@ -17,17 +17,17 @@ use crate::{
 /// Dropped packets of one workload at one site (namespace, reason, location), one flow.
 #[derive(Clone, Debug)]
 pub(crate) struct DropTotals {
-    pub workload: Workload,
+    pub(crate) workload: Workload,
     /// Where the packet was dropped, seen from its workload.
-    pub site: Site,
-    pub netns: u32,
-    pub reason: u32,
-    pub location: u64,
+    pub(crate) site: Site,
+    pub(crate) netns: u32,
+    pub(crate) reason: u32,
+    pub(crate) location: u64,
     /// The packet's headers; `None` when counted per site only (map full).
-    pub key: Option<DropKey>,
+    pub(crate) key: Option<DropKey>,
     /// Which way the packet was going, when its owner was found by address.
-    pub direction: Option<Direction>,
-    pub packets: u64,
+    pub(crate) direction: Option<Direction>,
+    pub(crate) packets: u64,
 }
 
 /// Who each dropped packet belonged to. In a workload's own namespace, that workload; in the

@@ -31,13 +31,13 @@ pub(crate) struct Housekeeping {
     drops_idle: IdleKeys<DropKey>,
     leaks_idle: IdleKeys<LeakKey>,
     /// Kernel map entries freed because their flow went idle or closed.
-    pub evicted: u64,
+    pub(crate) evicted: u64,
 }
 
 impl Housekeeping {
     /// Records which keys of `last` counted in `summary` (a pass ending at `last`), then
     /// frees idle entries from the kernel and from `last`.
-    pub fn free_idle(
+    pub(crate) fn free_idle(
         &mut self,
         probes: &mut Probes,
         last: &mut Snapshot,

@@ -39,14 +39,14 @@ use crate::{
 /// Everything collected at one instant. Counters are cumulative.
 #[derive(Clone, Debug)]
 pub(crate) struct Snapshot {
-    pub taken: Instant,
-    pub retransmits: RetransmitSample,
-    pub drops: DropSample,
-    pub leaks: LeakSample,
-    pub time_lost: TimeLostSample,
-    pub netns_tcp: BTreeMap<u32, TcpSegments>,
+    pub(crate) taken: Instant,
+    pub(crate) retransmits: RetransmitSample,
+    pub(crate) drops: DropSample,
+    pub(crate) leaks: LeakSample,
+    pub(crate) time_lost: TimeLostSample,
+    pub(crate) netns_tcp: BTreeMap<u32, TcpSegments>,
     /// Conntrack statistics of every namespace that has a process.
-    pub conntrack: ConntrackSample,
+    pub(crate) conntrack: ConntrackSample,
 }
 
 impl Default for Snapshot {
@@ -65,8 +65,8 @@ impl Default for Snapshot {
 
 /// The loaded programs, the attribution state and the slower sources.
 pub(crate) struct Pipeline {
-    pub probes: Probes,
-    pub attributor: Attributor,
+    pub(crate) probes: Probes,
+    pub(crate) attributor: Attributor,
     /// Each process's network namespace at the last scan, and when all were last checked.
     namespaces: HashMap<i32, u32>,
     last_restat: Option<Instant>,
@@ -91,7 +91,7 @@ impl Pipeline {
     }
 
     /// Reads the maps, then scans namespaces and reads their counters and conntrack.
-    pub fn snapshot(&mut self) -> Result<Snapshot, ReadError> {
+    pub(crate) fn snapshot(&mut self) -> Result<Snapshot, ReadError> {
         let retransmits = retransmits::read(&self.probes.ebpf)?;
         let drops = drop_maps::read(&self.probes.ebpf)?;
         let leaks = nat_leaks::read(&self.probes.ebpf)?;
@@ -132,7 +132,7 @@ impl Pipeline {
     }
 
     /// Attributes a window, its flows' NAT sides looked up first (those not known yet).
-    pub fn summarize(&mut self, window: &Window) -> Summary {
+    pub(crate) fn summarize(&mut self, window: &Window) -> Summary {
         self.nat
             .follow(&window.nat_wanted(self.attributor.host_netns()));
         window.summarize(&mut self.attributor, self.nat.index())

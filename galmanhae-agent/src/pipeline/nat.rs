@@ -62,13 +62,13 @@ pub(crate) struct NatSources {
     /// When the table was last asked for nothing in particular (see [`probe`]).
     probed: Option<Instant>,
     /// Lookups left for a later window because a window asked for more than [`MAX_LOOKUPS`].
-    pub deferred: u64,
+    pub(crate) deferred: u64,
 }
 
 impl NatSources {
     /// Audits the host's NAT, then watches the uplinks for packets from the subnets it
     /// translates; a note when they cannot be watched. Runs before privileges are lowered.
-    pub fn start(probes: &mut Probes) -> (Self, Option<String>) {
+    pub(crate) fn start(probes: &mut Probes) -> (Self, Option<String>) {
         let mut sources = Self {
             audit: NatAudit::default(),
             audited: Instant::now(),
@@ -84,7 +84,7 @@ impl NatSources {
 
     /// Audits again when the last audit is a minute old (or `now`), and lets the leak watch
     /// follow subnets and uplinks that appeared or went.
-    pub fn audit_and_watch(&mut self, probes: &mut Probes, now: bool) -> Option<String> {
+    pub(crate) fn audit_and_watch(&mut self, probes: &mut Probes, now: bool) -> Option<String> {
         if now || self.audited.elapsed() >= AUDIT_EVERY {
             self.audit = netfilter::audit();
             self.audited = Instant::now();
@@ -94,7 +94,7 @@ impl NatSources {
 
     /// Looks up the translations of `wanted` (each flow or packet of a window, as its socket
     /// or the wire saw it) that are not known yet or are due a check, and indexes them.
-    pub fn follow(&mut self, wanted: &[NatKey]) {
+    pub(crate) fn follow(&mut self, wanted: &[NatKey]) {
         let now = Instant::now();
         let asked = match self.look_up(wanted, now) {
             Ok(0)
@@ -157,20 +157,20 @@ impl NatSources {
     }
 
     /// Why the last lookups failed (`None`: they worked, or none was needed).
-    pub fn table_error(&self) -> Option<&str> {
+    pub(crate) fn table_error(&self) -> Option<&str> {
         self.table_error.as_deref()
     }
 
-    pub fn audit(&self) -> &NatAudit {
+    pub(crate) fn audit(&self) -> &NatAudit {
         &self.audit
     }
 
-    pub fn index(&self) -> &NatIndex {
+    pub(crate) fn index(&self) -> &NatIndex {
         &self.index
     }
 
     /// Each workload address the table translates, and what to.
-    pub fn pairs(&self, attributor: &mut Attributor) -> Vec<NatPair> {
+    pub(crate) fn pairs(&self, attributor: &mut Attributor) -> Vec<NatPair> {
         let mut pairs: Vec<NatPair> = self
             .index
             .bindings()

@@ -17,19 +17,19 @@ use crate::{
 #[derive(Debug)]
 pub(crate) struct Pass {
     /// What changed since the last pass.
-    pub evidence: Evidence,
+    pub(crate) evidence: Evidence,
     /// Everything since the start of the findings window (the passes that ended in it).
-    pub window: Evidence,
+    pub(crate) window: Evidence,
     /// Whether the host's NAT table could be read; `None` when it was not due.
-    pub nat_table: Option<bool>,
+    pub(crate) nat_table: Option<bool>,
     /// Whether the host's conntrack statistics could be read.
-    pub conntrack: bool,
+    pub(crate) conntrack: bool,
     /// Whether the Docker API answered its last ask; `None` when it is not asked.
-    pub docker: Option<bool>,
+    pub(crate) docker: Option<bool>,
 }
 
 pub(crate) struct Passes {
-    pub pipeline: Pipeline,
+    pub(crate) pipeline: Pipeline,
     /// The maps as of the last pass: the next pass counts from here.
     last: Snapshot,
     housekeeping: Housekeeping,
@@ -45,7 +45,7 @@ pub(crate) struct Passes {
 
 impl Passes {
     /// Takes the first snapshot: counting starts here.
-    pub fn new(
+    pub(crate) fn new(
         mut pipeline: Pipeline,
         forget_after: Duration,
         findings_window: Duration,
@@ -65,7 +65,7 @@ impl Passes {
 
     /// What namespaces counted before the agent started: cumulative segment counters and
     /// conntrack statistics since each namespace's creation, and no flows.
-    pub fn baseline(&mut self) -> Evidence {
+    pub(crate) fn baseline(&mut self) -> Evidence {
         let mut start = self.last.clone();
         start.conntrack = ConntrackSample::default();
         let mut window = Window::new(start);
@@ -81,7 +81,7 @@ impl Passes {
     /// One pass: read the maps, namespaces and conntrack, attribute what changed since the
     /// last pass. `full` also refreshes names, the NAT audit and table, and path MTUs. Fails,
     /// changing nothing, when the maps cannot be read.
-    pub fn pass(&mut self, full: bool) -> Result<Pass, ReadError> {
+    pub(crate) fn pass(&mut self, full: bool) -> Result<Pass, ReadError> {
         let now = Instant::now();
         let snapshot = self.pipeline.snapshot()?;
         // A new namespace is most likely a new container: name it before its first series.
@@ -154,17 +154,17 @@ impl Passes {
     }
 
     /// The length of the findings window.
-    pub fn findings_window(&self) -> Duration {
+    pub(crate) fn findings_window(&self) -> Duration {
         self.findings_window
     }
 
     /// The maps as of the last pass.
-    pub fn last(&self) -> &Snapshot {
+    pub(crate) fn last(&self) -> &Snapshot {
         &self.last
     }
 
     /// Kernel map entries freed so far.
-    pub fn evicted(&self) -> u64 {
+    pub(crate) fn evicted(&self) -> u64 {
         self.housekeeping.evicted
     }
 

@@ -31,47 +31,47 @@ use crate::{
 /// A workload's totals over a window.
 #[derive(Clone, Debug)]
 pub(crate) struct WorkloadTotals {
-    pub workload: Workload,
+    pub(crate) workload: Workload,
     /// Delta of its namespace's `OutSegs`/`RetransSegs`.
-    pub netns_tcp: TcpSegments,
+    pub(crate) netns_tcp: TcpSegments,
     /// What the kernel hooks counted for its sockets (flows and overflow).
-    pub hooked: RetransmitCounters,
+    pub(crate) hooked: RetransmitCounters,
     /// Time its sockets lost to RTO recoveries and timed-out handshakes.
-    pub time_lost: TimeLost,
+    pub(crate) time_lost: TimeLost,
     /// Its namespace disappeared before the window ended: counters end at the last reading.
-    pub vanished: bool,
+    pub(crate) vanished: bool,
     /// Its runtime no longer lists it (its sockets outlived it): the name is its last known.
-    pub removed: bool,
+    pub(crate) removed: bool,
 }
 
 /// One flow over a window, attributed.
 #[derive(Clone, Debug)]
 pub(crate) struct FlowTotals {
-    pub workload: Workload,
-    pub key: FlowKey,
-    pub counters: RetransmitCounters,
-    pub time_lost: TimeLost,
+    pub(crate) workload: Workload,
+    pub(crate) key: FlowKey,
+    pub(crate) counters: RetransmitCounters,
+    pub(crate) time_lost: TimeLost,
     /// How the flow leaves the host, if it is translated (conntrack, host namespace).
-    pub nat: Option<Binding>,
+    pub(crate) nat: Option<Binding>,
 }
 
 /// Per-workload and per-flow results of a window.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Summary {
-    pub duration: Duration,
-    pub workloads: Vec<WorkloadTotals>,
-    pub flows: Vec<FlowTotals>,
-    pub drops: Vec<DropTotals>,
+    pub(crate) duration: Duration,
+    pub(crate) workloads: Vec<WorkloadTotals>,
+    pub(crate) flows: Vec<FlowTotals>,
+    pub(crate) drops: Vec<DropTotals>,
     /// Untranslated packets that left through the uplinks.
-    pub leaks: LeakSample,
+    pub(crate) leaks: LeakSample,
     /// The kernel-side counters over the window: overflow per owner, health.
-    pub retransmits: RetransmitSample,
+    pub(crate) retransmits: RetransmitSample,
     /// Entries in the flow map at the end (not a delta).
-    pub flow_entries: usize,
+    pub(crate) flow_entries: usize,
     /// Conntrack per namespace: counters' growth, table fill at the end.
-    pub conntrack: BTreeMap<u32, Stats>,
+    pub(crate) conntrack: BTreeMap<u32, Stats>,
     /// Every namespace's cumulative segment counters at the end.
-    pub segments: BTreeMap<u32, TcpSegments>,
+    pub(crate) segments: BTreeMap<u32, TcpSegments>,
 }
 
 /// Accumulates snapshots from a start; namespaces that vanish keep their last reading.
@@ -83,7 +83,7 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    pub fn new(start: Snapshot) -> Self {
+    pub(crate) fn new(start: Snapshot) -> Self {
         Self {
             last_good_tcp: start.netns_tcp.clone(),
             latest: start.clone(),
@@ -92,7 +92,7 @@ impl Window {
         }
     }
 
-    pub fn update(&mut self, snapshot: Snapshot) {
+    pub(crate) fn update(&mut self, snapshot: Snapshot) {
         for netns in self.last_good_tcp.keys() {
             if !snapshot.netns_tcp.contains_key(netns) {
                 self.vanished.insert(*netns);
@@ -105,17 +105,17 @@ impl Window {
         self.latest = snapshot;
     }
 
-    pub fn latest(&self) -> &Snapshot {
+    pub(crate) fn latest(&self) -> &Snapshot {
         &self.latest
     }
 
     /// The last snapshot, to start the next window from.
-    pub fn into_latest(self) -> Snapshot {
+    pub(crate) fn into_latest(self) -> Snapshot {
         self.latest
     }
 
     /// Kernel-counted totals since the start (for progress lines).
-    pub fn retransmits_so_far(&self) -> RetransmitCounters {
+    pub(crate) fn retransmits_so_far(&self) -> RetransmitCounters {
         self.latest
             .retransmits
             .since(&self.start.retransmits)
@@ -125,7 +125,7 @@ impl Window {
     /// What the window's summary asks of the NAT table: each flow (as its socket sees it), and
     /// each packet dropped in the host's namespace (`host`) that neither a socket nor its
     /// conntrack entry ties to a workload.
-    pub fn nat_wanted(&self, host: Option<u32>) -> Vec<NatKey> {
+    pub(crate) fn nat_wanted(&self, host: Option<u32>) -> Vec<NatKey> {
         let mut wanted: Vec<NatKey> = self
             .latest
             .retransmits
@@ -162,7 +162,7 @@ impl Window {
     }
 
     /// Attributes every flow and namespace of the window.
-    pub fn summarize(&self, attributor: &mut Attributor, nat: &NatIndex) -> Summary {
+    pub(crate) fn summarize(&self, attributor: &mut Attributor, nat: &NatIndex) -> Summary {
         let delta = self.latest.retransmits.since(&self.start.retransmits);
         let mut workloads: HashMap<Workload, WorkloadTotals> = HashMap::new();
         let flows = self.flows(&delta, &mut workloads, attributor, nat);

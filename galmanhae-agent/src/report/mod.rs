@@ -1,51 +1,51 @@
 //! The `diagnose` report: one model, two sinks (text for people, JSON for tools).
 
-pub mod json;
-pub mod text;
-pub mod timeline;
+pub(crate) mod json;
+pub(crate) mod text;
+pub(crate) mod timeline;
 
 use galmanhae_common::retransmit::{RetransmitCounters, RetransmitKind};
 use serde::Serialize;
 
-pub use crate::findings::Finding;
+pub(crate) use crate::findings::Finding;
 use crate::{
     conntrack::Stats,
     kernel::{prereq::Check, probes::Hook},
     model::{self, Evidence, Flow, NatAudit, TimeLostSeconds, WorkloadEvidence},
 };
 
-pub const SCHEMA: &str = "galmanhae.diagnose/v1";
+pub(crate) const SCHEMA: &str = "galmanhae.diagnose/v1";
 
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct DiagnoseReport {
-    pub schema: &'static str,
-    pub host: HostInfo,
-    pub duration_s: f64,
-    pub prerequisites: Vec<Check>,
-    pub hooks: Vec<HookReport>,
-    pub workloads: Vec<WorkloadReport>,
-    pub flows: Vec<FlowReport>,
+    pub(crate) schema: &'static str,
+    pub(crate) host: HostInfo,
+    pub(crate) duration_s: f64,
+    pub(crate) prerequisites: Vec<Check>,
+    pub(crate) hooks: Vec<HookReport>,
+    pub(crate) workloads: Vec<WorkloadReport>,
+    pub(crate) flows: Vec<FlowReport>,
     /// Dropped packets per workload, site, reason and location.
-    pub drops: Vec<DropReport>,
-    pub conntrack: Vec<ConntrackReport>,
-    pub nat_audit: NatAudit,
-    pub paths: Vec<PathReport>,
-    pub leaks: Vec<LeakReport>,
-    pub findings: Vec<Finding>,
-    pub timeline: timeline::TimelineReport,
-    pub health: HealthReport,
-    pub notes: Vec<String>,
+    pub(crate) drops: Vec<DropReport>,
+    pub(crate) conntrack: Vec<ConntrackReport>,
+    pub(crate) nat_audit: NatAudit,
+    pub(crate) paths: Vec<PathReport>,
+    pub(crate) leaks: Vec<LeakReport>,
+    pub(crate) findings: Vec<Finding>,
+    pub(crate) timeline: timeline::TimelineReport,
+    pub(crate) health: HealthReport,
+    pub(crate) notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct HostInfo {
-    pub hostname: String,
-    pub kernel: String,
-    pub cpus: usize,
+pub(crate) struct HostInfo {
+    pub(crate) hostname: String,
+    pub(crate) kernel: String,
+    pub(crate) cpus: usize,
 }
 
 impl HostInfo {
-    pub fn current() -> Self {
+    pub(crate) fn current() -> Self {
         let uname = hostname_and_release();
         Self {
             hostname: uname.0,
@@ -68,65 +68,65 @@ fn hostname_and_release() -> (String, String) {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct HookReport {
+pub(crate) struct HookReport {
     #[serde(flatten)]
-    pub hook: Hook,
+    pub(crate) hook: Hook,
     /// Kernel-side runs while attached (with `kernel.bpf_stats_enabled` or `BPF_ENABLE_STATS`).
-    pub runs: Option<u64>,
+    pub(crate) runs: Option<u64>,
     /// Average kernel-side cost per run.
-    pub ns_per_run: Option<f64>,
+    pub(crate) ns_per_run: Option<f64>,
     /// Runs the kernel skipped (another tracing program was running on the CPU): lost events.
-    pub missed: Option<u64>,
+    pub(crate) missed: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct WorkloadReport {
-    pub kind: &'static str,
-    pub id: String,
-    pub name: String,
-    pub runtime: String,
-    pub image: Option<String>,
-    pub netns: u32,
+    pub(crate) kind: &'static str,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) runtime: String,
+    pub(crate) image: Option<String>,
+    pub(crate) netns: u32,
     /// The host namespace, shared with other workloads: segment counters are the host's.
-    pub netns_shared: bool,
+    pub(crate) netns_shared: bool,
     /// `Tcp: OutSegs` delta of the workload's namespace.
-    pub sent_segments: u64,
+    pub(crate) sent_segments: u64,
     /// `Tcp: RetransSegs` delta of the workload's namespace.
-    pub retransmitted_segments: u64,
-    pub retransmit_ratio: f64,
+    pub(crate) retransmitted_segments: u64,
+    pub(crate) retransmit_ratio: f64,
     /// What the kernel hooks counted for the workload's own sockets.
-    pub hooked_retransmits: u64,
-    pub hooked_retransmitted_segments: u64,
-    pub failed_attempts: u64,
-    pub time_lost: TimeLostSeconds,
-    pub vanished: bool,
+    pub(crate) hooked_retransmits: u64,
+    pub(crate) hooked_retransmitted_segments: u64,
+    pub(crate) failed_attempts: u64,
+    pub(crate) time_lost: TimeLostSeconds,
+    pub(crate) vanished: bool,
     /// The runtime no longer lists the container: `name` is its last known.
-    pub removed: bool,
+    pub(crate) removed: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct FlowReport {
-    pub workload: String,
-    pub workload_kind: &'static str,
-    pub family: &'static str,
-    pub local: String,
-    pub remote: String,
-    pub retransmits: u64,
-    pub retransmitted_segments: u64,
-    pub failed_attempts: u64,
-    pub kinds: Kinds,
-    pub time_lost: TimeLostSeconds,
+    pub(crate) workload: String,
+    pub(crate) workload_kind: &'static str,
+    pub(crate) family: &'static str,
+    pub(crate) local: String,
+    pub(crate) remote: String,
+    pub(crate) retransmits: u64,
+    pub(crate) retransmitted_segments: u64,
+    pub(crate) failed_attempts: u64,
+    pub(crate) kinds: Kinds,
+    pub(crate) time_lost: TimeLostSeconds,
     /// The flow as it leaves the host, when it is translated; `null` otherwise.
-    pub nat: Option<NatReport>,
+    pub(crate) nat: Option<NatReport>,
     /// Average payload of a retransmitted segment, bytes.
-    pub retransmitted_segment_bytes: Option<u64>,
-    pub netns: u32,
+    pub(crate) retransmitted_segment_bytes: Option<u64>,
+    pub(crate) netns: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct NatReport {
-    pub local: String,
-    pub remote: String,
+pub(crate) struct NatReport {
+    pub(crate) local: String,
+    pub(crate) remote: String,
 }
 
 impl From<&crate::attribute::nat::Binding> for NatReport {
@@ -140,76 +140,76 @@ impl From<&crate::attribute::nat::Binding> for NatReport {
 
 /// Packets of one workload dropped at one site for one reason.
 #[derive(Clone, Debug, Serialize)]
-pub struct DropReport {
-    pub workload: String,
-    pub workload_kind: &'static str,
+pub(crate) struct DropReport {
+    pub(crate) workload: String,
+    pub(crate) workload_kind: &'static str,
     /// Where: `host`, the workload's own name, or another namespace's.
-    pub dropped_in: String,
-    pub netns: u32,
-    pub reason: String,
-    pub location: String,
-    pub packets: u64,
+    pub(crate) dropped_in: String,
+    pub(crate) netns: u32,
+    pub(crate) reason: String,
+    pub(crate) location: String,
+    pub(crate) packets: u64,
     /// Packets by direction (from the workload / to it), when known.
-    pub egress: u64,
-    pub ingress: u64,
+    pub(crate) egress: u64,
+    pub(crate) ingress: u64,
     /// Of which TCP segments and UDP datagrams: the workload's traffic (the rest is
     /// neighbour discovery, multicast listener reports, ICMP).
-    pub tcp: u64,
-    pub udp: u64,
+    pub(crate) tcp: u64,
+    pub(crate) udp: u64,
     /// Of which ICMP "fragmentation needed" / `ICMPv6` "packet too big": path MTU discovery
     /// messages that never arrived.
-    pub icmp_too_big: u64,
+    pub(crate) icmp_too_big: u64,
     /// Up to five example flows, `src -> dst` (with the protocol; ICMP shows type/code).
-    pub examples: Vec<String>,
+    pub(crate) examples: Vec<String>,
 }
 
 /// Conntrack of one namespace over the window: table fill at the end, event counter growth.
 #[derive(Clone, Debug, Serialize)]
-pub struct ConntrackReport {
-    pub namespace: String,
-    pub netns: u32,
+pub(crate) struct ConntrackReport {
+    pub(crate) namespace: String,
+    pub(crate) netns: u32,
     #[serde(flatten)]
-    pub stats: Stats,
+    pub(crate) stats: Stats,
 }
 
 /// The MTUs on a workload's path to a remote.
 #[derive(Clone, Debug, Serialize)]
-pub struct PathReport {
-    pub workload: String,
-    pub remote: String,
+pub(crate) struct PathReport {
+    pub(crate) workload: String,
+    pub(crate) remote: String,
     /// Each hop: its role (`workload`, `host_veth`, `bridge`, `egress`), interface and MTU.
-    pub hops: Vec<Hop>,
-    pub smallest_mtu: Option<u32>,
+    pub(crate) hops: Vec<Hop>,
+    pub(crate) smallest_mtu: Option<u32>,
     /// (inner, egress) when the workload side allows larger packets than the egress.
-    pub mismatch: Option<(u32, u32)>,
-    pub notes: Vec<String>,
+    pub(crate) mismatch: Option<(u32, u32)>,
+    pub(crate) notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Hop {
-    pub role: &'static str,
-    pub interface: String,
-    pub mtu: u32,
+pub(crate) struct Hop {
+    pub(crate) role: &'static str,
+    pub(crate) interface: String,
+    pub(crate) mtu: u32,
 }
 
 /// Packets of a workload that left the host untranslated, with its bridge address.
 #[derive(Clone, Debug, Serialize)]
-pub struct LeakReport {
-    pub workload: String,
-    pub interface: String,
-    pub packets: u64,
-    pub examples: Vec<String>,
+pub(crate) struct LeakReport {
+    pub(crate) workload: String,
+    pub(crate) interface: String,
+    pub(crate) packets: u64,
+    pub(crate) examples: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Kinds {
-    pub rto: u64,
-    pub fast: u64,
-    pub tlp: u64,
-    pub syn: u64,
-    pub synack: u64,
-    pub other: u64,
-    pub failed: u64,
+pub(crate) struct Kinds {
+    pub(crate) rto: u64,
+    pub(crate) fast: u64,
+    pub(crate) tlp: u64,
+    pub(crate) syn: u64,
+    pub(crate) synack: u64,
+    pub(crate) other: u64,
+    pub(crate) failed: u64,
 }
 
 impl Kinds {
@@ -229,29 +229,29 @@ impl Kinds {
 
 /// What the kernel side could not do. Nothing is dropped without being counted here.
 #[derive(Clone, Debug, Serialize)]
-pub struct HealthReport {
-    pub flow_map_entries: usize,
-    pub flow_map_capacity: u32,
+pub(crate) struct HealthReport {
+    pub(crate) flow_map_entries: usize,
+    pub(crate) flow_map_capacity: u32,
     /// Retransmits counted per workload only, because the flow map was full.
-    pub flow_map_full: u64,
+    pub(crate) flow_map_full: u64,
     /// Retransmits lost because both maps were full.
-    pub lost: u64,
-    pub read_errors: u64,
+    pub(crate) lost: u64,
+    pub(crate) read_errors: u64,
     /// Drops counted per site only, because the drop map was full.
-    pub drop_map_full: u64,
+    pub(crate) drop_map_full: u64,
     /// Drops lost because both drop maps were full.
-    pub drops_lost: u64,
+    pub(crate) drops_lost: u64,
     /// Untranslated packets not counted because the leak map was full.
-    pub leaks_lost: u64,
+    pub(crate) leaks_lost: u64,
 }
 
 /// Everything the report needs besides the evidence and findings.
 pub(crate) struct ReportContext {
-    pub prerequisites: Vec<Check>,
-    pub hooks: Vec<HookReport>,
-    pub flow_capacity: u32,
-    pub notes: Vec<String>,
-    pub top: usize,
+    pub(crate) prerequisites: Vec<Check>,
+    pub(crate) hooks: Vec<HookReport>,
+    pub(crate) flow_capacity: u32,
+    pub(crate) notes: Vec<String>,
+    pub(crate) top: usize,
 }
 
 /// The report of a window: its evidence as the JSON contract spells it, and the findings.

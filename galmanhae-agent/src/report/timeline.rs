@@ -14,26 +14,26 @@ const COLUMNS: usize = 60;
 const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct TimelineReport {
+pub(crate) struct TimelineReport {
     /// Seconds the rows cover (the window's last hour at most).
-    pub seconds: usize,
+    pub(crate) seconds: usize,
     /// Seconds of a longer window left out at its start.
-    pub dropped_seconds: usize,
-    pub workloads: Vec<TimelineRow>,
+    pub(crate) dropped_seconds: usize,
+    pub(crate) workloads: Vec<TimelineRow>,
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct TimelineRow {
-    pub workload: String,
-    pub retransmits: Vec<u64>,
-    pub stall_seconds: Vec<f64>,
+pub(crate) struct TimelineRow {
+    pub(crate) workload: String,
+    pub(crate) retransmits: Vec<u64>,
+    pub(crate) stall_seconds: Vec<f64>,
     /// Seconds between the starts of bursts that repeat at regular intervals, if they do.
-    pub period_s: Option<f64>,
+    pub(crate) period_s: Option<f64>,
 }
 
 impl TimelineReport {
     /// The rows of the [`TOP`] workloads by stall, then retransmits.
-    pub fn new(by_name: HashMap<String, Vec<Second>>, dropped_seconds: usize) -> Self {
+    pub(crate) fn new(by_name: HashMap<String, Vec<Second>>, dropped_seconds: usize) -> Self {
         let seconds = by_name.values().map(Vec::len).max().unwrap_or(0);
         let mut rows: Vec<TimelineRow> = by_name
             .into_iter()
@@ -73,7 +73,7 @@ impl TimelineReport {
 }
 
 /// `values` as at most [`COLUMNS`] bars, scaled to their largest; a space where a column is 0.
-pub fn sparkline(values: &[f64]) -> String {
+pub(crate) fn sparkline(values: &[f64]) -> String {
     let per_column = values.len().div_ceil(COLUMNS).max(1);
     let columns: Vec<f64> = values
         .chunks(per_column)

@@ -1,0 +1,238 @@
+//! Loading the object: what the kernel's BTF and tracefs say (offsets, formats, drop reason
+//! names), the object loaded with them, then every tracing hook attached in turn.
+
+use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
+
+use aya::{Ebpf, EbpfLoader};
+use galmanhae_common::{
+    drop::{DROP_MAP_CAPACITY, DROP_OVERFLOW_CAPACITY},
+    offsets::{ABSENT, KernelOffsets},
+    retransmit::{FLOW_MAP_CAPACITY, OVERFLOW_MAP_CAPACITY},
+    stall::TIME_LOST_CAPACITY,
+};
+
+use super::{
+    Probes,
+    conntrack::attach_conntrack_confirm,
+    hook::Hook,
+    time_lost::{attach_time_lost, time_lost_off},
+    tracepoints::{Formats, KFREE_SKB, RETRANSMIT_SKB, RETRANSMIT_SYNACK, attach_all},
+};
+use crate::kernel::{
+    btf::{self, KernelBtf},
+    drop_reasons::DropReasons,
+    kallsyms::Symbolizer,
+    leak_watch::LeakWatch,
+    prereq::Environment,
+    task_iter::TaskIter,
+    tracefs::Format,
+};
+
+/// The object `build.rs` produced from `galmanhae-ebpf`.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/galmanhae"));
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+}
+
+/// Options for [`Probes::load`].
+#[derive(Clone, Debug)]
+pub(crate) struct LoadOptions {
+    /// Capacity of the per-flow map.
+    pub(crate) flow_capacity: u32,
+    /// Enable kernel run-time statistics (`BPF_ENABLE_STATS`) while loaded.
+    pub(crate) bpf_stats: bool,
+    /// Never the BTF tracepoint programs.
+    pub(crate) classic_tracepoints: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            flow_capacity: FLOW_MAP_CAPACITY,
+            bpf_stats: true,
+            classic_tracepoints: false,
+        }
+    }
+}
+
+/// What the kernel's BTF and tracefs say, read before the object is loaded.
+struct KernelFacts {
+    offsets: KernelOffsets,
+    /// The tracepoints' formats: which of them this kernel has, with which fields.
+    formats: Formats,
+    drop_reasons: DropReasons,
+    /// Offset of `recursion_misses` in `struct bpf_prog_info`, when the kernel has it.
+    recursion_misses_offset: Option<u32>,
+    /// Whether `tcp_sock` has `total_rto_time` (6.7+).
+    rto_counters: bool,
+    notes: Vec<String>,
+}
+
+impl Probes {
+    pub(crate) fn load(env: &Environment, options: &LoadOptions) -> Result<Self, LoadError> {
+        raise_memlock_limit();
+        let KernelFacts {
+            offsets,
+            formats,
+            drop_reasons,
+            recursion_misses_offset,
+            rto_counters,
+            mut notes,
+        } = read_kernel(env)?;
+        let mut ebpf = load_object(&offsets, options.flow_capacity)?;
+        let (hooks, tasks) = attach_hooks(&mut ebpf, formats, &drop_reasons, options, rto_counters);
+        let stats = options
+            .bpf_stats
+            .then(|| enable_stats(&mut notes))
+            .flatten();
+        if offsets.structs.sock_cgroup == ABSENT {
+            notes.push(
+                "no sk_cgrp_data (CONFIG_SOCK_CGROUP_DATA off): host-network sockets are \
+                 attributed through /proc only"
+                    .to_owned(),
+            );
+        }
+        notes.dedup();
+        Ok(Self {
+            ebpf,
+            hooks,
+            notes,
+            flow_capacity: options.flow_capacity,
+            drop_reasons,
+            symbols: Symbolizer::default(),
+            uplinks: BTreeMap::new(),
+            recursion_misses_offset,
+            stats,
+            leak_watch: LeakWatch::default(),
+            tasks,
+        })
+    }
+}
+
+/// The offsets the programs read with, the tracefs formats and what else the kernel's BTF
+/// says; the BTF is parsed once here and freed on return.
+fn read_kernel(env: &Environment) -> Result<KernelFacts, LoadError> {
+    let btf = KernelBtf::load(Path::new(btf::VMLINUX_BTF))?;
+    let (structs, mut notes) = btf::struct_offsets(&btf)?;
+
+    let mut offsets = KernelOffsets::UNRESOLVED;
+    offsets.structs = structs;
+    offsets.sock = btf::sock_offsets(&btf)?;
+    offsets.task = btf::task_offsets(&btf).unwrap_or_else(|e| {
+        notes.push(format!(
+            "{e}: the task iterator is off, namespaces come from /proc/PID/ns/net"
+        ));
+        offsets.task
+    });
+    let skb = Format::read(&env.tracefs, RETRANSMIT_SKB.category, RETRANSMIT_SKB.name)
+        .and_then(|f| f.retransmit_skb());
+    let synack = Format::read(
+        &env.tracefs,
+        RETRANSMIT_SYNACK.category,
+        RETRANSMIT_SYNACK.name,
+    )
+    .and_then(|f| f.retransmit_synack());
+    let drop_format = Format::read(&env.tracefs, KFREE_SKB.category, KFREE_SKB.name);
+    let drop_reasons = DropReasons::resolve(&btf, drop_format.as_ref().ok());
+    let drops = drop_format.and_then(|f| f.kfree_skb());
+    let recursion_misses_offset = btf.offset_of("bpf_prog_info", "recursion_misses").ok();
+    let rto_counters = btf.offset_of("tcp_sock", "total_rto_time").is_ok();
+    // Done with our parse before aya makes its own (attach_hooks).
+    drop(btf);
+    if let Ok(fields) = &drops {
+        offsets.kfree_skb = *fields;
+    }
+    if let Ok(fields) = &skb {
+        offsets.retransmit_skb = *fields;
+    }
+    if let Ok(fields) = &synack {
+        offsets.retransmit_synack = *fields;
+    }
+    Ok(KernelFacts {
+        offsets,
+        formats: (skb, synack, drops),
+        drop_reasons,
+        recursion_misses_offset,
+        rto_counters,
+        notes,
+    })
+}
+
+/// The object with the offsets as its global and the maps sized.
+fn load_object(offsets: &KernelOffsets, flow_capacity: u32) -> Result<Ebpf, LoadError> {
+    log::debug!("kernel offsets: {offsets:?}");
+    Ok(EbpfLoader::new()
+        // The programs carry no CO-RE relocations (offsets come as a global), so aya need
+        // not parse the kernel's BTF for them (~30 MB at start-up).
+        .btf(None)
+        .override_global("KERNEL_OFFSETS", offsets, true)
+        .map_max_entries("RETRANSMIT_SOCKETS", flow_capacity)
+        .map_max_entries("RETRANSMIT_FLOWS", flow_capacity)
+        .map_max_entries("RETRANSMIT_OVERFLOW", OVERFLOW_MAP_CAPACITY)
+        .map_max_entries("DROPS", DROP_MAP_CAPACITY)
+        .map_max_entries("DROP_OVERFLOW", DROP_OVERFLOW_CAPACITY)
+        .map_max_entries("TIME_LOST", TIME_LOST_CAPACITY)
+        .load(PROGRAMS)?)
+}
+
+/// Attaches every tracing hook (the tc one comes later, see [`Probes::watch_uplinks`]) and
+/// the task iterator, each with its status.
+fn attach_hooks(
+    ebpf: &mut Ebpf,
+    formats: Formats,
+    drop_reasons: &DropReasons,
+    options: &LoadOptions,
+    rto_counters: bool,
+) -> (Vec<Hook>, Option<TaskIter>) {
+    // aya's own parse of the kernel's BTF (it needs it to load BTF-typed programs); about
+    // 0.1 s and a few MB, freed on return.
+    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
+    let classic = "--classic-tracepoints asked for the classic ones".to_owned();
+    let tp_btf = if options.classic_tracepoints {
+        Err(&classic)
+    } else {
+        aya_btf.as_ref()
+    };
+    let mut hooks = attach_all(ebpf, tp_btf, formats, drop_reasons);
+    hooks.push(attach_conntrack_confirm(ebpf, tp_btf));
+    hooks.extend(if options.classic_tracepoints {
+        time_lost_off()
+    } else {
+        attach_time_lost(ebpf, tp_btf, rto_counters)
+    });
+    let (tasks, task_hook) = TaskIter::attach(ebpf, aya_btf.as_ref());
+    hooks.push(task_hook);
+    (hooks, tasks)
+}
+
+/// Holds `BPF_ENABLE_STATS` on; a note when the kernel refuses (it needs `CAP_SYS_ADMIN`).
+fn enable_stats(notes: &mut Vec<String>) -> Option<OwnedFd> {
+    match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            notes.push(format!("kernel run-time statistics unavailable: {e}"));
+            None
+        }
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`; later ones use memcg and ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer; failure only matters on old kernels.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
+    if rc != 0 {
+        log::debug!(
+            "setrlimit(RLIMIT_MEMLOCK): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
