@@ -20,6 +20,9 @@ const LAB_PACKAGES: &[&str] = &[
     "busybox-static",
     "socat",
     "conntrack",
+    // GNU time: the bench's peak RSS of a short-lived command (a child of a small process,
+    // not of xtask, whose own RSS `wait4` would report).
+    "time",
 ];
 
 /// What `deploy/check.sh` runs: systemd-analyze (systemd), promtool and prometheus

@@ -26,6 +26,7 @@ const DAEMON_WINDOW: Duration = Duration::from_secs(30);
 const FULL_PASS: Duration = Duration::from_secs(10);
 /// How long diagnose watches per table.
 const DIAGNOSE_WINDOW: &str = "5s";
+const GNU_TIME: &str = "/usr/bin/time";
 /// The goal: peak RSS with the big table at most this much above the empty table's.
 pub const RSS_BOUND_KIB: u64 = 8 * 1024;
 
@@ -86,19 +87,44 @@ fn run(galmanhae: &Path) -> anyhow::Result<TableRun> {
         .parse()
         .context("nf_conntrack_count")?;
     let (daemon_peak_rss_kib, daemon_cpu_per_pass_ms) = daemon(galmanhae)?;
-    let mut diagnose = Command::new(galmanhae)
-        .args(["diagnose", "--json", "--duration", DIAGNOSE_WINDOW])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting galmanhae diagnose")?;
-    let (status, diagnose) = measure::wait_rusage(&mut diagnose)?;
-    anyhow::ensure!(status.success(), "galmanhae diagnose: {status}");
+    let diagnose = diagnose(galmanhae)?;
     Ok(TableRun {
         table_entries,
         daemon_peak_rss_kib,
         daemon_cpu_per_pass_ms,
         diagnose,
+    })
+}
+
+/// diagnose's CPU and peak RSS over its life, from GNU time: `wait4` in this process would
+/// count the copy of xtask the child was before its exec.
+fn diagnose(galmanhae: &Path) -> anyhow::Result<Rusage> {
+    let out = std::env::temp_dir().join(format!("galmanhae-bench-time-{}", std::process::id()));
+    let status = Command::new(GNU_TIME)
+        .args(["-f", "%M %U %S", "-o"])
+        .arg(&out)
+        .arg(galmanhae)
+        .args(["diagnose", "--json", "--duration", DIAGNOSE_WINDOW])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {GNU_TIME} (apt-get install time)"))?;
+    anyhow::ensure!(status.success(), "galmanhae diagnose: {status}");
+    let text =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    let _ = std::fs::remove_file(&out);
+    parse_time(&text).with_context(|| format!("GNU time's output: {text:?}"))
+}
+
+/// `%M %U %S`: max RSS in KiB, user and system seconds.
+fn parse_time(text: &str) -> Option<Rusage> {
+    let mut fields = text.split_whitespace();
+    let peak_rss_kib = fields.next()?.parse().ok()?;
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    Some(Rusage {
+        cpu_s: user + system,
+        peak_rss_kib,
     })
 }
 
@@ -177,5 +203,18 @@ impl ConntrackTable {
         }
         md.push('\n');
         md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gnu_time_gives_peak_rss_and_cpu() {
+        let usage = parse_time("31240 0.06 0.13\n").expect("three fields");
+        assert_eq!(usage.peak_rss_kib, 31_240);
+        assert!((usage.cpu_s - 0.19).abs() < 1e-9);
+        assert!(parse_time("Command exited with non-zero status 1\n").is_none());
     }
 }

@@ -453,8 +453,12 @@ impl Bench {
             cpu.total = stopped.total;
             cpu.analysis = stopped.analysis;
         }
-        if let Some(total) = stopped.total {
-            run.peak_rss_kib = Some(run.peak_rss_kib.unwrap_or(0).max(total.peak_rss_kib));
+        // `wait4`'s maximum includes what the child held before its exec, a copy of this
+        // (much larger) process: only when the tool's own VmHWM was never read.
+        if let Some(total) = stopped.total
+            && run.peak_rss_kib.is_none()
+        {
+            run.peak_rss_kib = Some(total.peak_rss_kib);
         }
         if !run.peer.is_baseline() {
             run.accuracy = Some(accuracy(&stopped.counts, &self.containers, &growth));
