@@ -143,11 +143,11 @@ mod tests {
         testing::{conntrack, container, drop, dropped, evidence, workload},
     };
 
-    #[test]
-    fn causes_rank_before_symptoms_at_equal_severity() {
+    /// `app` retransmits 20 of 1000 segments and the host dropped 20 of its packets: a high
+    /// `local_drops` (the drops explain the retransmits).
+    fn app_with_host_drops() -> Evidence {
         let app = container("app", 2);
-        // 20 of 1000 retransmitted: local drops (high, they explain it) and a full table.
-        let mut evidence = evidence(
+        evidence(
             vec![workload(&app, 1000, 20)],
             Vec::new(),
             vec![dropped(
@@ -157,7 +157,13 @@ mod tests {
                 "nf_hook_slow",
                 20,
             )],
-        );
+        )
+    }
+
+    #[test]
+    fn causes_rank_before_symptoms_at_equal_severity() {
+        // Local drops (high) and a full table that dropped (high): the cause ranks first.
+        let mut evidence = app_with_host_drops();
         let mut full = conntrack(Namespace::Host, 1000, 1000);
         full.stats.drop = 5;
         evidence.conntrack = vec![full];
@@ -167,19 +173,8 @@ mod tests {
 
     #[test]
     fn higher_severity_ranks_first() {
-        let app = container("app", 2);
         // A medium full table (no drops) after high local drops.
-        let mut evidence = evidence(
-            vec![workload(&app, 1000, 20)],
-            Vec::new(),
-            vec![dropped(
-                &app,
-                Site::Host,
-                "NETFILTER_DROP",
-                "nf_hook_slow",
-                20,
-            )],
-        );
+        let mut evidence = app_with_host_drops();
         evidence.conntrack = vec![conntrack(Namespace::Host, 950, 1000)];
         let ranked: Vec<_> = evaluate(&evidence)
             .iter()

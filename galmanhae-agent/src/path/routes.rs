@@ -119,22 +119,26 @@ impl Hop {
     }
 }
 
+/// A route out of `gmh-mtup1` with these MTUs, for the tests of the path's parts.
+#[cfg(test)]
+pub(super) fn test_route(dev_mtu: u32, route_mtu: Option<u32>) -> Route {
+    Route {
+        oif: 2,
+        dev: "gmh-mtup1".to_owned(),
+        dev_mtu,
+        route_mtu,
+        gateway: None,
+        prefsrc: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
 
-    fn route(dev_mtu: u32, route_mtu: Option<u32>) -> Route {
-        Route {
-            oif: 2,
-            dev: "gmh-mtup1".to_owned(),
-            dev_mtu,
-            route_mtu,
-            gateway: None,
-            prefsrc: None,
-        }
-    }
+    use super::test_route as route;
 
     #[test]
     fn a_route_answer_becomes_a_hop() {

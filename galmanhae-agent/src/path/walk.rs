@@ -229,16 +229,7 @@ mod tests {
         }
     }
 
-    fn route(dev_mtu: u32, route_mtu: Option<u32>) -> Route {
-        Route {
-            oif: 2,
-            dev: "gmh-mtup1".to_owned(),
-            dev_mtu,
-            route_mtu,
-            gateway: None,
-            prefsrc: None,
-        }
-    }
+    use super::super::routes::test_route as route;
 
     #[test]
     fn mismatch_compares_the_largest_inner_mtu_with_the_egress() {
