@@ -354,8 +354,12 @@ fn a_black_hole_of_t_seconds_is_an_rto_stall_equal_to_the_sockets_own() {
             (total - stall).abs() <= 0.05 && stalled_seconds >= floor - 1.0,
             "timeline {per_second:?} against a stall of {stall} s"
         );
+        // High from 5 s or 4 timeouts in a row: 3 s hold 3 or 4 timeouts (0.2 + 0.4 + 0.8 + 1.6
+        // s, or fewer from a larger RTO), so only the longer black hole is high for certain.
         let f = finding(&report, "rto_stalls", "t-stall");
-        assert_eq!(f["severity"], "high", "{f:#}");
+        if stall >= 5.0 {
+            assert_eq!(f["severity"], "high", "{f:#}");
+        }
         assert_no_findings(&report, "t-steady");
         eprintln!("{black_hole} s black hole: {stall} s = tcp_info {kernel} s");
     }
