@@ -421,11 +421,20 @@ fn loss_at_the_remote_end_is_beyond_the_host() {
             format!("head -c 2000000 /dev/zero | nc -w 5 {DB_V4} {DB_HOST_PORT}"),
         ),
     );
+    // Beyond the host: what this host dropped of its packets is under a tenth of its
+    // retransmits (a stray segment after a socket's close may be dropped here).
     let f = finding(&report, "loss_beyond_host", "t-remote");
+    let evidence = f["evidence"].to_string();
+    let count = |suffix: &str| -> Option<u64> {
+        let at = evidence.find(suffix)?;
+        evidence[..at].rsplit(['"', ' ']).next()?.parse().ok()
+    };
+    let (local, retransmitted) = (
+        count(" of its packets dropped on this host"),
+        count(" retransmitted segments of "),
+    );
     assert!(
-        f["evidence"]
-            .to_string()
-            .contains("0 of its packets dropped on this host"),
+        matches!((local, retransmitted), (Some(l), Some(r)) if l * 10 < r),
         "{f:#}\ndrops: {:#?}",
         drops(&report, "t-remote")
     );
