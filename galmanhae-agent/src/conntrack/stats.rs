@@ -60,7 +60,7 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    fn new(source: StatsSource) -> Self {
+    pub(crate) fn new(source: StatsSource) -> Self {
         Self {
             source,
             entries: None,

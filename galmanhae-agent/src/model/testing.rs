@@ -113,24 +113,13 @@ pub(crate) fn drop(reason: &str, function: &str) -> Drop {
 
 /// Conntrack of `namespace` with `entries` of `max`, and no events.
 pub(crate) fn conntrack(namespace: Namespace, entries: u64, max: u64) -> Conntrack {
+    let mut stats = Stats::new(StatsSource::Ctnetlink);
+    stats.entries = Some(entries);
+    stats.max = Some(max);
     Conntrack {
         namespace,
         netns: 1,
-        stats: Stats {
-            source: StatsSource::Ctnetlink,
-            entries: Some(entries),
-            max: Some(max),
-            found: 0,
-            invalid: 0,
-            insert: 0,
-            insert_failed: 0,
-            drop: 0,
-            early_drop: 0,
-            error: 0,
-            search_restart: 0,
-            clash_resolve: 0,
-            chaintoolong: 0,
-        },
+        stats,
     }
 }
 
