@@ -120,6 +120,9 @@ pub struct StructOffsets {
     /// `struct tcp_sock` -> `retrans_stamp`: in `SYN_SENT`, when the first SYN was sent
     /// (`tcp_time_stamp`, milliseconds of the monotonic clock).
     pub tcp_retrans_stamp: u32,
+    /// The BTF type id of `struct tcp_sock` in vmlinux: what `bpf_rdonly_cast` casts a socket
+    /// to (see the agent's `casts.rs`); 0 when unknown.
+    pub tcp_sock_type: u32,
 }
 
 /// `struct sock` -> `__sk_common` members: what the `tcp:tcp_retransmit_skb` record copies
@@ -142,6 +145,8 @@ pub struct SockOffsets {
     /// `skc_v6_rcv_saddr`, `skc_v6_daddr`; [`ABSENT`] without `CONFIG_IPV6`.
     pub v6_rcv_saddr: u32,
     pub v6_daddr: u32,
+    /// `skc_cookie` (`atomic64_t`): the socket's cookie once anything asked for it, else 0.
+    pub cookie: u32,
 }
 
 /// Everything the programs need to know about the running kernel.
@@ -206,6 +211,7 @@ impl KernelOffsets {
             ct_orig_l3num: ABSENT,
             tcp_total_retrans: ABSENT,
             tcp_retrans_stamp: ABSENT,
+            tcp_sock_type: 0,
         },
         sock: SockOffsets {
             family: ABSENT,
@@ -216,11 +222,12 @@ impl KernelOffsets {
             daddr: ABSENT,
             v6_rcv_saddr: ABSENT,
             v6_daddr: ABSENT,
+            cookie: ABSENT,
         },
         task: crate::task::TaskOffsets::UNRESOLVED,
     };
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 88 + 32 + 24);
+const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 92 + 36 + 24);
 
 crate::impl_pod!(KernelOffsets);

@@ -5,6 +5,7 @@
 //! IP header at `head + network_header`; a packet without one is counted with `family == 0`.
 
 use aya_ebpf::{
+    helpers::generated::bpf_probe_read_kernel,
     macros::map,
     maps::PerCpuHashMap,
     programs::{BtfTracePointContext, TracePointContext},
@@ -23,8 +24,7 @@ use galmanhae_common::{
 use crate::{
     health,
     kernel::{Direct, Memory, Probe, at, low_32, offset, optional_arg, tp_field},
-    maps,
-    packet::{self, PacketBytes},
+    maps, packet,
 };
 
 /// Drops per namespace, reason, location and flow. A plain hash: an LRU would evict silently.
@@ -129,38 +129,77 @@ fn owning_socket<M: Memory>(sk: u64, key: &mut DropKey) {
     key.socket_cgroup = M::at::<u64>(kernfs_node, offset!(structs.kernfs_node_id)).unwrap_or(0);
 }
 
-/// Fills the flow fields from the IP and transport headers, where they are set.
+/// Fills the flow fields from the IP and transport headers, where they are set. Written into
+/// the key in place: a parsed copy would not fit the 512-byte stack beside it.
 #[inline(always)]
 fn parse_flow<M: Memory>(skb: u64, key: &mut DropKey) {
     let Some(head) = M::at::<u64>(skb, offset!(structs.skb_head)) else {
         return;
     };
     let network = match M::at::<u16>(skb, offset!(structs.skb_network_header)) {
-        Some(n) if n != UNSET_HEADER => NetworkHeader(head + u64::from(n)),
+        Some(n) if n != UNSET_HEADER => head + u64::from(n),
         _ => return,
     };
-    let Some(first) = network.read::<u8>(0) else {
-        return;
+    // Past a short packet's end this reads the buffer's tail room: never used, as the
+    // version and header length say where the headers end.
+    let mut bytes = [0u8; HEADERS];
+    // SAFETY: the helper writes at most `HEADERS` bytes into `bytes` and checks the source.
+    let read = unsafe {
+        bpf_probe_read_kernel(
+            bytes.as_mut_ptr().cast(),
+            HEADER_BYTES,
+            network as *const core::ffi::c_void,
+        )
     };
-    let Some(flow) = packet::ip_header(&network, first >> 4) else {
+    if read != 0 {
         return;
+    }
+    let transport = match bytes[0] >> 4 {
+        4 => {
+            key.family = AF_INET;
+            key.protocol = bytes[9];
+            key.src_addr = v4_mapped([bytes[12], bytes[13], bytes[14], bytes[15]]);
+            key.dst_addr = v4_mapped([bytes[16], bytes[17], bytes[18], bytes[19]]);
+            // A non-first fragment has no transport header.
+            if u16::from_be_bytes([bytes[6], bytes[7]]) & IP_OFFSET_MASK != 0 {
+                return;
+            }
+            match bytes[0] & 0x0f {
+                5 => four(&bytes, 20),
+                6 => four(&bytes, 24),
+                7 => four(&bytes, 28),
+                8 => four(&bytes, 32),
+                9 => four(&bytes, 36),
+                10 => four(&bytes, 40),
+                ihl => match at::<[u8; 4]>(network, u32::from(ihl) * 4) {
+                    Some(ports) => ports,
+                    None => return,
+                },
+            }
+        }
+        6 => {
+            key.family = AF_INET6;
+            key.protocol = bytes[6];
+            key.src_addr.copy_from_slice(&bytes[8..24]);
+            key.dst_addr.copy_from_slice(&bytes[24..40]);
+            // Extension headers are not walked: their "ports" read as whatever follows.
+            four(&bytes, 40)
+        }
+        _ => return,
     };
-    (key.src_port, key.dst_port) = packet::ports(&network, &flow);
-    key.family = flow.family;
-    key.protocol = flow.protocol;
-    key.src_addr = flow.src;
-    key.dst_addr = flow.dst;
+    (key.src_port, key.dst_port) = packet::ports_of(key.protocol, transport);
 }
 
-/// The packet in kernel memory, from its network header on (a variable offset from `head`:
-/// read with probes).
-struct NetworkHeader(u64);
+/// The bytes read at once from the network header: an IPv6 header and its ports, or an IPv4
+/// header with up to 20 bytes of options and its ports. One probe instead of one per header.
+const HEADERS: usize = HEADER_BYTES as usize;
+const HEADER_BYTES: u32 = 44;
+const IP_OFFSET_MASK: u16 = 0x1fff;
 
-impl PacketBytes for NetworkHeader {
-    #[inline(always)]
-    fn read<T: Copy>(&self, offset: u32) -> Option<T> {
-        at::<T>(self.0, offset)
-    }
+/// Four bytes of `bytes` from `at`, a constant once inlined.
+#[inline(always)]
+fn four(bytes: &[u8; HEADERS], at: usize) -> [u8; 4] {
+    [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]
 }
 
 /// `ctinfo` bits of `skb->_nfct` (`enum ip_conntrack_info`).
@@ -181,11 +220,33 @@ fn conntrack_origin<M: Memory>(skb: u64, key: &mut DropKey) {
     if ct == 0 || info == IP_CT_UNTRACKED {
         return;
     }
-    let Some(family) = at::<u16>(ct, offset!(structs.ct_orig_l3num)) else {
-        return;
-    };
-    let Some(addr) = at::<[u8; 16]>(ct, offset!(structs.ct_orig_src_addr)) else {
-        return;
+    let addr_at = offset!(structs.ct_orig_src_addr);
+    let (addr, port, family) = if offset!(structs.ct_orig_src_port) == addr_at + 16
+        && offset!(structs.ct_orig_l3num) == addr_at + 18
+    {
+        // `struct nf_conntrack_man` as it has always been: address, port, family in one read.
+        let Some(man) = at::<[u8; 20]>(ct, addr_at) else {
+            return;
+        };
+        let mut addr = [0; 16];
+        addr.copy_from_slice(&man[..16]);
+        (
+            addr,
+            u16::from_ne_bytes([man[16], man[17]]),
+            u16::from_ne_bytes([man[18], man[19]]),
+        )
+    } else {
+        let (Some(addr), Some(family)) = (
+            at::<[u8; 16]>(ct, addr_at),
+            at::<u16>(ct, offset!(structs.ct_orig_l3num)),
+        ) else {
+            return;
+        };
+        (
+            addr,
+            at::<u16>(ct, offset!(structs.ct_orig_src_port)).unwrap_or(0),
+            family,
+        )
     };
     key.ct_src_addr = match family {
         AF_INET => v4_mapped([addr[0], addr[1], addr[2], addr[3]]),
@@ -193,7 +254,7 @@ fn conntrack_origin<M: Memory>(skb: u64, key: &mut DropKey) {
         _ => return,
     };
     key.ct_family = family;
-    key.ct_src_port = at::<u16>(ct, offset!(structs.ct_orig_src_port)).map_or(0, u16::from_be);
+    key.ct_src_port = u16::from_be(port);
     key.ct_reply = u8::from(info >= IP_CT_IS_REPLY);
 }
 

@@ -2,7 +2,8 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::bpf_probe_read_kernel,
+    bindings::bpf_func_id::BPF_FUNC_skc_to_tcp_sock,
+    helpers::{bpf_get_socket_cookie, generated::bpf_probe_read_kernel},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use galmanhae_common::offsets::{ABSENT, BitField, KernelOffsets};
@@ -141,4 +142,33 @@ pub fn optional_arg(ctx: &BtfTracePointContext, n: usize, present: bool) -> Opti
 )]
 pub const fn low_32(slot: u64) -> u32 {
     slot as u32
+}
+
+/// The socket's cookie: read from `skc_cookie` once the kernel made one (a plain load), else
+/// through the helper, which makes it (the first event of a socket pays the call).
+#[inline(always)]
+pub fn socket_cookie(sk: u64) -> u64 {
+    match Direct::at::<u64>(sk, offset!(sock.cookie)) {
+        Some(cookie) if cookie != 0 => cookie,
+        // SAFETY: the helper takes any socket.
+        _ => unsafe { bpf_get_socket_cookie(sk as *mut _) },
+    }
+}
+
+/// The socket as a `struct tcp_sock` whose members plain loads may read; `sk` must be a full
+/// TCP socket (every caller's hook fires only for those).
+///
+/// This is `bpf_skc_to_tcp_sock(sk)`, passed the BTF id of `struct tcp_sock` as a second
+/// argument the helper ignores. Where the kernel has the `bpf_rdonly_cast(obj, btf_id)` kfunc
+/// (6.2+), the agent rewrites this call into that one before load (same registers; see its
+/// `casts.rs`), and the verifier inlines it into a register move: no call at all.
+#[inline(always)]
+pub fn tcp_sock(sk: u64) -> u64 {
+    // SAFETY: a helper's number as its function pointer, as aya-ebpf's own bindings do; it
+    // takes a socket pointer and returns one (or null), the second register being unused.
+    let cast: unsafe extern "C" fn(u64, u32) -> u64 =
+        unsafe { core::mem::transmute(BPF_FUNC_skc_to_tcp_sock as usize) };
+    let tcp_sock_type = offset!(structs.tcp_sock_type);
+    // SAFETY: as above.
+    unsafe { cast(sk, tcp_sock_type) }
 }

@@ -110,15 +110,54 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// tc egress (TCX) on the host's uplinks: packets leaving with an untranslated source from a MASQUERADE subnet.
-/// It only observes: `TC_ACT_UNSPEC` lets the next program, or the default, decide.
+/// tc egress (TCX) on the host's Ethernet uplinks: packets leaving with an untranslated
+/// source from a MASQUERADE subnet. It only observes: `TC_ACT_UNSPEC` lets the next program,
+/// or the default, decide.
 #[classifier]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "aya's macro fixes the signature"
 )]
 pub fn nat_leak_egress(ctx: TcContext) -> i32 {
+    leak::on_ethernet_egress(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// The same on uplinks of any other link type (`WireGuard`, tun: no MAC header).
+#[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
+pub fn nat_leak_other(ctx: TcContext) -> i32 {
     leak::on_egress(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// Empty programs, never loaded by the agent: the bench attaches them to the same hooks to
+/// measure what any program there costs (the floor its per-run figures are read against).
+/// One per hook, so that `bpftool` names which is which.
+macro_rules! floor_btf {
+    ($($name:ident: $hook:literal),+) => {
+        $(
+            #[doc = concat!("The floor of `", $hook, "` (bench only).")]
+            #[btf_tracepoint(function = $hook)]
+            pub fn $name(_ctx: BtfTracePointContext) -> i32 {
+                0
+            }
+        )+
+    };
+}
+floor_btf!(
+    floor_rtx: "tcp_retransmit_skb",
+    floor_drop: "kfree_skb",
+    floor_cong: "tcp_cong_state_set",
+    floor_state: "inet_sock_set_state"
+);
+
+/// The floor of tc egress (bench only).
+#[classifier]
+pub fn floor_tc(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 

@@ -29,35 +29,40 @@ const IP_OFFSET_MASK: u16 = 0x1fff;
 #[inline(always)]
 pub fn ip_header(bytes: &impl PacketBytes, version: u8) -> Option<Flow> {
     match version {
-        4 => {
-            // struct iphdr: ihl/version, tos, tot_len, id, frag_off, ttl, protocol, check, saddr, daddr
-            let ip = bytes.read::<[u8; 20]>(0)?;
-            let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & IP_OFFSET_MASK == 0;
-            Some(Flow {
-                family: AF_INET,
-                protocol: ip[9],
-                src: v4_mapped([ip[12], ip[13], ip[14], ip[15]]),
-                dst: v4_mapped([ip[16], ip[17], ip[18], ip[19]]),
-                transport: first_fragment.then(|| u32::from(ip[0] & 0x0f) * 4),
-            })
-        }
-        6 => {
-            // struct ipv6hdr: ver/tc/flow (4), payload_len (2), nexthdr, hop_limit, saddr, daddr
-            let ip = bytes.read::<[u8; 40]>(0)?;
-            let mut flow = Flow {
-                family: AF_INET6,
-                protocol: ip[6],
-                src: [0; 16],
-                dst: [0; 16],
-                // Extension headers are not walked: their "ports" read as whatever follows.
-                transport: Some(40),
-            };
-            flow.src.copy_from_slice(&ip[8..24]);
-            flow.dst.copy_from_slice(&ip[24..40]);
-            Some(flow)
-        }
+        4 => Some(ipv4(&bytes.read::<[u8; 20]>(0)?)),
+        6 => Some(ipv6(&bytes.read::<[u8; 40]>(0)?)),
         _ => None,
     }
+}
+
+/// `struct iphdr`: the flow from its protocol and addresses, and where the transport
+/// header starts (none for a non-first fragment).
+#[inline(always)]
+pub fn ipv4(ip: &[u8; 20]) -> Flow {
+    let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & IP_OFFSET_MASK == 0;
+    Flow {
+        family: AF_INET,
+        protocol: ip[9],
+        src: v4_mapped([ip[12], ip[13], ip[14], ip[15]]),
+        dst: v4_mapped([ip[16], ip[17], ip[18], ip[19]]),
+        transport: first_fragment.then(|| u32::from(ip[0] & 0x0f) * 4),
+    }
+}
+
+/// `struct ipv6hdr`: the flow from its next header and addresses.
+#[inline(always)]
+pub fn ipv6(ip: &[u8; 40]) -> Flow {
+    let mut flow = Flow {
+        family: AF_INET6,
+        protocol: ip[6],
+        src: [0; 16],
+        dst: [0; 16],
+        // Extension headers are not walked: their "ports" read as whatever follows.
+        transport: Some(40),
+    };
+    flow.src.copy_from_slice(&ip[8..24]);
+    flow.dst.copy_from_slice(&ip[24..40]);
+    flow
 }
 
 /// Source and destination port (TCP, UDP), or ICMP type and code; zeros otherwise.
@@ -67,15 +72,22 @@ pub fn ports(bytes: &impl PacketBytes, flow: &Flow) -> (u16, u16) {
         return (0, 0);
     };
     match flow.protocol {
-        IPPROTO_TCP | IPPROTO_UDP => bytes.read::<[u8; 4]>(transport).map_or((0, 0), |p| {
-            (
-                u16::from_be_bytes([p[0], p[1]]),
-                u16::from_be_bytes([p[2], p[3]]),
-            )
-        }),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => bytes
-            .read::<[u8; 2]>(transport)
-            .map_or((0, 0), |t| (u16::from(t[0]), u16::from(t[1]))),
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 => bytes
+            .read::<[u8; 4]>(transport)
+            .map_or((0, 0), |p| ports_of(flow.protocol, p)),
+        _ => (0, 0),
+    }
+}
+
+/// Ports (or ICMP type and code) from the transport header's first four bytes.
+#[inline(always)]
+pub fn ports_of(protocol: u8, p: [u8; 4]) -> (u16, u16) {
+    match protocol {
+        IPPROTO_TCP | IPPROTO_UDP => (
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        ),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => (u16::from(p[0]), u16::from(p[1])),
         _ => (0, 0),
     }
 }

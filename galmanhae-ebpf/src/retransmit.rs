@@ -5,7 +5,6 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     macros::map,
     maps::{HashMap, PerCpuHashMap},
     programs::{BtfTracePointContext, TracePointContext},
@@ -22,7 +21,9 @@ use galmanhae_common::{
 
 use crate::{
     health,
-    kernel::{Direct, Memory, Probe, low_32, offset, optional_arg, tp_field},
+    kernel::{
+        Direct, Memory, Probe, low_32, offset, optional_arg, socket_cookie, tcp_sock, tp_field,
+    },
     maps,
 };
 
@@ -71,14 +72,7 @@ pub fn on_retransmit_skb_btf(ctx: &BtfTracePointContext) {
     // Since 6.17 (commit ad892e912b84): the tracepoint also fires for failed attempts.
     let err = optional_arg(ctx, 2, offset!(retransmit_skb.err) != ABSENT)
         .map_or(0, |e| low_32(e).cast_signed());
-    // SAFETY: both helpers take any socket; the second returns null for one that is not a
-    // full TCP socket.
-    let (cookie, tcp) = unsafe {
-        (
-            bpf_get_socket_cookie(sk as *mut _),
-            bpf_skc_to_tcp_sock(sk as *mut _) as u64,
-        )
-    };
+    let (cookie, tcp) = (socket_cookie(sk), tcp_sock(sk));
     let state = Direct::at::<u8>(sk, offset!(sock.state)).map(i32::from);
     let event = Event::read::<Direct>(tcp, skb, state, err);
     match RETRANSMIT_SOCKETS.get_ptr_mut(cookie) {

@@ -12,7 +12,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::HashMap,
     programs::BtfTracePointContext,
@@ -26,7 +26,7 @@ use galmanhae_common::{
 
 use crate::{
     health,
-    kernel::{Direct, Memory, offset},
+    kernel::{Direct, Memory, offset, socket_cookie, tcp_sock},
     retransmit::socket_flow_key,
 };
 
@@ -104,8 +104,8 @@ pub fn on_cong_state_set(ctx: &BtfTracePointContext) {
         return;
     };
     if new == TCP_CA_LOSS {
-        // SAFETY: takes any socket.
-        let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+        let cookie = socket_cookie(sk);
+        // SAFETY: no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         timeout(cookie, sk, slot, now);
         return;
@@ -113,14 +113,10 @@ pub fn on_cong_state_set(ctx: &BtfTracePointContext) {
     if slot.is_empty() {
         return;
     }
-    // SAFETY: any socket; null for one that is not a full TCP socket.
-    let tcp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
-    if Direct::bits(tcp, offset!(structs.icsk_ca_state)) != Some(TCP_CA_LOSS) {
+    if Direct::bits(tcp_sock(sk), offset!(structs.icsk_ca_state)) != Some(TCP_CA_LOSS) {
         return;
     }
-    // SAFETY: takes any socket.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-    if let Some(entry) = TIME_LOST.get_ptr_mut(cookie) {
+    if let Some(entry) = TIME_LOST.get_ptr_mut(socket_cookie(sk)) {
         let now = unsafe { bpf_ktime_get_ns() };
         // SAFETY: this socket's entry; its state changes run under its lock.
         end_recovery(unsafe { &mut *entry }, now, slot);
@@ -141,9 +137,7 @@ fn timeout(cookie: u64, sk: u64, slot: Slot, now: u64) {
     if in_syn {
         entry.syn_timeouts += 1;
         if entry.syn_start == 0 {
-            // SAFETY: any socket; null for one that is not a full TCP socket.
-            let tcp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
-            entry.syn_start = first_syn(tcp, now, &mut entry.flags);
+            entry.syn_start = first_syn(tcp_sock(sk), now, &mut entry.flags);
         }
     }
     if entry.loss_since == 0 {
@@ -235,9 +229,7 @@ pub fn on_inet_sock_set_state(ctx: &BtfTracePointContext) {
         return;
     }
     let sk: u64 = ctx.arg(0);
-    // SAFETY: takes any socket.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-    let Some(entry) = TIME_LOST.get_ptr_mut(cookie) else {
+    let Some(entry) = TIME_LOST.get_ptr_mut(socket_cookie(sk)) else {
         return;
     };
     // SAFETY: this socket's entry; its state changes run under its lock.

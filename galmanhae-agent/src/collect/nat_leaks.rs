@@ -13,7 +13,7 @@ use super::{
     netfilter::NatAudit,
 };
 use crate::{
-    kernel::probes::Probes,
+    kernel::{leak_watch::Uplink, probes::Probes},
     path::{self, Interface},
 };
 
@@ -48,8 +48,14 @@ pub(crate) fn uplinks(audit: &NatAudit) -> Result<Vec<Interface>, path::PathErro
 pub(crate) fn watch(probes: &mut Probes, audit: &NatAudit) -> Option<String> {
     match uplinks(audit) {
         Ok(links) => {
-            let links: Vec<(u32, String)> =
-                links.into_iter().map(|l| (l.ifindex, l.name)).collect();
+            let links: Vec<Uplink> = links
+                .into_iter()
+                .map(|l| Uplink {
+                    ifindex: l.ifindex,
+                    name: l.name,
+                    ethernet: l.ethernet,
+                })
+                .collect();
             probes.watch_uplinks(&audit.translated_subnets(), &links);
             None
         }

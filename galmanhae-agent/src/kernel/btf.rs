@@ -119,6 +119,27 @@ impl KernelBtf {
         Err(error("empty path"))
     }
 
+    /// The type id of the struct `name` (with members: not a forward declaration).
+    pub(crate) fn struct_id(&self, name: &str) -> Option<u32> {
+        self.id_of(
+            name,
+            |t| matches!(t, Type::Struct(s) if !s.members.is_empty()),
+        )
+    }
+
+    /// The type id of the function `name`: a kfunc, where the kernel has it.
+    pub(crate) fn function_id(&self, name: &str) -> Option<u32> {
+        self.id_of(name, |t| matches!(t, Type::Func(_)))
+    }
+
+    fn id_of(&self, name: &str, kind: impl Fn(&Type) -> bool) -> Option<u32> {
+        self.btf
+            .resolve_ids_by_name(name)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|id| self.btf.resolve_type_by_id(*id).is_ok_and(|t| kind(&t)))
+    }
+
     /// Values and names of an enum (`enum skb_drop_reason`, ...), as the running kernel has them.
     pub(crate) fn enum_values(&self, name: &str) -> Result<Vec<(u32, String)>, BtfError> {
         let found = self
@@ -235,6 +256,8 @@ pub(crate) fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
         // CONFIG_IPV6
         v6_rcv_saddr: member("skc_v6_rcv_saddr").unwrap_or(ABSENT),
         v6_daddr: member("skc_v6_daddr").unwrap_or(ABSENT),
+        // Without it every event asks the helper.
+        cookie: member("skc_cookie").unwrap_or(ABSENT),
     })
 }
 
@@ -343,6 +366,7 @@ pub(crate) fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<Stri
             ct_orig_l3num,
             tcp_total_retrans,
             tcp_retrans_stamp,
+            tcp_sock_type: btf.struct_id("tcp_sock").unwrap_or(0),
         },
         notes,
     ))

@@ -2,7 +2,7 @@
 
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage},
 };
 
 use super::{
@@ -27,6 +27,8 @@ pub struct Interface {
     pub peer_ifindex: Option<u32>,
     /// Administratively up (`IFF_UP`).
     pub up: bool,
+    /// An Ethernet device (`ARPHRD_ETHER`: physical NICs, veths, bridges, VLANs, bonds).
+    pub ethernet: bool,
 }
 
 impl Interface {
@@ -43,6 +45,7 @@ impl Interface {
             link_netnsid: None,
             peer_ifindex: None,
             up: message.header.flags.contains(LinkFlags::Up),
+            ethernet: message.header.link_layer_type == LinkLayerType::Ether,
         };
         for attribute in &message.attributes {
             match attribute {

@@ -226,6 +226,7 @@ mod tests {
             link_netnsid: None,
             peer_ifindex: None,
             up: true,
+            ethernet: true,
         }
     }
 

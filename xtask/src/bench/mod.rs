@@ -117,7 +117,7 @@ const LEVELS: [LevelSpec; 3] = [
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     setup::run()?;
     check_tools()?;
-    build_agent_targets(&["--bins", "--example", "render"])?;
+    build_agent_targets(&["--bins", "--example", "render", "--example", "floor"])?;
     let galmanhae = agent_binary();
     let work = workspace_root().join("target/bench");
     let out = args.out.clone().unwrap_or_else(|| {
@@ -460,7 +460,7 @@ impl Bench {
         {
             run.peak_rss_kib = Some(total.peak_rss_kib);
         }
-        if !run.peer.is_baseline() {
+        if run.peer.counts() {
             run.accuracy = Some(accuracy(&stopped.counts, &self.containers, &growth));
         }
         Ok(())

@@ -12,7 +12,7 @@ use galmanhae_common::{
 };
 
 use super::{
-    Probes,
+    Probes, casts,
     conntrack::attach_conntrack_confirm,
     hook::Hook,
     time_lost::{attach_time_lost, time_lost_off},
@@ -29,7 +29,8 @@ use crate::kernel::{
 };
 
 /// The object `build.rs` produced from `galmanhae-ebpf`.
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/galmanhae"));
+pub(super) static PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/galmanhae"));
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LoadError {
@@ -70,6 +71,8 @@ struct KernelFacts {
     recursion_misses_offset: Option<u32>,
     /// Whether `tcp_sock` has `total_rto_time` (6.7+).
     rto_counters: bool,
+    /// The BTF id of the `bpf_rdonly_cast` kfunc (6.2+), see `casts.rs`.
+    rdonly_cast: Option<u32>,
     notes: Vec<String>,
 }
 
@@ -82,9 +85,10 @@ impl Probes {
             drop_reasons,
             recursion_misses_offset,
             rto_counters,
+            rdonly_cast,
             mut notes,
         } = read_kernel(env)?;
-        let mut ebpf = load_object(&offsets, options.flow_capacity)?;
+        let mut ebpf = load_object(&offsets, options.flow_capacity, rdonly_cast, &mut notes)?;
         let (hooks, tasks) = attach_hooks(&mut ebpf, formats, &drop_reasons, options, rto_counters);
         let stats = options
             .bpf_stats
@@ -142,6 +146,9 @@ fn read_kernel(env: &Environment) -> Result<KernelFacts, LoadError> {
     let drops = drop_format.and_then(|f| f.kfree_skb());
     let recursion_misses_offset = btf.offset_of("bpf_prog_info", "recursion_misses").ok();
     let rto_counters = btf.offset_of("tcp_sock", "total_rto_time").is_ok();
+    let rdonly_cast = btf
+        .function_id("bpf_rdonly_cast")
+        .filter(|_| offsets.structs.tcp_sock_type != 0);
     // Done with our parse before aya makes its own (attach_hooks).
     drop(btf);
     if let Ok(fields) = &drops {
@@ -159,13 +166,39 @@ fn read_kernel(env: &Environment) -> Result<KernelFacts, LoadError> {
         drop_reasons,
         recursion_misses_offset,
         rto_counters,
+        rdonly_cast,
         notes,
     })
 }
 
-/// The object with the offsets as its global and the maps sized.
-fn load_object(offsets: &KernelOffsets, flow_capacity: u32) -> Result<Ebpf, LoadError> {
+/// The object with the offsets as its global and the maps sized; its socket casts inlined
+/// where the kernel has `bpf_rdonly_cast`.
+fn load_object(
+    offsets: &KernelOffsets,
+    flow_capacity: u32,
+    rdonly_cast: Option<u32>,
+    notes: &mut Vec<String>,
+) -> Result<Ebpf, LoadError> {
     log::debug!("kernel offsets: {offsets:?}");
+    let patched = rdonly_cast.map(|kfunc| casts::rdonly_casts(PROGRAMS, kfunc));
+    let object: &[u8] = match &patched {
+        Some(Ok((words, count))) => {
+            log::debug!("{count} socket casts through bpf_rdonly_cast");
+            // SAFETY: the words' memory as bytes, the object's length of them.
+            unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), PROGRAMS.len()) }
+        }
+        Some(Err(e)) => {
+            notes.push(format!("socket casts stay helper calls: {e}"));
+            PROGRAMS
+        }
+        None => {
+            log::info!(
+                "no bpf_rdonly_cast kfunc (Linux 6.2+): socket casts are helper calls, a few \
+                 tens of ns more per retransmit"
+            );
+            PROGRAMS
+        }
+    };
     Ok(EbpfLoader::new()
         // The programs carry no CO-RE relocations (offsets come as a global), so aya need
         // not parse the kernel's BTF for them (~30 MB at start-up).
@@ -177,7 +210,7 @@ fn load_object(offsets: &KernelOffsets, flow_capacity: u32) -> Result<Ebpf, Load
         .map_max_entries("DROPS", DROP_MAP_CAPACITY)
         .map_max_entries("DROP_OVERFLOW", DROP_OVERFLOW_CAPACITY)
         .map_max_entries("TIME_LOST", TIME_LOST_CAPACITY)
-        .load(PROGRAMS)?)
+        .load(object)?)
 }
 
 /// Attaches every tracing hook (the tc one comes later, see [`Probes::watch_uplinks`]) and

@@ -6,6 +6,7 @@
 //! (the optional kprobe/fentry) and `time_lost.rs` (`tp_btf` only); `hook.rs` is what became
 //! of each. The NAT-leak watch (tc) attaches later, when the uplinks are known.
 
+mod casts;
 mod conntrack;
 mod hook;
 mod load;
@@ -28,7 +29,7 @@ pub(crate) use self::{
 use super::{
     drop_reasons::DropReasons,
     kallsyms::Symbolizer,
-    leak_watch::{LeakWatch, NAT_LEAK_PROGRAM},
+    leak_watch::{LeakWatch, NAT_LEAK_OTHER, NAT_LEAK_PROGRAM, Uplink},
     prog_info,
     task_iter::TaskIter,
 };
@@ -61,7 +62,7 @@ impl Probes {
     /// Makes the NAT-leak watch follow the host's translated subnets and uplinks (TCX:
     /// detached when the agent exits, whatever happens): its hook is added or replaced;
     /// whether anything changed.
-    pub(crate) fn watch_uplinks(&mut self, subnets: &[IpNet], uplinks: &[(u32, String)]) -> bool {
+    pub(crate) fn watch_uplinks(&mut self, subnets: &[IpNet], uplinks: &[Uplink]) -> bool {
         let Some(hook) = self.leak_watch.update(&mut self.ebpf, subnets, uplinks) else {
             return false;
         };
@@ -122,10 +123,12 @@ impl Drop for Probes {
         if self.leak_watch.added_clsact.is_empty() {
             return;
         }
-        if let Some(program) = self.ebpf.program_mut(NAT_LEAK_PROGRAM) {
-            let classifier: Result<&mut SchedClassifier, _> = program.try_into();
-            if let Ok(classifier) = classifier {
-                let _ = classifier.unload();
+        for name in [NAT_LEAK_PROGRAM, NAT_LEAK_OTHER] {
+            if let Some(program) = self.ebpf.program_mut(name) {
+                let classifier: Result<&mut SchedClassifier, _> = program.try_into();
+                if let Ok(classifier) = classifier {
+                    let _ = classifier.unload();
+                }
             }
         }
         for (ifindex, name) in &self.leak_watch.added_clsact {

@@ -66,13 +66,15 @@ pub enum Peer {
     Tcpdump,
     /// Debian's prometheus-node-exporter, netstat collector only, scraped every 5 s.
     NodeExporter,
+    /// Empty programs on galmanhae's hooks (`--example floor`): what any program there costs.
+    Floor,
     /// No tool again, after the others: how much the storm varies by itself.
     #[value(skip)]
     BaselineAgain,
 }
 
 impl Peer {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Baseline,
         Self::Daemon,
         Self::Diagnose,
@@ -80,12 +82,18 @@ impl Peer {
         Self::BpftraceEvents,
         Self::Tcpdump,
         Self::NodeExporter,
+        Self::Floor,
         Self::BaselineAgain,
     ];
 
     /// Runs no tool.
     pub fn is_baseline(self) -> bool {
         matches!(self, Self::Baseline | Self::BaselineAgain)
+    }
+
+    /// Counts retransmits (the baselines and the floor count nothing).
+    pub fn counts(self) -> bool {
+        !self.is_baseline() && self != Self::Floor
     }
 
     /// Scraped during the window like a Prometheus would.
@@ -110,6 +118,7 @@ impl fmt::Display for Peer {
             Self::BpftraceEvents => "bpftrace, one line per retransmit",
             Self::Tcpdump => "tcpdump + tshark",
             Self::NodeExporter => "node_exporter (netstat)",
+            Self::Floor => "empty programs on the same hooks (floor)",
         })
     }
 }
@@ -281,6 +290,15 @@ impl Peer {
                 running.http = Some(address);
                 running.wait_ready(|_| measure::http_get(address, "/metrics").is_ok())?;
             }
+            Peer::Floor => {
+                let floor = setup
+                    .galmanhae
+                    .parent()
+                    .context("the agent's binary has no directory")?
+                    .join("examples/floor");
+                running.spawn(&floor.display().to_string(), &[])?;
+                running.wait_ready(|r| read(&r.stdout).starts_with("ready"))?;
+            }
         }
         Ok(running)
     }
@@ -334,7 +352,7 @@ impl Running {
             ..Stopped::default()
         };
         match self.peer {
-            Peer::Baseline | Peer::BaselineAgain => {}
+            Peer::Baseline | Peer::BaselineAgain | Peer::Floor => {}
             Peer::Daemon => {
                 let (first, last) = self.first_and_last()?;
                 stopped.counts = daemon_counts(&first, &last, setup.containers);

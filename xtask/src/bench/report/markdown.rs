@@ -409,5 +409,6 @@ pub(super) fn short(peer: Peer) -> &'static str {
         Peer::BpftraceEvents => "bpftrace-events",
         Peer::Tcpdump => "capture",
         Peer::NodeExporter => "node_exporter",
+        Peer::Floor => "floor",
     }
 }
