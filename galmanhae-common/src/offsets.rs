@@ -120,9 +120,14 @@ pub struct StructOffsets {
     /// `struct tcp_sock` -> `retrans_stamp`: in `SYN_SENT`, when the first SYN was sent
     /// (`tcp_time_stamp`, milliseconds of the monotonic clock).
     pub tcp_retrans_stamp: u32,
-    /// The BTF type id of `struct tcp_sock` in vmlinux: what `bpf_rdonly_cast` casts a socket
-    /// to (see the agent's `casts.rs`); 0 when unknown.
+    /// BTF type ids in vmlinux of what `bpf_rdonly_cast` casts to (see the agent's
+    /// `casts.rs`): `struct tcp_sock`, `struct iphdr`, `struct udphdr` (whose ports sit where
+    /// TCP's do) and `struct nf_conn` (absent where conntrack is a module). All 0 where the
+    /// kernel has no such kfunc (before 6.2): the programs then read through helpers.
     pub tcp_sock_type: u32,
+    pub iphdr_type: u32,
+    pub udphdr_type: u32,
+    pub nf_conn_type: u32,
 }
 
 /// `struct sock` -> `__sk_common` members: what the `tcp:tcp_retransmit_skb` record copies
@@ -212,6 +217,9 @@ impl KernelOffsets {
             tcp_total_retrans: ABSENT,
             tcp_retrans_stamp: ABSENT,
             tcp_sock_type: 0,
+            iphdr_type: 0,
+            udphdr_type: 0,
+            nf_conn_type: 0,
         },
         sock: SockOffsets {
             family: ABSENT,
@@ -228,6 +236,6 @@ impl KernelOffsets {
     };
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 92 + 36 + 24);
+const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 104 + 36 + 24);
 
 crate::impl_pod!(KernelOffsets);

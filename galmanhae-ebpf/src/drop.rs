@@ -18,13 +18,12 @@ use galmanhae_common::{
     health::HealthCounter,
     offsets::ABSENT,
     retransmit::{AF_INET, AF_INET6},
-    v4_mapped,
 };
 
 use crate::{
     health,
-    kernel::{Direct, Memory, Probe, at, low_32, offset, optional_arg, tp_field},
-    maps, packet,
+    kernel::{Direct, Memory, Probe, at, low_32, offset, optional_arg, rdonly_cast, tp_field},
+    maps, packet, stores,
 };
 
 /// Drops per namespace, reason, location and flow. A plain hash: an LRU would evict silently.
@@ -72,16 +71,17 @@ fn on_drop<M: Memory>(skb: u64, location: u64, reason: u32, rx_sk: impl Fn() -> 
         0 => rx_sk(),
         sk => sk,
     };
-    let mut key = DropKey {
-        netns: netns::<M>(skb, sk),
-        reason,
-        location,
-        ..DropKey::default()
-    };
-    parse_flow::<M>(skb, &mut key);
-    owning_socket::<M>(sk, &mut key);
-    conntrack_origin::<M>(skb, &mut key);
-    count(&key);
+    let mut key = core::mem::MaybeUninit::<DropKey>::uninit();
+    stores::zero(key.as_mut_ptr());
+    // SAFETY: zeroed above, and all zeros is a valid key.
+    let key = unsafe { key.assume_init_mut() };
+    key.netns = netns::<M>(skb, sk);
+    key.reason = reason;
+    key.location = location;
+    parse_flow::<M>(skb, key);
+    owning_socket::<M>(sk, key);
+    conntrack_origin::<M>(skb, key);
+    count(key);
 }
 
 /// The namespace of the packet's device, else of its socket; 0 when neither is set.
@@ -140,10 +140,14 @@ fn parse_flow<M: Memory>(skb: u64, key: &mut DropKey) {
         Some(n) if n != UNSET_HEADER => head + u64::from(n),
         _ => return,
     };
+    if M::PLAIN_LOADS && offset!(structs.iphdr_type) != 0 && parse_ipv4_cast(network, key) {
+        return;
+    }
     // Past a short packet's end this reads the buffer's tail room: never used, as the
     // version and header length say where the headers end.
-    let mut bytes = [0u8; HEADERS];
-    // SAFETY: the helper writes at most `HEADERS` bytes into `bytes` and checks the source.
+    let mut bytes = core::mem::MaybeUninit::<[u8; HEADERS]>::uninit();
+    // SAFETY: the helper writes `HEADERS` bytes into `bytes` (zeros on failure) and checks the
+    // source; not zeroed first, which would cost a `memset` call (see `stores`).
     let read = unsafe {
         bpf_probe_read_kernel(
             bytes.as_mut_ptr().cast(),
@@ -154,12 +158,20 @@ fn parse_flow<M: Memory>(skb: u64, key: &mut DropKey) {
     if read != 0 {
         return;
     }
+    // SAFETY: fully written by the helper.
+    let bytes = unsafe { bytes.assume_init_ref() };
     let transport = match bytes[0] >> 4 {
         4 => {
             key.family = AF_INET;
             key.protocol = bytes[9];
-            key.src_addr = v4_mapped([bytes[12], bytes[13], bytes[14], bytes[15]]);
-            key.dst_addr = v4_mapped([bytes[16], bytes[17], bytes[18], bytes[19]]);
+            stores::v4_mapped_into(
+                &mut key.src_addr,
+                [bytes[12], bytes[13], bytes[14], bytes[15]],
+            );
+            stores::v4_mapped_into(
+                &mut key.dst_addr,
+                [bytes[16], bytes[17], bytes[18], bytes[19]],
+            );
             // A non-first fragment has no transport header.
             if u16::from_be_bytes([bytes[6], bytes[7]]) & IP_OFFSET_MASK != 0 {
                 return;
@@ -190,6 +202,35 @@ fn parse_flow<M: Memory>(skb: u64, key: &mut DropKey) {
     (key.src_port, key.dst_port) = packet::ports_of(key.protocol, transport);
 }
 
+/// An IPv4 packet's flow read with plain loads through casts to `struct iphdr` and `struct
+/// udphdr` (6.2+, see [`rdonly_cast`]); `false` for any other packet, left to the probe.
+#[inline(always)]
+fn parse_ipv4_cast(network: u64, key: &mut DropKey) -> bool {
+    let ip = rdonly_cast(network, offset!(structs.iphdr_type));
+    // The wire format's offsets: version and header length, fragment offset, protocol,
+    // addresses.
+    let Some(first) = Direct::at::<u8>(ip, 0).filter(|b| b >> 4 == 4) else {
+        return false;
+    };
+    key.family = AF_INET;
+    key.protocol = Direct::at::<u8>(ip, 9).unwrap_or(0);
+    let address = |at| Direct::at::<u32>(ip, at).unwrap_or(0).to_ne_bytes();
+    stores::v4_mapped_into(&mut key.src_addr, address(12));
+    stores::v4_mapped_into(&mut key.dst_addr, address(16));
+    let fragment = Direct::at::<u16>(ip, 6).map_or(0, u16::from_be) & IP_OFFSET_MASK;
+    if fragment == 0 {
+        let l4 = rdonly_cast(
+            network + u64::from(first & 0x0f) * 4,
+            offset!(structs.udphdr_type),
+        );
+        let port = |at| Direct::at::<u16>(l4, at).unwrap_or(0).to_ne_bytes();
+        let (source, dest) = (port(0), port(2));
+        (key.src_port, key.dst_port) =
+            packet::ports_of(key.protocol, [source[0], source[1], dest[0], dest[1]]);
+    }
+    true
+}
+
 /// The bytes read at once from the network header: an IPv6 header and its ports, or an IPv4
 /// header with up to 20 bytes of options and its ports. One probe instead of one per header.
 const HEADERS: usize = HEADER_BYTES as usize;
@@ -211,7 +252,8 @@ const IP_CT_UNTRACKED: u64 = 7;
 /// SNAT the packet's own source is the host's address, this one names the workload.
 #[inline(always)]
 fn conntrack_origin<M: Memory>(skb: u64, key: &mut DropKey) {
-    // `_nfct` is an integer to the verifier: what it points to is read with probes.
+    // `_nfct` is an integer to the verifier: what it points to is read through a cast or with
+    // probes.
     let Some(nfct) = M::at::<u64>(skb, offset!(structs.skb_nfct)) else {
         return;
     };
@@ -221,7 +263,24 @@ fn conntrack_origin<M: Memory>(skb: u64, key: &mut DropKey) {
         return;
     }
     let addr_at = offset!(structs.ct_orig_src_addr);
-    let (addr, port, family) = if offset!(structs.ct_orig_src_port) == addr_at + 16
+    let (addr, port, family) = if M::PLAIN_LOADS && offset!(structs.nf_conn_type) != 0 {
+        // Plain loads through a cast to `struct nf_conn` (6.2+, conntrack built in).
+        let ct = rdonly_cast(ct, offset!(structs.nf_conn_type));
+        let word = |i: u32| {
+            Direct::at::<u32>(ct, addr_at + 4 * i)
+                .unwrap_or(0)
+                .to_ne_bytes()
+        };
+        let (a, b, c, d) = (word(0), word(1), word(2), word(3));
+        (
+            [
+                a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+                d[2], d[3],
+            ],
+            Direct::at::<u16>(ct, offset!(structs.ct_orig_src_port)).unwrap_or(0),
+            Direct::at::<u16>(ct, offset!(structs.ct_orig_l3num)).unwrap_or(0),
+        )
+    } else if offset!(structs.ct_orig_src_port) == addr_at + 16
         && offset!(structs.ct_orig_l3num) == addr_at + 18
     {
         // `struct nf_conntrack_man` as it has always been: address, port, family in one read.
@@ -248,11 +307,13 @@ fn conntrack_origin<M: Memory>(skb: u64, key: &mut DropKey) {
             family,
         )
     };
-    key.ct_src_addr = match family {
-        AF_INET => v4_mapped([addr[0], addr[1], addr[2], addr[3]]),
-        AF_INET6 => addr,
+    match family {
+        AF_INET => {
+            stores::v4_mapped_into(&mut key.ct_src_addr, [addr[0], addr[1], addr[2], addr[3]])
+        }
+        AF_INET6 => key.ct_src_addr = addr,
         _ => return,
-    };
+    }
     key.ct_family = family;
     key.ct_src_port = u16::from_be(port);
     key.ct_reply = u8::from(info >= IP_CT_IS_REPLY);

@@ -26,6 +26,9 @@ pub(crate) use offset;
 
 /// How a program reads kernel memory at run-time offsets.
 pub trait Memory {
+    /// Plain loads (a `tp_btf` program), where casts to BTF types may replace probes.
+    const PLAIN_LOADS: bool;
+
     /// A value at `base + offset`; `None` if absent or null (or, for [`Probe`], unreadable).
     fn at<T: Copy>(base: u64, offset: u32) -> Option<T>;
 
@@ -58,6 +61,8 @@ pub trait Memory {
 pub struct Probe;
 
 impl Memory for Probe {
+    const PLAIN_LOADS: bool = false;
+
     #[inline(always)]
     fn at<T: Copy>(base: u64, offset: u32) -> Option<T> {
         if base == 0 || offset == ABSENT {
@@ -90,6 +95,8 @@ impl Memory for Probe {
 pub struct Direct;
 
 impl Memory for Direct {
+    const PLAIN_LOADS: bool = true;
+
     #[inline(always)]
     fn at<T: Copy>(base: u64, offset: u32) -> Option<T> {
         if base == 0 || offset == ABSENT {
@@ -156,19 +163,29 @@ pub fn socket_cookie(sk: u64) -> u64 {
 }
 
 /// The socket as a `struct tcp_sock` whose members plain loads may read; `sk` must be a full
-/// TCP socket (every caller's hook fires only for those).
-///
-/// This is `bpf_skc_to_tcp_sock(sk)`, passed the BTF id of `struct tcp_sock` as a second
-/// argument the helper ignores. Where the kernel has the `bpf_rdonly_cast(obj, btf_id)` kfunc
-/// (6.2+), the agent rewrites this call into that one before load (same registers; see its
-/// `casts.rs`), and the verifier inlines it into a register move: no call at all.
+/// TCP socket (every caller's hook fires only for those). Through the helper
+/// `bpf_skc_to_tcp_sock` on every kernel, inlined where the kernel has `bpf_rdonly_cast`
+/// (see [`rdonly_cast`]).
 #[inline(always)]
 pub fn tcp_sock(sk: u64) -> u64 {
+    rdonly_cast(sk, offset!(structs.tcp_sock_type))
+}
+
+/// `bpf_rdonly_cast(address, btf_id)` (6.2+): `address` as a pointer to the vmlinux type
+/// `btf_id`, which plain loads may read (fault-safe) at its members' offsets; the verifier
+/// inlines it into a register move.
+///
+/// aya cannot relocate kfunc calls, so this is a call of the helper `bpf_skc_to_tcp_sock`
+/// with the kfunc's two arguments (the helper ignores the second), which the agent rewrites
+/// into the kfunc's call before load where the kernel has it (its `casts.rs`). Callers other
+/// than [`tcp_sock`] must only call it where their type id is not 0, which the agent
+/// guarantees only with the kfunc: elsewhere the verifier never sees the call.
+#[inline(always)]
+pub fn rdonly_cast(address: u64, btf_id: u32) -> u64 {
     // SAFETY: a helper's number as its function pointer, as aya-ebpf's own bindings do; it
     // takes a socket pointer and returns one (or null), the second register being unused.
     let cast: unsafe extern "C" fn(u64, u32) -> u64 =
         unsafe { core::mem::transmute(BPF_FUNC_skc_to_tcp_sock as usize) };
-    let tcp_sock_type = offset!(structs.tcp_sock_type);
     // SAFETY: as above.
-    unsafe { cast(sk, tcp_sock_type) }
+    unsafe { cast(address, btf_id) }
 }

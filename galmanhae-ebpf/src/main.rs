@@ -23,6 +23,7 @@ mod maps;
 mod packet;
 mod retransmit;
 mod stall;
+mod stores;
 mod tasks;
 
 use aya_ebpf::{

@@ -367,6 +367,9 @@ pub(crate) fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<Stri
             tcp_total_retrans,
             tcp_retrans_stamp,
             tcp_sock_type: btf.struct_id("tcp_sock").unwrap_or(0),
+            iphdr_type: btf.struct_id("iphdr").unwrap_or(0),
+            udphdr_type: btf.struct_id("udphdr").unwrap_or(0),
+            nf_conn_type: btf.struct_id("nf_conn").unwrap_or(0),
         },
         notes,
     ))

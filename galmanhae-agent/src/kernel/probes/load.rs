@@ -149,6 +149,15 @@ fn read_kernel(env: &Environment) -> Result<KernelFacts, LoadError> {
     let rdonly_cast = btf
         .function_id("bpf_rdonly_cast")
         .filter(|_| offsets.structs.tcp_sock_type != 0);
+    if rdonly_cast.is_none() {
+        // The programs take a type id as "cast through the kfunc": none without it.
+        let structs = &mut offsets.structs;
+        (
+            structs.iphdr_type,
+            structs.udphdr_type,
+            structs.nf_conn_type,
+        ) = (0, 0, 0);
+    }
     // Done with our parse before aya makes its own (attach_hooks).
     drop(btf);
     if let Ok(fields) = &drops {
@@ -183,7 +192,7 @@ fn load_object(
     let patched = rdonly_cast.map(|kfunc| casts::rdonly_casts(PROGRAMS, kfunc));
     let object: &[u8] = match &patched {
         Some(Ok((words, count))) => {
-            log::debug!("{count} socket casts through bpf_rdonly_cast");
+            log::debug!("{count} casts through bpf_rdonly_cast");
             // SAFETY: the words' memory as bytes, the object's length of them.
             unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), PROGRAMS.len()) }
         }

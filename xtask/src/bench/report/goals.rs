@@ -72,6 +72,7 @@ impl Report {
         ));
         goals.extend(self.throughput_goals());
         goals.extend(self.conntrack_goals());
+        goals.extend(self.cost_goals());
         self.goals = goals;
     }
 

@@ -94,7 +94,7 @@ impl Report {
     fn write_goals(&self, md: &mut String) {
         let _ = writeln!(
             md,
-            "## Goals (issues 5, 13 and 14)\n\n| Goal | Target | Measured | Status |\n|---|---|---|---|"
+            "## Goals (issues 5, 13, 14 and 15)\n\n| Goal | Target | Measured | Status |\n|---|---|---|---|"
         );
         for g in &self.goals {
             let _ = writeln!(

@@ -258,6 +258,7 @@ impl Report {
     }
 }
 
+mod cost_goals;
 mod goals;
 mod markdown;
 #[cfg(test)]

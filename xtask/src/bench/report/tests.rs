@@ -153,3 +153,51 @@ fn a_slower_storm_misses_the_throughput_goal() {
     );
     assert_eq!(status(&report, "Exact counts"), "met");
 }
+
+fn program(name: &str, ns_per_run: f64, percent_of_core: f64) -> ProgramRun {
+    ProgramRun {
+        id: 1,
+        name: name.to_owned(),
+        kind: "tracing".to_owned(),
+        runs: 1000,
+        run_time_ns: 1,
+        ns_per_run: Some(ns_per_run),
+        percent_of_core,
+    }
+}
+
+#[test]
+fn cost_goals_read_programs_against_the_floor_and_the_one_liner() {
+    let mut daemon = run(Peer::Daemon, 60.0, Some(10), 10);
+    daemon.programs = vec![
+        program("tcp_rtx_skb_btf", 140.0, 0.2),
+        program("kfree_skb_btf", 300.0, 0.3),
+        program("nat_leak_egress", 95.0, 0.3),
+    ];
+    let mut floor = run(Peer::Floor, 60.0, None, 0);
+    floor.programs = vec![program("floor_tc", 60.0, 0.1)];
+    let mut one_liner = run(Peer::BpftraceCounts, 60.0, Some(10), 10);
+    one_liner.programs = vec![program("tcp_retransmit_", 600.0, 0.9)];
+    let mut report = report(vec![daemon, floor, one_liner]);
+    report.evaluate_goals();
+    assert_eq!(status(&report, "tcp_rtx_skb_btf per run at 10k/s"), "met");
+    assert_eq!(status(&report, "kfree_skb_btf per run at 10k/s"), "missed");
+    // 95 ns against the empty program's 60: 35 ns above it.
+    assert_eq!(status(&report, "Egress per packet above"), "met");
+    // 0.8 % against 0.9 %.
+    assert_eq!(
+        status(&report, "Kernel time of all the daemon's programs"),
+        "met"
+    );
+    assert_eq!(status(&report, "tcp_rtx_skb_btf per run at 1k/s"), "n/a");
+    let egress = report
+        .goals
+        .iter()
+        .find(|g| g.name.starts_with("Egress"))
+        .unwrap();
+    assert!(
+        egress.measured.contains("9.5 % of a core"),
+        "{}",
+        egress.measured
+    );
+}
