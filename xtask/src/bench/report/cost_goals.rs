@@ -100,7 +100,7 @@ impl Report {
         )
     }
 
-    /// Issue 15: the daemon's largest VmHWM over every run it made.
+    /// Issue 15: the daemon's largest `VmHWM` over every run it made.
     fn daemon_rss_goal(&self) -> Goal {
         let storm = self
             .levels
