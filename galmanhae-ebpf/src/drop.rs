@@ -177,12 +177,12 @@ fn parse_flow<M: Memory>(skb: u64, key: &mut DropKey) {
                 return;
             }
             match bytes[0] & 0x0f {
-                5 => four(&bytes, 20),
-                6 => four(&bytes, 24),
-                7 => four(&bytes, 28),
-                8 => four(&bytes, 32),
-                9 => four(&bytes, 36),
-                10 => four(&bytes, 40),
+                5 => four(bytes, 20),
+                6 => four(bytes, 24),
+                7 => four(bytes, 28),
+                8 => four(bytes, 32),
+                9 => four(bytes, 36),
+                10 => four(bytes, 40),
                 ihl => match at::<[u8; 4]>(network, u32::from(ihl) * 4) {
                     Some(ports) => ports,
                     None => return,
@@ -195,7 +195,7 @@ fn parse_flow<M: Memory>(skb: u64, key: &mut DropKey) {
             key.src_addr.copy_from_slice(&bytes[8..24]);
             key.dst_addr.copy_from_slice(&bytes[24..40]);
             // Extension headers are not walked: their "ports" read as whatever follows.
-            four(&bytes, 40)
+            four(bytes, 40)
         }
         _ => return,
     };
