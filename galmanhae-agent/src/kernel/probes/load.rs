@@ -13,18 +13,18 @@ use galmanhae_common::{
 
 use super::{
     Probes,
-    conntrack::attach_conntrack_confirm,
+    conntrack::{CONNTRACK_CONFIRM, attach_conntrack_confirm},
     hook::Hook,
-    time_lost::{attach_time_lost, time_lost_off},
+    time_lost::{CONG_STATE_SET, INET_SOCK_SET_STATE, attach_time_lost, time_lost_off},
     tracepoints::{Formats, KFREE_SKB, RETRANSMIT_SKB, RETRANSMIT_SYNACK, attach_all},
 };
 use crate::kernel::{
-    btf::{self, KernelBtf},
+    btf::{self, AttachKind, KernelBtf},
     drop_reasons::DropReasons,
     kallsyms::Symbolizer,
     leak_watch::LeakWatch,
     prereq::Environment,
-    task_iter::TaskIter,
+    task_iter::{TASK_ITER_TYPE, TaskIter},
     tracefs::Format,
 };
 
@@ -70,6 +70,8 @@ struct KernelFacts {
     recursion_misses_offset: Option<u32>,
     /// Whether `tcp_sock` has `total_rto_time` (6.7+).
     rto_counters: bool,
+    /// The kernel's BTF as far as aya reads it, to load the BTF programs.
+    attach_btf: Result<aya::Btf, String>,
     notes: Vec<String>,
 }
 
@@ -82,10 +84,12 @@ impl Probes {
             drop_reasons,
             recursion_misses_offset,
             rto_counters,
+            attach_btf,
             mut notes,
         } = read_kernel(env)?;
         let mut ebpf = load_object(&offsets, options.flow_capacity)?;
-        let (hooks, tasks) = attach_hooks(&mut ebpf, formats, &drop_reasons, options, rto_counters);
+        let kernel = (attach_btf, rto_counters);
+        let (hooks, tasks) = attach_hooks(&mut ebpf, formats, &drop_reasons, options, kernel);
         let stats = options
             .bpf_stats
             .then(|| enable_stats(&mut notes))
@@ -142,8 +146,12 @@ fn read_kernel(env: &Environment) -> Result<KernelFacts, LoadError> {
     let drops = drop_format.and_then(|f| f.kfree_skb());
     let recursion_misses_offset = btf.offset_of("bpf_prog_info", "recursion_misses").ok();
     let rto_counters = btf.offset_of("tcp_sock", "total_rto_time").is_ok();
-    // Done with our parse before aya makes its own (attach_hooks).
+    let attach_points = btf.attach_points(&attach_point_names());
+    // Unmapped before aya parses its part.
     drop(btf);
+    let attach_btf =
+        aya::Btf::parse(&attach_points, aya::Endianness::default()).map_err(|e| e.to_string());
+    drop(attach_points);
     if let Ok(fields) = &drops {
         offsets.kfree_skb = *fields;
     }
@@ -159,8 +167,28 @@ fn read_kernel(env: &Environment) -> Result<KernelFacts, LoadError> {
         drop_reasons,
         recursion_misses_offset,
         rto_counters,
+        attach_btf,
         notes,
     })
+}
+
+/// The types aya looks the attach points of the BTF programs up by: `btf_trace_NAME` for
+/// each `tp_btf` program, `bpf_iter_task`, the fentry program's function. A program missing
+/// here finds no attach point and its hook is reported unavailable.
+fn attach_point_names() -> Vec<(String, AttachKind)> {
+    let tracepoints = [
+        &RETRANSMIT_SKB,
+        &KFREE_SKB,
+        &CONG_STATE_SET,
+        &INET_SOCK_SET_STATE,
+    ];
+    let mut names: Vec<(String, AttachKind)> = tracepoints
+        .into_iter()
+        .map(|spec| (format!("btf_trace_{}", spec.name), AttachKind::Typedef))
+        .collect();
+    names.push((format!("bpf_iter_{TASK_ITER_TYPE}"), AttachKind::Func));
+    names.push((CONNTRACK_CONFIRM.to_owned(), AttachKind::Func));
+    names
 }
 
 /// The object with the offsets as its global and the maps sized.
@@ -187,11 +215,8 @@ fn attach_hooks(
     formats: Formats,
     drop_reasons: &DropReasons,
     options: &LoadOptions,
-    rto_counters: bool,
+    (aya_btf, rto_counters): (Result<aya::Btf, String>, bool),
 ) -> (Vec<Hook>, Option<TaskIter>) {
-    // aya's own parse of the kernel's BTF (it needs it to load BTF-typed programs); about
-    // 0.1 s and a few MB, freed on return.
-    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
     let classic = "--classic-tracepoints asked for the classic ones".to_owned();
     let tp_btf = if options.classic_tracepoints {
         Err(&classic)
