@@ -194,9 +194,9 @@ fn attach_point_names() -> Vec<(String, AttachKind)> {
 /// The object with the offsets as its global and the maps sized.
 fn load_object(offsets: &KernelOffsets, flow_capacity: u32) -> Result<Ebpf, LoadError> {
     log::debug!("kernel offsets: {offsets:?}");
-    Ok(EbpfLoader::new()
-        // The programs carry no CO-RE relocations (offsets come as a global), so aya need
-        // not parse the kernel's BTF for them (~30 MB at start-up).
+    Ok(loader_without_kernel_btf()
+        // The programs carry no CO-RE relocations (offsets come as a global): aya needs no
+        // kernel BTF to load them.
         .btf(None)
         .override_global("KERNEL_OFFSETS", offsets, true)
         .map_max_entries("RETRANSMIT_SOCKETS", flow_capacity)
@@ -206,6 +206,39 @@ fn load_object(offsets: &KernelOffsets, flow_capacity: u32) -> Result<Ebpf, Load
         .map_max_entries("DROP_OVERFLOW", DROP_OVERFLOW_CAPACITY)
         .map_max_entries("TIME_LOST", TIME_LOST_CAPACITY)
         .load(PROGRAMS)?)
+}
+
+/// An `EbpfLoader` that has not parsed the kernel's BTF. aya 0.14's `EbpfLoader::new()`
+/// parses all of it (~20 MB of peak RSS, two thirds of the agent's) even when `.btf(None)`
+/// discards it next (aya#1172, fixed after 0.14): with no file descriptor to spare, its read
+/// of the file fails and the parse is skipped. Only while this is the process's only thread:
+/// another could be opening a file meanwhile.
+fn loader_without_kernel_btf<'a>() -> EbpfLoader<'a> {
+    let only_thread = std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1);
+    let mut saved = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if !only_thread || unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut saved) } != 0 {
+        return EbpfLoader::new();
+    }
+    let no_files = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: saved.rlim_max,
+    };
+    // SAFETY: as above; lowering the soft limit needs no privilege.
+    let lowered = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const no_files) } == 0;
+    let loader = EbpfLoader::new();
+    // SAFETY: as above; a soft limit up to the unchanged hard one is always allowed back.
+    if lowered && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const saved) } != 0 {
+        log::warn!(
+            "setrlimit(RLIMIT_NOFILE) back to {}: {}",
+            saved.rlim_cur,
+            std::io::Error::last_os_error()
+        );
+    }
+    loader
 }
 
 /// Attaches every tracing hook (the tc one comes later, see [`Probes::watch_uplinks`]) and
