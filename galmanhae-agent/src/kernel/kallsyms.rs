@@ -1,48 +1,74 @@
 //! Kernel text addresses to function names, from `/proc/kallsyms` (addresses are visible to
 //! root; with `kptr_restrict` they read as zero and locations stay numeric).
 //!
-//! Each batch of addresses not seen before is named in one pass over the file, which keeps
-//! only the names found: a table of every text symbol would hold ~5 MB for the agent's life,
-//! for the few dozen places that drop packets. A read costs ~35 ms of kernel time (it formats
-//! ~120k lines), once per pass that brings new drop locations; the set of places that drop is
-//! small, so reads stop once they are all named. A read names modules loaded since the last.
+//! Reading the file costs ~40 ms of kernel time (it formats ~120k lines on every read), so it
+//! is read once, at the first address to name, into a compact table of text symbols (~5 MB),
+//! instead of once per new drop location: a storm that drops at new places would otherwise
+//! re-read it several times a minute.
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
+    io::{BufRead as _, BufReader},
+    time::{Duration, Instant},
 };
 
 pub(crate) const KALLSYMS: &str = "/proc/kallsyms";
 
-/// An address further than this above its nearest text symbol is in none we know.
+/// An address further than this above its nearest text symbol is in none we know (a module
+/// loaded after the table was read).
 const MAX_FUNCTION_SIZE: u64 = 1 << 20;
+/// A table this old is read again when an address falls outside it.
+const REFRESH_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default)]
 pub(crate) struct Symbolizer {
     /// `None` for an address kallsyms did not name.
     cache: HashMap<u64, Option<String>>,
+    table: Option<(TextSymbols, Instant)>,
 }
 
 impl Symbolizer {
     /// Names every address in `addresses` not seen before.
     pub(crate) fn learn(&mut self, addresses: impl IntoIterator<Item = u64>) {
-        let mut new: Vec<u64> = addresses
-            .into_iter()
-            .filter(|address| !self.cache.contains_key(address))
-            .collect();
-        if new.is_empty() {
-            return;
-        }
-        new.sort_unstable();
-        new.dedup();
-        let names = match std::fs::File::open(KALLSYMS) {
-            Ok(file) => nearest_text_symbols(BufReader::new(file), &new),
-            Err(e) => {
-                log::debug!("{KALLSYMS}: {e}");
-                vec![None; new.len()]
+        for address in addresses {
+            if self.cache.contains_key(&address) {
+                continue;
             }
-        };
-        self.cache.extend(new.into_iter().zip(names));
+            let mut name = self.lookup(address);
+            if name.is_none() && self.table_is_stale() {
+                self.table = None;
+                name = self.lookup(address);
+            }
+            self.cache.insert(address, name);
+        }
+    }
+
+    /// The name of the function `address` is in, from the table.
+    fn lookup(&mut self, address: u64) -> Option<String> {
+        self.table()
+            .and_then(|table| table.name(address))
+            .map(str::to_owned)
+    }
+
+    /// Whether the table is old enough to be read again for an address outside it.
+    fn table_is_stale(&self) -> bool {
+        self.table
+            .as_ref()
+            .is_some_and(|(_, read)| read.elapsed() >= REFRESH_AFTER)
+    }
+
+    /// The table, read now if it was not yet.
+    fn table(&mut self) -> Option<&TextSymbols> {
+        if self.table.is_none() {
+            match std::fs::File::open(KALLSYMS) {
+                Ok(file) => {
+                    let lines = BufReader::new(file).lines().map_while(Result::ok);
+                    self.table = Some((TextSymbols::parse(lines), Instant::now()));
+                }
+                Err(e) => log::debug!("{KALLSYMS}: {e}"),
+            }
+        }
+        self.table.as_ref().map(|(table, _)| table)
     }
 
     /// The function `address` is in, if kallsyms named it.
@@ -51,51 +77,55 @@ impl Symbolizer {
     }
 }
 
-/// For each of `addresses` (sorted), the name of the nearest text (`t`, `T`) symbol at or
-/// below it, if the address can be inside it. Of aliases (symbols at one address), the last
-/// listed names it.
-fn nearest_text_symbols(mut kallsyms: impl BufRead, addresses: &[u64]) -> Vec<Option<String>> {
-    let mut nearest: Vec<Option<(u64, String)>> = vec![None; addresses.len()];
-    let mut line = String::new();
-    while matches!(kallsyms.read_line(&mut line), Ok(n) if n > 0) {
-        if let Some((start, name)) = text_symbol(&line) {
-            let first = addresses.partition_point(|address| *address < start);
-            for (address, found) in addresses[first..].iter().zip(&mut nearest[first..]) {
-                if address - start > MAX_FUNCTION_SIZE {
-                    break;
-                }
-                match found {
-                    // Each symbol below an address is nearer than the last (the file is sorted
-                    // within vmlinux and each module): the name's buffer is reused.
-                    Some((best, best_name)) if start >= *best => {
-                        *best = start;
-                        best_name.clear();
-                        best_name.push_str(name);
-                    }
-                    Some(_) => {}
-                    None => *found = Some((start, name.to_owned())),
-                }
-            }
-        }
-        line.clear();
-    }
-    nearest
-        .into_iter()
-        .map(|found| found.map(|(_, name)| name))
-        .collect()
+/// Text (`t`, `T`) symbols by start address, names in one arena.
+#[derive(Debug, Default)]
+struct TextSymbols {
+    /// (start, where its name begins in `names` and ends), sorted by start.
+    starts: Vec<(u64, u32, u32)>,
+    names: String,
 }
 
-/// Start and name of a text symbol's line; `None` for other symbols and hidden addresses.
-fn text_symbol(line: &str) -> Option<(u64, &str)> {
-    let mut parts = line.split_whitespace();
-    let (address, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
-    if !matches!(kind, "t" | "T") {
-        return None;
+impl TextSymbols {
+    fn parse(lines: impl Iterator<Item = String>) -> Self {
+        let mut table = Self::default();
+        for line in lines {
+            let mut parts = line.split_whitespace();
+            let (Some(address), Some(kind), Some(name)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if !matches!(kind, "t" | "T") {
+                continue;
+            }
+            match u64::from_str_radix(address, 16) {
+                Ok(start) if start != 0 => {
+                    let offset = |names: &String| u32::try_from(names.len()).unwrap_or(u32::MAX);
+                    let begin = offset(&table.names);
+                    table.names.push_str(name);
+                    table.starts.push((start, begin, offset(&table.names)));
+                }
+                _ => {}
+            }
+        }
+        // Stable: of symbols at the same address (aliases), the first listed stays first.
+        table.starts.sort_by_key(|(start, _, _)| *start);
+        table.starts.shrink_to_fit();
+        table.names.shrink_to_fit();
+        table
     }
-    u64::from_str_radix(address, 16)
-        .ok()
-        .filter(|start| *start != 0)
-        .map(|start| (start, name))
+
+    /// The nearest text symbol at or below `address`, if `address` can be inside it.
+    fn name(&self, address: u64) -> Option<&str> {
+        let index = self
+            .starts
+            .partition_point(|(start, _, _)| *start <= address);
+        let (start, begin, end) = *self.starts.get(index.checked_sub(1)?)?;
+        if address - start > MAX_FUNCTION_SIZE {
+            return None;
+        }
+        self.names.get(begin as usize..end as usize)
+    }
 }
 
 #[cfg(test)]
@@ -108,31 +138,13 @@ mod tests {
 ffffffff81b00000 T ip_forward
 ffffffff81a00000 t nf_hook_slow
 ffffffff81a00400 D some_data
-ffffffff81b00800 t ip_forward_finish [vmlinux]
-ffffffff81c00000 t alias_one
-ffffffff81c00000 t alias_two
-0000000000000000 t hidden";
-        let addresses = [
-            0x10,
-            0xffff_ffff_81a0_0123,
-            0xffff_ffff_81b0_0000,
-            0xffff_ffff_81b0_0900,
-            0xffff_ffff_81c0_0010,
-            // Far above the last symbol: in a module loaded later, not in alias_two.
-            0xffff_ffff_c000_0000,
-        ];
-        let names = nearest_text_symbols(kallsyms.as_bytes(), &addresses);
-        let names: Vec<Option<&str>> = names.iter().map(Option::as_deref).collect();
-        assert_eq!(
-            names,
-            [
-                None,
-                Some("nf_hook_slow"),
-                Some("ip_forward"),
-                Some("ip_forward_finish"),
-                Some("alias_two"),
-                None
-            ]
-        );
+ffffffff81b00800 t ip_forward_finish [vmlinux]";
+        let table = TextSymbols::parse(kallsyms.lines().map(str::to_owned));
+        assert_eq!(table.name(0xffff_ffff_81a0_0123), Some("nf_hook_slow"));
+        assert_eq!(table.name(0xffff_ffff_81b0_0900), Some("ip_forward_finish"));
+        assert_eq!(table.name(0xffff_ffff_81b0_0000), Some("ip_forward"));
+        assert_eq!(table.name(0x10), None);
+        // Far above the last symbol: in a module loaded later, not in ip_forward_finish.
+        assert_eq!(table.name(0xffff_ffff_c000_0000), None);
     }
 }
