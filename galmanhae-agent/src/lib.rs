@@ -17,6 +17,7 @@ pub(crate) mod config;
 pub(crate) mod conntrack;
 pub(crate) mod findings;
 pub(crate) mod kernel;
+pub(crate) mod malloc;
 pub mod metrics;
 pub(crate) mod model;
 pub(crate) mod netlink;

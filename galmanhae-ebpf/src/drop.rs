@@ -309,7 +309,7 @@ fn conntrack_origin<M: Memory>(skb: u64, key: &mut DropKey) {
     };
     match family {
         AF_INET => {
-            stores::v4_mapped_into(&mut key.ct_src_addr, [addr[0], addr[1], addr[2], addr[3]])
+            stores::v4_mapped_into(&mut key.ct_src_addr, [addr[0], addr[1], addr[2], addr[3]]);
         }
         AF_INET6 => key.ct_src_addr = addr,
         _ => return,

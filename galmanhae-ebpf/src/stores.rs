@@ -9,7 +9,7 @@ use core::ptr::write_volatile;
 /// 8-byte aligned (the BPF stack allows only aligned accesses).
 #[inline(always)]
 pub fn zero<T>(value: *mut T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() == 8) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() == 8) };
     let words = value.cast::<u64>();
     for i in 0..size_of::<T>() / 8 {
         // SAFETY: within `value`, aligned (asserted above).
@@ -20,6 +20,10 @@ pub fn zero<T>(value: *mut T) {
 /// Writes the IPv4 address `a` as v4-mapped IPv6 (`::ffff:a.b.c.d`) into `dst`, which must be
 /// 4-byte aligned, with four 4-byte stores.
 #[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "every address member of the keys is 4-byte aligned (the caller's contract)"
+)]
 pub fn v4_mapped_into(dst: &mut [u8; 16], a: [u8; 4]) {
     let words = dst.as_mut_ptr().cast::<u32>();
     let prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);

@@ -19,6 +19,7 @@ enum Job<'a> {
 
 /// Runs the command line's command; the binary's `main`.
 pub fn main() -> ExitCode {
+    crate::malloc::configure();
     let cli = Cli::parse();
     // The daemon's settings (and log level) may come from its config file: read it first.
     let (level, job) = match &cli.command {

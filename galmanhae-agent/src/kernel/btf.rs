@@ -205,6 +205,95 @@ impl KernelBtf {
     }
 }
 
+/// The kind of a type aya looks a BTF program's attach point up by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttachKind {
+    /// `btf_trace_NAME`, for a `tp_btf` program.
+    Typedef,
+    /// A kernel function (fentry) or `bpf_iter_NAME` (an iterator).
+    Func,
+}
+
+impl AttachKind {
+    /// `BTF_KIND_*` (`include/uapi/linux/btf.h`).
+    const fn btf_kind(self) -> u32 {
+        match self {
+            Self::Typedef => 8,
+            Self::Func => 12,
+        }
+    }
+}
+
+/// `BTF_KIND_PTR`: `void *`, the filler of the ids an attach-point BTF does not name.
+const BTF_KIND_PTR: u32 = 2;
+
+impl KernelBtf {
+    /// The kernel's id of the first type of `kind` named `name`, the one aya's lookup finds.
+    fn first_id(&self, name: &str, kind: AttachKind) -> Option<u32> {
+        let ids = self.btf.resolve_ids_by_name(name).ok()?;
+        ids.into_iter().find(|id| {
+            matches!(
+                (kind, self.btf.resolve_type_by_id(*id)),
+                (AttachKind::Typedef, Ok(Type::Typedef(_))) | (AttachKind::Func, Ok(Type::Func(_)))
+            )
+        })
+    }
+
+    /// A BTF blob that names `wanted` at their kernel ids, every other id up to the last of
+    /// them a `void *`: all aya reads of the kernel's BTF to load a `tp_btf`, fentry or
+    /// iterator program is the id of its attach point, and parsing the whole of vmlinux's
+    /// BTF for that costs ~19 MB at start-up, this a few. A name the kernel lacks is left
+    /// out, so aya reports it missing as it would with the full BTF.
+    pub(crate) fn attach_points(&self, wanted: &[(String, AttachKind)]) -> Vec<u8> {
+        let mut found: Vec<(u32, &str, AttachKind)> = wanted
+            .iter()
+            .filter_map(|(name, kind)| Some((self.first_id(name, *kind)?, name.as_str(), *kind)))
+            .collect();
+        found.sort_unstable_by_key(|(id, _, _)| *id);
+        found.dedup_by_key(|(id, _, _)| *id);
+        attach_point_blob(&found)
+    }
+}
+
+/// Header, types and strings of a BTF with `named` (id, name, kind; sorted by id) at their ids.
+fn attach_point_blob(named: &[(u32, &str, AttachKind)]) -> Vec<u8> {
+    const HEADER_LEN: usize = 24;
+    const RECORD_LEN: usize = 12;
+    let last = named.last().map_or(0, |(id, _, _)| *id);
+    let mut strings = vec![0u8];
+    let mut blob = vec![0u8; HEADER_LEN];
+    blob.reserve(last as usize * RECORD_LEN + named.len() * 32);
+    let mut next = named.iter().peekable();
+    for id in 1..=last {
+        let record = match next.next_if(|(named_id, _, _)| *named_id == id) {
+            Some((_, name, kind)) => {
+                let offset = u32::try_from(strings.len()).unwrap_or(u32::MAX);
+                strings.extend_from_slice(name.as_bytes());
+                strings.push(0);
+                [offset, kind.btf_kind() << 24, 0]
+            }
+            None => [0, BTF_KIND_PTR << 24, 0],
+        };
+        blob.extend(record.iter().flat_map(|word| word.to_ne_bytes()));
+    }
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_ne_bytes();
+    let types_len = blob.len() - HEADER_LEN;
+    blob.extend_from_slice(&strings);
+    // magic, version 1, flags 0, hdr_len, type_off, type_len, str_off, str_len.
+    let header = [
+        &0xeb9f_u16.to_ne_bytes()[..],
+        &[1, 0],
+        &len(HEADER_LEN),
+        &len(0),
+        &len(types_len),
+        &len(types_len),
+        &len(strings.len()),
+    ]
+    .concat();
+    blob[..HEADER_LEN].copy_from_slice(&header);
+    blob
+}
+
 /// A sealed-size anonymous copy of `path`, as a `/proc/self/fd/N` path that stays valid while
 /// the returned file is open (the mapping made from it outlives the file).
 fn copy_to_memfd(path: &Path) -> std::io::Result<MemfdPath> {
@@ -391,6 +480,55 @@ mod tests {
                 "{ty}.{member}"
             );
         }
+    }
+
+    #[test]
+    fn attach_points_have_the_ids_aya_finds_in_the_whole_btf() {
+        let wanted = [
+            (
+                "btf_trace_kfree_skb",
+                AttachKind::Typedef,
+                aya_obj::btf::BtfKind::Typedef,
+            ),
+            (
+                "btf_trace_tcp_retransmit_skb",
+                AttachKind::Typedef,
+                aya_obj::btf::BtfKind::Typedef,
+            ),
+            // A struct of that name comes first: only the function may be found.
+            (
+                "bpf_iter_task",
+                AttachKind::Func,
+                aya_obj::btf::BtfKind::Func,
+            ),
+            ("tcp_v4_rcv", AttachKind::Func, aya_obj::btf::BtfKind::Func),
+            (
+                "no_such_function_here",
+                AttachKind::Func,
+                aya_obj::btf::BtfKind::Func,
+            ),
+        ];
+        let names: Vec<(String, AttachKind)> = wanted
+            .iter()
+            .map(|(name, kind, _)| ((*name).to_owned(), *kind))
+            .collect();
+        let blob = KernelBtf::load(Path::new(VMLINUX_BTF))
+            .unwrap()
+            .attach_points(&names);
+        let subset = aya::Btf::parse(&blob, aya::Endianness::default()).unwrap();
+        let whole = aya::Btf::from_sys_fs().unwrap();
+        for (name, _, kind) in wanted {
+            assert_eq!(
+                subset.id_by_type_name_kind(name, kind).ok(),
+                whole.id_by_type_name_kind(name, kind).ok(),
+                "{name}"
+            );
+        }
+        assert!(
+            subset
+                .id_by_type_name_kind("tcp_v4_rcv", aya_obj::btf::BtfKind::Func)
+                .is_ok()
+        );
     }
 
     #[test]

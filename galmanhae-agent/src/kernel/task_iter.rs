@@ -22,6 +22,8 @@ use super::probes::{Hook, HookStatus, error_chain};
 
 /// The program's name in the object.
 pub(crate) const TASK_ITER_PROGRAM: &str = "task_namespaces";
+/// What the program iterates (`bpf_iter_task`).
+pub(crate) const TASK_ITER_TYPE: &str = "task";
 
 /// `enum bpf_cmd` and `enum bpf_attach_type` values (stable ABI).
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -111,7 +113,7 @@ impl TaskIter {
             .program_mut(TASK_ITER_PROGRAM)
             .ok_or("no iter/task program in the object")?
             .try_into()?;
-        program.load("task", btf)?;
+        program.load(TASK_ITER_TYPE, btf)?;
         let link = link_create(program.fd()?.as_fd())?;
         let iter = Self { link };
         // One dump now: a program the kernel runs but that reads nothing useful is refused here.

@@ -9,7 +9,7 @@ use aya::{
 use super::hook::{Hook, HookStatus, error_chain};
 
 /// The function the optional conntrack hook watches.
-const CONNTRACK_CONFIRM: &str = "__nf_conntrack_confirm";
+pub(super) const CONNTRACK_CONFIRM: &str = "__nf_conntrack_confirm";
 
 /// Attaches the hook as a kprobe, else as fentry; its status says which, or why neither.
 pub(super) fn attach_conntrack_confirm(ebpf: &mut Ebpf, btf: Result<&aya::Btf, &String>) -> Hook {

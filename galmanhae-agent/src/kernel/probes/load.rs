@@ -13,18 +13,18 @@ use galmanhae_common::{
 
 use super::{
     Probes, casts,
-    conntrack::attach_conntrack_confirm,
+    conntrack::{CONNTRACK_CONFIRM, attach_conntrack_confirm},
     hook::Hook,
-    time_lost::{attach_time_lost, time_lost_off},
+    time_lost::{CONG_STATE_SET, INET_SOCK_SET_STATE, attach_time_lost, time_lost_off},
     tracepoints::{Formats, KFREE_SKB, RETRANSMIT_SKB, RETRANSMIT_SYNACK, attach_all},
 };
 use crate::kernel::{
-    btf::{self, KernelBtf},
+    btf::{self, AttachKind, KernelBtf},
     drop_reasons::DropReasons,
     kallsyms::Symbolizer,
     leak_watch::LeakWatch,
     prereq::Environment,
-    task_iter::TaskIter,
+    task_iter::{TASK_ITER_TYPE, TaskIter},
     tracefs::Format,
 };
 
@@ -73,6 +73,8 @@ struct KernelFacts {
     rto_counters: bool,
     /// The BTF id of the `bpf_rdonly_cast` kfunc (6.2+), see `casts.rs`.
     rdonly_cast: Option<u32>,
+    /// The kernel's BTF as far as aya reads it, to load the BTF programs.
+    attach_btf: Result<aya::Btf, String>,
     notes: Vec<String>,
 }
 
@@ -86,10 +88,14 @@ impl Probes {
             recursion_misses_offset,
             rto_counters,
             rdonly_cast,
+            attach_btf,
             mut notes,
         } = read_kernel(env)?;
-        let mut ebpf = load_object(&offsets, options.flow_capacity, rdonly_cast, &mut notes)?;
-        let (hooks, tasks) = attach_hooks(&mut ebpf, formats, &drop_reasons, options, rto_counters);
+        let (mut ebpf, inlined) =
+            load_object(&offsets, options.flow_capacity, rdonly_cast, &mut notes)?;
+        let kernel = (attach_btf, rto_counters);
+        let (mut hooks, tasks) = attach_hooks(&mut ebpf, formats, &drop_reasons, options, kernel);
+        say_how_sockets_are_cast(&mut hooks, inlined);
         let stats = options
             .bpf_stats
             .then(|| enable_stats(&mut notes))
@@ -116,6 +122,22 @@ impl Probes {
             tasks,
         })
     }
+}
+
+/// The retransmit hook's detail says whether its socket casts are calls: the reason a
+/// kernel before 6.2 pays more per retransmit.
+fn say_how_sockets_are_cast(hooks: &mut [Hook], inlined: bool) {
+    let Some(hook) = hooks
+        .iter_mut()
+        .find(|h| h.kind == "tp_btf" && h.name.ends_with(RETRANSMIT_SKB.name))
+    else {
+        return;
+    };
+    hook.detail.push_str(if inlined {
+        "; socket casts inlined (bpf_rdonly_cast)"
+    } else {
+        "; socket casts are helper calls (no bpf_rdonly_cast before 6.2)"
+    });
 }
 
 /// The offsets the programs read with, the tracefs formats and what else the kernel's BTF
@@ -158,8 +180,12 @@ fn read_kernel(env: &Environment) -> Result<KernelFacts, LoadError> {
             structs.nf_conn_type,
         ) = (0, 0, 0);
     }
-    // Done with our parse before aya makes its own (attach_hooks).
+    let attach_points = btf.attach_points(&attach_point_names());
+    // Unmapped before aya parses its part.
     drop(btf);
+    let attach_btf =
+        aya::Btf::parse(&attach_points, aya::Endianness::default()).map_err(|e| e.to_string());
+    drop(attach_points);
     if let Ok(fields) = &drops {
         offsets.kfree_skb = *fields;
     }
@@ -176,18 +202,38 @@ fn read_kernel(env: &Environment) -> Result<KernelFacts, LoadError> {
         recursion_misses_offset,
         rto_counters,
         rdonly_cast,
+        attach_btf,
         notes,
     })
 }
 
+/// The types aya looks the attach points of the BTF programs up by: `btf_trace_NAME` for
+/// each `tp_btf` program, `bpf_iter_task`, the fentry program's function. A program missing
+/// here finds no attach point and its hook is reported unavailable.
+fn attach_point_names() -> Vec<(String, AttachKind)> {
+    let tracepoints = [
+        &RETRANSMIT_SKB,
+        &KFREE_SKB,
+        &CONG_STATE_SET,
+        &INET_SOCK_SET_STATE,
+    ];
+    let mut names: Vec<(String, AttachKind)> = tracepoints
+        .into_iter()
+        .map(|spec| (format!("btf_trace_{}", spec.name), AttachKind::Typedef))
+        .collect();
+    names.push((format!("bpf_iter_{TASK_ITER_TYPE}"), AttachKind::Func));
+    names.push((CONNTRACK_CONFIRM.to_owned(), AttachKind::Func));
+    names
+}
+
 /// The object with the offsets as its global and the maps sized; its socket casts inlined
-/// where the kernel has `bpf_rdonly_cast`.
+/// where the kernel has `bpf_rdonly_cast` (and whether they are).
 fn load_object(
     offsets: &KernelOffsets,
     flow_capacity: u32,
     rdonly_cast: Option<u32>,
     notes: &mut Vec<String>,
-) -> Result<Ebpf, LoadError> {
+) -> Result<(Ebpf, bool), LoadError> {
     log::debug!("kernel offsets: {offsets:?}");
     let patched = rdonly_cast.map(|kfunc| casts::rdonly_casts(PROGRAMS, kfunc));
     let object: &[u8] = match &patched {
@@ -208,9 +254,10 @@ fn load_object(
             PROGRAMS
         }
     };
-    Ok(EbpfLoader::new()
-        // The programs carry no CO-RE relocations (offsets come as a global), so aya need
-        // not parse the kernel's BTF for them (~30 MB at start-up).
+    let inlined = matches!(patched, Some(Ok(_)));
+    let ebpf = loader_without_kernel_btf()
+        // The programs carry no CO-RE relocations (offsets come as a global): aya needs no
+        // kernel BTF to load them.
         .btf(None)
         .override_global("KERNEL_OFFSETS", offsets, true)
         .map_max_entries("RETRANSMIT_SOCKETS", flow_capacity)
@@ -219,7 +266,41 @@ fn load_object(
         .map_max_entries("DROPS", DROP_MAP_CAPACITY)
         .map_max_entries("DROP_OVERFLOW", DROP_OVERFLOW_CAPACITY)
         .map_max_entries("TIME_LOST", TIME_LOST_CAPACITY)
-        .load(object)?)
+        .load(object)?;
+    Ok((ebpf, inlined))
+}
+
+/// An `EbpfLoader` that has not parsed the kernel's BTF. aya 0.14's `EbpfLoader::new()`
+/// parses all of it (~20 MB of peak RSS, two thirds of the agent's) even when `.btf(None)`
+/// discards it next (aya#1172, fixed after 0.14): with no file descriptor to spare, its read
+/// of the file fails and the parse is skipped. Only while this is the process's only thread:
+/// another could be opening a file meanwhile.
+fn loader_without_kernel_btf<'a>() -> EbpfLoader<'a> {
+    let only_thread = std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1);
+    let mut saved = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if !only_thread || unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut saved) } != 0 {
+        return EbpfLoader::new();
+    }
+    let no_files = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: saved.rlim_max,
+    };
+    // SAFETY: as above; lowering the soft limit needs no privilege.
+    let lowered = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const no_files) } == 0;
+    let loader = EbpfLoader::new();
+    // SAFETY: as above; a soft limit up to the unchanged hard one is always allowed back.
+    if lowered && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const saved) } != 0 {
+        log::warn!(
+            "setrlimit(RLIMIT_NOFILE) back to {}: {}",
+            saved.rlim_cur,
+            std::io::Error::last_os_error()
+        );
+    }
+    loader
 }
 
 /// Attaches every tracing hook (the tc one comes later, see [`Probes::watch_uplinks`]) and
@@ -229,11 +310,8 @@ fn attach_hooks(
     formats: Formats,
     drop_reasons: &DropReasons,
     options: &LoadOptions,
-    rto_counters: bool,
+    (aya_btf, rto_counters): (Result<aya::Btf, String>, bool),
 ) -> (Vec<Hook>, Option<TaskIter>) {
-    // aya's own parse of the kernel's BTF (it needs it to load BTF-typed programs); about
-    // 0.1 s and a few MB, freed on return.
-    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
     let classic = "--classic-tracepoints asked for the classic ones".to_owned();
     let tp_btf = if options.classic_tracepoints {
         Err(&classic)

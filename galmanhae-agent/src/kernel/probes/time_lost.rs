@@ -8,12 +8,12 @@ use super::{
     tracepoints::{TracepointSpec, load_btf_tracepoint},
 };
 
-const CONG_STATE_SET: TracepointSpec = TracepointSpec {
+pub(super) const CONG_STATE_SET: TracepointSpec = TracepointSpec {
     program: "tcp_cong_state_set",
     category: "tcp",
     name: "tcp_cong_state_set",
 };
-const INET_SOCK_SET_STATE: TracepointSpec = TracepointSpec {
+pub(super) const INET_SOCK_SET_STATE: TracepointSpec = TracepointSpec {
     program: "inet_sock_set_state",
     category: "sock",
     name: "inet_sock_set_state",
