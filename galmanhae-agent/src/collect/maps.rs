@@ -2,11 +2,15 @@
 
 use std::{collections::HashMap, hash::Hash};
 
+use std::os::fd::AsFd as _;
+
 use aya::{
     Ebpf, Pod,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use galmanhae_common::health::HealthCounter;
+
+use super::batch;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReadError {
@@ -30,6 +34,24 @@ where
     V: Pod + Default,
 {
     let map = ebpf.map(name).ok_or(ReadError::NoMap(name))?;
+    let cpus = aya::util::nr_cpus().unwrap_or(0);
+    let stride = size_of::<V>().next_multiple_of(8);
+    if cpus > 0
+        && let Some(entries) = read_batched::<K>(map, name, stride * cpus)
+    {
+        return entries.map(|(keys, values)| {
+            keys.into_iter()
+                .zip(values.chunks_exact(stride * cpus))
+                .map(|(key, values)| {
+                    let mut total = V::default();
+                    for cpu in values.chunks_exact(stride) {
+                        add(&mut total, &from_bytes(cpu));
+                    }
+                    (key, total)
+                })
+                .collect()
+        });
+    }
     let map: PerCpuHashMap<&MapData, K, V> =
         PerCpuHashMap::try_from(map).map_err(|source| ReadError::Map { name, source })?;
     collect(name, &map, |values| {
@@ -52,9 +74,56 @@ where
     V: Pod,
 {
     let map = ebpf.map(name).ok_or(ReadError::NoMap(name))?;
+    if let Some(entries) = read_batched::<K>(map, name, size_of::<V>()) {
+        return entries.map(|(keys, values)| {
+            keys.into_iter()
+                .zip(values.chunks_exact(size_of::<V>()))
+                .map(|(key, value)| (key, project(&from_bytes::<V>(value))))
+                .collect()
+        });
+    }
     let map: aya::maps::HashMap<&MapData, K, V> =
         aya::maps::HashMap::try_from(map).map_err(|source| ReadError::Map { name, source })?;
     collect(name, &map, |value| project(&value))
+}
+
+/// A map's keys, and their values' bytes in the same order.
+type Batch<K> = (Vec<K>, Vec<u8>);
+
+/// The entries of a hash map read in batches: the keys, and the values' bytes (`value_size`
+/// per key, in the same order); `None` where the kernel cannot (the caller iterates).
+fn read_batched<K: Pod>(
+    map: &Map,
+    name: &'static str,
+    value_size: usize,
+) -> Option<Result<Batch<K>, ReadError>> {
+    let (Map::HashMap(data) | Map::PerCpuHashMap(data)) = map else {
+        return None;
+    };
+    let read = batch::lookup_all(data.fd().as_fd(), size_of::<K>(), value_size)?;
+    Some(
+        read.map(|(keys, values)| {
+            let keys = keys.chunks_exact(size_of::<K>()).map(from_bytes).collect();
+            (keys, values)
+        })
+        .map_err(|e| ReadError::Map {
+            name,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: e,
+            }),
+        }),
+    )
+}
+
+/// A `T` from the first `size_of::<T>()` of `bytes`, which the kernel wrote as one.
+fn from_bytes<T: Pod>(bytes: &[u8]) -> T {
+    assert!(
+        bytes.len() >= size_of::<T>(),
+        "a map entry shorter than its type"
+    );
+    // SAFETY: `T` is plain old data and `bytes` holds at least one, possibly unaligned.
+    unsafe { bytes.as_ptr().cast::<T>().read_unaligned() }
 }
 
 /// The entries of a map iteration, each value mapped by `value`.
@@ -195,7 +264,7 @@ pub(crate) fn remove_keys<K: Pod, V: Pod>(
 ) -> Result<usize, ReadError> {
     let map = ebpf.map_mut(name).ok_or(ReadError::NoMap(name))?;
     let error = |source| ReadError::Map { name, source };
-    if matches!(map, aya::maps::Map::PerCpuHashMap(_)) {
+    if matches!(map, Map::PerCpuHashMap(_)) {
         let mut map: PerCpuHashMap<&mut MapData, K, V> =
             PerCpuHashMap::try_from(map).map_err(error)?;
         remove_each(keys, |k| map.remove(k)).map_err(error)

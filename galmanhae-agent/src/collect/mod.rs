@@ -1,5 +1,6 @@
 //! One module per signal; each turns kernel state into plain records.
 
+mod batch;
 pub(crate) mod drops;
 pub(crate) mod maps;
 pub(crate) mod nat_leaks;

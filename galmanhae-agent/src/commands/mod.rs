@@ -79,6 +79,7 @@ pub(crate) fn start(kernel: &KernelSettings) -> anyhow::Result<Started> {
     let mut attributor = Attributor::new(&kernel.docker_socket);
     attributor.refresh_names();
     let docker = attributor.docker_answered();
+    probes.symbols.preload();
     // What loading and attaching freed (parsed ELF, BTF lookups) leaves RSS now.
     crate::malloc::release_free();
     Ok(Started {

@@ -2,13 +2,13 @@
 //! root; with `kptr_restrict` they read as zero and locations stay numeric).
 //!
 //! Reading the file costs ~40 ms of kernel time (it formats ~120k lines on every read), so it
-//! is read once, at the first address to name, into a compact table of text symbols (~5 MB),
-//! instead of once per new drop location: a storm that drops at new places would otherwise
-//! re-read it several times a minute.
+//! is read once, at start-up, into a compact table of text symbols (~5 MB), instead of once
+//! per new drop location: a storm that drops at new places would otherwise re-read it several
+//! times a minute.
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader},
+    io::{BufRead, BufReader},
     time::{Duration, Instant},
 };
 
@@ -43,6 +43,12 @@ impl Symbolizer {
         }
     }
 
+    /// Reads the table now: at start-up, not at the first drop, whose pass would pay for it
+    /// (about 60 ms of CPU, most of it the kernel formatting the file).
+    pub(crate) fn preload(&mut self) {
+        self.table();
+    }
+
     /// The name of the function `address` is in, from the table.
     fn lookup(&mut self, address: u64) -> Option<String> {
         self.table()
@@ -62,8 +68,8 @@ impl Symbolizer {
         if self.table.is_none() {
             match std::fs::File::open(KALLSYMS) {
                 Ok(file) => {
-                    let lines = BufReader::new(file).lines().map_while(Result::ok);
-                    self.table = Some((TextSymbols::parse(lines), Instant::now()));
+                    let table = TextSymbols::read(BufReader::with_capacity(1 << 16, file));
+                    self.table = Some((table, Instant::now()));
                 }
                 Err(e) => log::debug!("{KALLSYMS}: {e}"),
             }
@@ -86,33 +92,53 @@ struct TextSymbols {
 }
 
 impl TextSymbols {
-    fn parse(lines: impl Iterator<Item = String>) -> Self {
+    /// Reads the table from kallsyms' text, one reused line buffer (no allocation per line).
+    fn read(mut text: impl BufRead) -> Self {
+        let mut table = Self::default();
+        let mut line = String::new();
+        while text.read_line(&mut line).is_ok_and(|n| n > 0) {
+            table.add(&line);
+            line.clear();
+        }
+        table.finish()
+    }
+
+    #[cfg(test)]
+    fn parse<'a>(lines: impl Iterator<Item = &'a str>) -> Self {
         let mut table = Self::default();
         for line in lines {
-            let mut parts = line.split_whitespace();
-            let (Some(address), Some(kind), Some(name)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            if !matches!(kind, "t" | "T") {
-                continue;
-            }
-            match u64::from_str_radix(address, 16) {
-                Ok(start) if start != 0 => {
-                    let offset = |names: &String| u32::try_from(names.len()).unwrap_or(u32::MAX);
-                    let begin = offset(&table.names);
-                    table.names.push_str(name);
-                    table.starts.push((start, begin, offset(&table.names)));
-                }
-                _ => {}
-            }
+            table.add(line);
         }
+        table.finish()
+    }
+
+    /// One line of kallsyms: `ADDRESS KIND NAME [MODULE]`; text symbols are kept.
+    fn add(&mut self, line: &str) {
+        let mut parts = line.split_whitespace();
+        let (Some(address), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        if !matches!(kind, "t" | "T") {
+            return;
+        }
+        match u64::from_str_radix(address, 16) {
+            Ok(start) if start != 0 => {
+                let offset = |names: &String| u32::try_from(names.len()).unwrap_or(u32::MAX);
+                let begin = offset(&self.names);
+                self.names.push_str(name);
+                self.starts.push((start, begin, offset(&self.names)));
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(mut self) -> Self {
         // Stable: of symbols at the same address (aliases), the first listed stays first.
-        table.starts.sort_by_key(|(start, _, _)| *start);
-        table.starts.shrink_to_fit();
-        table.names.shrink_to_fit();
-        table
+        self.starts.sort_by_key(|(start, _, _)| *start);
+        self.starts.shrink_to_fit();
+        self.names.shrink_to_fit();
+        self
     }
 
     /// The nearest text symbol at or below `address`, if `address` can be inside it.
@@ -139,7 +165,7 @@ ffffffff81b00000 T ip_forward
 ffffffff81a00000 t nf_hook_slow
 ffffffff81a00400 D some_data
 ffffffff81b00800 t ip_forward_finish [vmlinux]";
-        let table = TextSymbols::parse(kallsyms.lines().map(str::to_owned));
+        let table = TextSymbols::parse(kallsyms.lines());
         assert_eq!(table.name(0xffff_ffff_81a0_0123), Some("nf_hook_slow"));
         assert_eq!(table.name(0xffff_ffff_81b0_0900), Some("ip_forward_finish"));
         assert_eq!(table.name(0xffff_ffff_81b0_0000), Some("ip_forward"));
