@@ -1,5 +1,5 @@
 //! Reading a whole hash map in batches (`BPF_MAP_LOOKUP_BATCH`, 5.6+): one syscall per
-//! thousand entries, where iterating takes two per entry (`get_next_key`, then the lookup).
+//! few hundred entries, where iterating takes two per entry (`get_next_key`, then the lookup).
 //! Under a storm the daemon reads a few thousand entries each pass: that was a tenth of its
 //! CPU. aya 0.14 has no batch operations, so this is the raw syscall, as `task_iter.rs` does
 //! for iterators. <https://elixir.bootlin.com/linux/v6.18/source/include/uapi/linux/bpf.h>
@@ -13,8 +13,10 @@ use std::{
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// The kernel's `ENOTSUPP` (not in libc): no batch operations for this map type.
 const ENOTSUPP: i32 = 524;
-/// Entries asked for per call; doubled when one hash bucket holds more (`ENOSPC`).
-const FIRST_BATCH: u32 = 1024;
+/// Entries asked for per call; doubled when one hash bucket holds more (`ENOSPC`). Small
+/// enough that the buffers stay below glibc's mmap threshold (128 KiB, see `malloc.rs`):
+/// larger ones are mapped and faulted in again on every pass.
+const FIRST_BATCH: u32 = 256;
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
