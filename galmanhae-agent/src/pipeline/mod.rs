@@ -133,9 +133,10 @@ impl Pipeline {
 
     /// Attributes a window, its flows' NAT sides looked up first (those not known yet).
     pub(crate) fn summarize(&mut self, window: &Window) -> Summary {
+        let deltas = window.deltas();
         self.nat
-            .follow(&window.nat_wanted(self.attributor.host_netns()));
-        window.summarize(&mut self.attributor, self.nat.index())
+            .follow(&Window::nat_wanted(&deltas, self.attributor.host_netns()));
+        window.summarize(deltas, &mut self.attributor, self.nat.index())
     }
 
     /// The MTUs on the path of each workload that retransmitted in `summary`.

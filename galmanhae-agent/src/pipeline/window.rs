@@ -22,7 +22,7 @@ use crate::{
         nat::{Binding, NatIndex},
     },
     collect::{
-        maps::counts_since, nat_leaks::LeakSample, netns_snmp::TcpSegments,
+        drops::DropSample, maps::counts_since, nat_leaks::LeakSample, netns_snmp::TcpSegments,
         retransmits::RetransmitSample, time_lost::TimeLost,
     },
     conntrack::Stats,
@@ -53,6 +53,15 @@ pub(crate) struct FlowTotals {
     pub(crate) time_lost: TimeLost,
     /// How the flow leaves the host, if it is translated (conntrack, host namespace).
     pub(crate) nat: Option<Binding>,
+}
+
+/// The kernel's counts over a window: retransmits (per socket), per flow with the time lost,
+/// and drops.
+#[derive(Debug, Default)]
+pub(crate) struct Deltas {
+    pub(crate) retransmits: RetransmitSample,
+    pub(crate) by_flow: HashMap<FlowKey, (RetransmitCounters, TimeLost)>,
+    pub(crate) drops: DropSample,
 }
 
 /// Per-workload and per-flow results of a window.
@@ -122,30 +131,40 @@ impl Window {
             .total()
     }
 
+    /// What the kernel counted over the window, computed once for the NAT lookups and the
+    /// summary that follows them.
+    pub(crate) fn deltas(&self) -> Deltas {
+        let retransmits = self.latest.retransmits.since(&self.start.retransmits);
+        let mut by_flow: HashMap<FlowKey, (RetransmitCounters, TimeLost)> = retransmits
+            .by_flow()
+            .into_iter()
+            .map(|(key, counters)| (key, (counters, TimeLost::default())))
+            .collect();
+        for (key, lost) in &self.latest.time_lost.since(&self.start.time_lost) {
+            by_flow.entry(*key).or_default().1.add(lost);
+        }
+        Deltas {
+            retransmits,
+            by_flow,
+            drops: self.latest.drops.since(&self.start.drops),
+        }
+    }
+
     /// What the window's summary asks of the NAT table: each flow (as its socket sees it), and
     /// each packet dropped in the host's namespace (`host`) that neither a socket nor its
     /// conntrack entry ties to a workload.
-    pub(crate) fn nat_wanted(&self, host: Option<u32>) -> Vec<NatKey> {
-        let mut wanted: Vec<NatKey> = self
-            .latest
-            .retransmits
-            .since(&self.start.retransmits)
-            .by_flow()
-            .into_keys()
-            .chain(
-                self.latest
-                    .time_lost
-                    .since(&self.start.time_lost)
-                    .into_keys(),
-            )
+    pub(crate) fn nat_wanted(deltas: &Deltas, host: Option<u32>) -> Vec<NatKey> {
+        let mut wanted: Vec<NatKey> = deltas
+            .by_flow
+            .keys()
             .map(|key| {
-                let (local, remote) = endpoints(&key);
+                let (local, remote) = endpoints(key);
                 (IPPROTO_TCP, local, remote)
             })
             .collect();
-        let drops = self.latest.drops.since(&self.start.drops);
         wanted.extend(
-            drops
+            deltas
+                .drops
                 .flows
                 .keys()
                 .filter(|key| Some(key.netns) == host && unowned(key))
@@ -162,10 +181,19 @@ impl Window {
     }
 
     /// Attributes every flow and namespace of the window.
-    pub(crate) fn summarize(&self, attributor: &mut Attributor, nat: &NatIndex) -> Summary {
-        let delta = self.latest.retransmits.since(&self.start.retransmits);
+    pub(crate) fn summarize(
+        &self,
+        deltas: Deltas,
+        attributor: &mut Attributor,
+        nat: &NatIndex,
+    ) -> Summary {
+        let Deltas {
+            retransmits: delta,
+            by_flow,
+            drops,
+        } = deltas;
         let mut workloads: HashMap<Workload, WorkloadTotals> = HashMap::new();
-        let flows = self.flows(&delta, &mut workloads, attributor, nat);
+        let flows = Self::flows(&by_flow, &mut workloads, attributor, nat);
         for (owner, counters) in &delta.overflow {
             totals(
                 &mut workloads,
@@ -178,9 +206,8 @@ impl Window {
         for entry in workloads.values_mut() {
             entry.removed = attributor.removed(&entry.workload);
         }
-        let drop_delta = self.latest.drops.since(&self.start.drops);
         Summary {
-            drops: attribute_drops(&drop_delta, attributor, nat),
+            drops: attribute_drops(&drops, attributor, nat),
             leaks: counts_since(&self.latest.leaks, &self.start.leaks),
             duration: self
                 .latest
@@ -197,23 +224,13 @@ impl Window {
 
     /// Every flow that retransmitted or lost time, added to its workload's totals.
     fn flows(
-        &self,
-        delta: &RetransmitSample,
+        by_flow: &HashMap<FlowKey, (RetransmitCounters, TimeLost)>,
         workloads: &mut HashMap<Workload, WorkloadTotals>,
         attributor: &mut Attributor,
         nat: &NatIndex,
     ) -> Vec<FlowTotals> {
-        let mut by_flow: HashMap<FlowKey, (RetransmitCounters, TimeLost)> = delta
-            .by_flow()
-            .into_iter()
-            .map(|(key, counters)| (key, (counters, TimeLost::default())))
-            .collect();
-        let time_lost = self.latest.time_lost.since(&self.start.time_lost);
-        for (key, lost) in &time_lost {
-            by_flow.entry(*key).or_default().1.add(lost);
-        }
         let mut flows = Vec::with_capacity(by_flow.len());
-        for (key, (counters, lost)) in &by_flow {
+        for (key, (counters, lost)) in by_flow {
             let workload = attributor.workload(key.netns, key.cgroup_id);
             let entry = totals(workloads, workload.clone());
             entry.hooked.add(counters);
