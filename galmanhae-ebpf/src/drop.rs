@@ -266,17 +266,8 @@ fn conntrack_origin<M: Memory>(skb: u64, key: &mut DropKey) {
     let (addr, port, family) = if M::PLAIN_LOADS && offset!(structs.nf_conn_type) != 0 {
         // Plain loads through a cast to `struct nf_conn` (6.2+, conntrack built in).
         let ct = rdonly_cast(ct, offset!(structs.nf_conn_type));
-        let word = |i: u32| {
-            Direct::at::<u32>(ct, addr_at + 4 * i)
-                .unwrap_or(0)
-                .to_ne_bytes()
-        };
-        let (a, b, c, d) = (word(0), word(1), word(2), word(3));
         (
-            [
-                a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
-                d[2], d[3],
-            ],
+            Direct::addr16(ct, addr_at),
             Direct::at::<u16>(ct, offset!(structs.ct_orig_src_port)).unwrap_or(0),
             Direct::at::<u16>(ct, offset!(structs.ct_orig_l3num)).unwrap_or(0),
         )
