@@ -68,26 +68,23 @@ pub(crate) fn lookup_all(
                 size_of::<BatchAttr>(),
             )
         };
-        let error = (rc < 0).then(io::Error::last_os_error);
-        let got = if error.is_none()
-            || error.as_ref().and_then(io::Error::raw_os_error) == Some(libc::ENOENT)
-        {
-            attr.count as usize
-        } else {
-            0
+        let errno = (rc < 0).then(|| io::Error::last_os_error().raw_os_error().unwrap_or(0));
+        // The count written back is what was filled, also with the end of the map (ENOENT).
+        let got = match errno {
+            None | Some(libc::ENOENT) => attr.count as usize,
+            Some(_) => 0,
         };
         keys.truncate((filled + got) * key_size);
         values.truncate((filled + got) * value_size);
-        match error.as_ref().and_then(io::Error::raw_os_error) {
+        match errno {
             None => {}
-            // The end of the map.
             Some(libc::ENOENT) => return Some(Ok((keys, values))),
             Some(libc::ENOSPC) if count < 1 << 20 => {
                 count *= 2;
                 continue;
             }
             Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if first => return None,
-            Some(_) => return error.map(Err),
+            Some(errno) => return Some(Err(io::Error::from_raw_os_error(errno))),
         }
         token_in = token_out;
         first = false;

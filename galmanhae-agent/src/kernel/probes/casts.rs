@@ -28,15 +28,42 @@ pub(crate) enum CastError {
     Truncated,
 }
 
+/// A copy of the object, 8-byte aligned as the ELF parser wants it.
+#[derive(Debug)]
+pub(crate) struct Object {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Object {
+    fn copy_of(bytes: &[u8]) -> Self {
+        let mut object = Self {
+            words: vec![0; bytes.len().div_ceil(8)],
+            len: bytes.len(),
+        };
+        object.bytes_mut().copy_from_slice(bytes);
+        object
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: any bytes are valid u8s; `len` is within the words' memory.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and the words are borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast(), self.len) }
+    }
+}
+
 /// The object with every `bpf_skc_to_tcp_sock` call turned into a call of the kfunc whose
-/// vmlinux BTF id is `kfunc` (`bpf_rdonly_cast`), and how many calls that was. Returned as
-/// `u64` words so that the bytes are aligned as the ELF parser wants them.
-pub(crate) fn rdonly_casts(object: &[u8], kfunc: u32) -> Result<(Vec<u64>, usize), CastError> {
-    let mut words = vec![0u64; object.len().div_ceil(8)];
-    let bytes = as_bytes_mut(&mut words);
-    bytes[..object.len()].copy_from_slice(object);
+/// vmlinux BTF id is `kfunc` (`bpf_rdonly_cast`), and how many calls that was.
+pub(crate) fn rdonly_casts(object: &[u8], kfunc: u32) -> Result<(Object, usize), CastError> {
+    let sections = executable_sections(object)?;
+    let mut copy = Object::copy_of(object);
+    let bytes = copy.bytes_mut();
     let mut patched = 0;
-    for (start, end) in executable_sections(&bytes[..object.len()])? {
+    for (start, end) in sections {
         for insn in bytes[start..end].chunks_exact_mut(8) {
             let imm = i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
             let helper_call = insn[0] == CALL && insn[1] >> 4 == 0;
@@ -47,12 +74,7 @@ pub(crate) fn rdonly_casts(object: &[u8], kfunc: u32) -> Result<(Vec<u64>, usize
             }
         }
     }
-    Ok((words, patched))
-}
-
-fn as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
-    // SAFETY: any bytes are valid u8s; the length covers exactly the words' memory.
-    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) }
+    Ok((copy, patched))
 }
 
 /// Byte ranges of the sections that hold instructions.
@@ -129,12 +151,9 @@ mod tests {
         let mov = insn(0xb7, 0x01, SKC_TO_TCP_SOCK);
         let code = [cast, other_helper, bpf_to_bpf, mov, cast].concat();
         let elf = elf_with(&code);
-        let (words, patched) = rdonly_casts(&elf, 52_000).unwrap();
+        let (object, patched) = rdonly_casts(&elf, 52_000).unwrap();
         assert_eq!(patched, 2);
-        let bytes = &words
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect::<Vec<_>>()[..elf.len()];
+        let bytes = object.bytes();
         let kfunc = insn(CALL, PSEUDO_KFUNC_CALL << 4, 52_000);
         let expected = [kfunc, other_helper, bpf_to_bpf, mov, kfunc].concat();
         assert_eq!(&bytes[64..64 + code.len()], expected.as_slice());

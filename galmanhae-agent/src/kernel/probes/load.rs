@@ -237,10 +237,9 @@ fn load_object(
     log::debug!("kernel offsets: {offsets:?}");
     let patched = rdonly_cast.map(|kfunc| casts::rdonly_casts(PROGRAMS, kfunc));
     let object: &[u8] = match &patched {
-        Some(Ok((words, count))) => {
+        Some(Ok((object, count))) => {
             log::debug!("{count} casts through bpf_rdonly_cast");
-            // SAFETY: the words' memory as bytes, the object's length of them.
-            unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), PROGRAMS.len()) }
+            object.bytes()
         }
         Some(Err(e)) => {
             notes.push(format!("socket casts stay helper calls: {e}"));
