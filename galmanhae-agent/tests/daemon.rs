@@ -28,9 +28,10 @@ use galmanhae_lab::{
 use serde_json::Value;
 
 /// Our programs' names, as `bpftool prog show` lists them.
-const PROGRAMS: [&str; 9] = [
+const PROGRAMS: [&str; 10] = [
     "tcp_rtx_skb_btf",
     "tcp_cong_state_set",
+    "time_lost_settle",
     "inet_sock_set_state",
     "kfree_skb_btf",
     "tcp_retransmit_skb",

@@ -365,6 +365,42 @@ fn a_black_hole_of_t_seconds_is_an_rto_stall_equal_to_the_sockets_own() {
     }
 }
 
+/// A recovery that ended while its socket stays open stops counting when the kernel ends it,
+/// not at the socket's close: the report is taken with the stream still open, seconds after
+/// the black hole lifted (on 6.7+ no event marks that end; the agent's settling run does).
+#[test]
+fn a_recovery_that_ended_on_a_socket_still_open_stops_counting() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Scenario::new();
+    lab.container("t-stall", &[]);
+    let db = DB_V4.parse().expect("the db address");
+    let run = Diagnose::start(&["--duration", "120s", "--top", "1000"]);
+    let culprit = thread::spawn(move || {
+        stream::paced_stream("t-stall", db, DB_PORT, Duration::from_secs(22))
+    });
+    thread::sleep(Duration::from_secs(2));
+    fault::blackhole(&Target::Container("t-stall".to_owned())).expect("black hole");
+    thread::sleep(Duration::from_secs(3));
+    fault::clear_all(false).expect("lifting the black hole");
+    // Backoff after a 3 s black hole retries at most 3.2 s after it lifts.
+    thread::sleep(Duration::from_secs(8));
+    let report = run.stop();
+    let culprit = culprit
+        .join()
+        .expect("culprit thread")
+        .expect("culprit stream");
+    let stall = time_lost_of(&report, "t-stall", culprit.local_port, "rto_stall_seconds");
+    let kernel = f64::from(culprit.total_rto_time_ms) / 1000.0;
+    assert!(
+        (stall - kernel).abs() <= 0.05 && kernel >= 2.7,
+        "galmanhae says {stall} s, tcp_info {kernel} s at the stream's end ({culprit:?}); \
+         flows {:#}",
+        report["flows"]
+    );
+}
+
 #[test]
 fn syns_dropped_for_3_s_are_syn_retry_seconds_equal_to_the_connects_wait() {
     if !privileged() {

@@ -120,6 +120,15 @@ pub struct StructOffsets {
     /// `struct tcp_sock` -> `retrans_stamp`: in `SYN_SENT`, when the first SYN was sent
     /// (`tcp_time_stamp`, milliseconds of the monotonic clock).
     pub tcp_retrans_stamp: u32,
+    /// `struct tcp_sock` (6.7+) -> `total_rto` (u16: every RTO), `total_rto_recoveries` (u16:
+    /// RTOs that began a recovery), `total_rto_time` (u32 ms of recoveries that ended) and
+    /// `rto_stamp` (u32 ms, when the running recovery began; 0 when none is). All [`ABSENT`]
+    /// before 6.7, or when the agent times recoveries from `tcp_cong_state_set` instead: the
+    /// programs read their presence as "time recoveries with the kernel's counters".
+    pub tcp_total_rto: u32,
+    pub tcp_total_rto_recoveries: u32,
+    pub tcp_total_rto_time: u32,
+    pub tcp_rto_stamp: u32,
     /// BTF type ids in vmlinux of what `bpf_rdonly_cast` casts to (see the agent's
     /// `casts.rs`): `struct tcp_sock`, `struct iphdr`, `struct udphdr` (whose ports sit where
     /// TCP's do) and `struct nf_conn` (absent where conntrack is a module). All 0 where the
@@ -216,6 +225,10 @@ impl KernelOffsets {
             ct_orig_l3num: ABSENT,
             tcp_total_retrans: ABSENT,
             tcp_retrans_stamp: ABSENT,
+            tcp_total_rto: ABSENT,
+            tcp_total_rto_recoveries: ABSENT,
+            tcp_total_rto_time: ABSENT,
+            tcp_rto_stamp: ABSENT,
             tcp_sock_type: 0,
             iphdr_type: 0,
             udphdr_type: 0,
@@ -236,6 +249,6 @@ impl KernelOffsets {
     };
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 104 + 36 + 24);
+const _: () = assert!(size_of::<KernelOffsets>() == 36 + 24 + 20 + 120 + 36 + 24);
 
 crate::impl_pod!(KernelOffsets);

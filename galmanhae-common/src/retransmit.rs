@@ -157,7 +157,9 @@ pub struct FlowState {
     /// That socket's `tcp_sock.total_retrans` after the last event (read when `socket` was
     /// set).
     pub last_total_retrans: u32,
-    pub padding: u32,
+    /// That socket's `tcp_sock.total_rto` after the last event (6.7+; the BTF program's): its
+    /// growth is a retransmission timeout, whose time `TIME_LOST` measures.
+    pub last_total_rto: u32,
 }
 
 const _: () = assert!(size_of::<FlowState>() == size_of::<RetransmitCounters>() + 16);

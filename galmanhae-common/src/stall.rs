@@ -3,11 +3,21 @@
 //! `sock:inet_sock_set_state` programs.
 //!
 //! Times are `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) stamps and durations in nanoseconds.
+//!
+//! On 6.7+ the kernel keeps its own RTO counters in `struct tcp_sock`, and `tcp_cong_state_set`
+//! (which fires on every congestion-state change) is not attached: the retransmit program
+//! starts a recovery at the timeout's retransmission, the kernel's `total_rto_time` gives its
+//! length, and it ends where the kernel ends it (`rto_stamp` back to 0), seen at the next
+//! timeout, at close, or by the `time_lost_recoveries` iterator before each reading.
 
 use crate::retransmit::FlowKey;
 
 /// Capacity of `TIME_LOST` (sockets that had an RTO or a SYN timeout).
 pub const TIME_LOST_CAPACITY: u32 = 16_384;
+
+/// Sockets one run of `time_lost_settle` takes: a raw tracepoint's most arguments
+/// (`MAX_BPF_FUNC_ARGS`), which `BPF_PROG_TEST_RUN` hands it as its context.
+pub const SETTLE_BATCH: usize = 12;
 
 /// `flags`: the socket reached `TCP_CLOSE`; its entry no longer changes.
 pub const CLOSED: u32 = 1;
@@ -40,6 +50,9 @@ pub struct SocketTime {
     pub syn_start: u64,
     /// From the first SYN to established or closed, once the handshake ended; 0 before.
     pub syn_ns: u64,
+    /// The socket's kernel address, for `time_lost_settle` to read its counters; 0 where
+    /// recoveries are timed from `tcp_cong_state_set`.
+    pub socket: u64,
     pub recoveries: u32,
     /// Timeouts in the recovery in progress, and the most in any one recovery.
     pub timeouts: u32,
@@ -47,12 +60,15 @@ pub struct SocketTime {
     /// SYN timeouts of the handshake.
     pub syn_timeouts: u32,
     pub flags: u32,
-    pub padding: u32,
+    /// The kernel's `total_rto_time` (ms) when the recovery in progress began (6.7+).
+    pub rto_time_at_start: u32,
     /// Completed recoveries by duration, in the buckets of [`STALL_BUCKETS_MS`].
     pub stall_buckets: [u16; STALL_BUCKETS],
-    pub padding2: [u16; 2],
+    /// The kernel's `total_rto_recoveries` at the last timeout seen (6.7+).
+    pub kernel_recoveries: u16,
+    pub padding: u16,
 }
 
-const _: () = assert!(size_of::<SocketTime>() == size_of::<FlowKey>() + 5 * 8 + 6 * 4 + 24);
+const _: () = assert!(size_of::<SocketTime>() == size_of::<FlowKey>() + 6 * 8 + 6 * 4 + 24);
 
 crate::impl_pod!(SocketTime);

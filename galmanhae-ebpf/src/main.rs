@@ -28,8 +28,11 @@ mod tasks;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    macros::{btf_tracepoint, classifier, fentry, kprobe, tracepoint},
-    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TcContext, TracePointContext},
+    macros::{btf_tracepoint, classifier, fentry, kprobe, raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TcContext,
+        TracePointContext,
+    },
 };
 
 /// `tcp_retransmit_skb` as a BTF tracepoint: every retransmit attempt of a data or SYN
@@ -167,6 +170,18 @@ pub fn floor_tc(_ctx: TcContext) -> i32 {
 #[unsafe(link_section = "iter/task")]
 pub extern "C" fn task_namespaces(ctx: *const tasks::IterTaskContext) -> i32 {
     tasks::on_task(ctx);
+    0
+}
+
+/// Run by the agent (`BPF_PROG_TEST_RUN`, never attached) with up to twelve `TIME_LOST` keys
+/// (6.7+): ends the recoveries the kernel ended, before each reading of the map.
+#[raw_tracepoint(tracepoint = "time_lost_settle")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macro fixes the signature"
+)]
+pub fn time_lost_settle(ctx: RawTracePointContext) -> i32 {
+    stall::on_settle(&ctx);
     0
 }
 

@@ -24,7 +24,7 @@ use crate::{
     kernel::{
         Direct, Memory, Probe, low_32, offset, optional_arg, socket_cookie, tcp_sock, tp_field,
     },
-    maps,
+    maps, stall,
 };
 
 /// Per-socket (by cookie) flow, counters and the state that counts segments exactly: the BTF
@@ -75,11 +75,36 @@ pub fn on_retransmit_skb_btf(ctx: &BtfTracePointContext) {
     let (cookie, tcp) = (socket_cookie(sk), tcp_sock(sk));
     let state = Direct::at::<u8>(sk, offset!(sock.state)).map(i32::from);
     let event = Event::read::<Direct>(tcp, skb, state, err);
-    match RETRANSMIT_SOCKETS.get_ptr_mut(cookie) {
-        // SAFETY: the socket's entry; only this socket's events, serialised by its lock,
-        // write it.
-        Some(socket) => event.count(unsafe { &mut (*socket).state }, sk),
-        None => first_retransmit(cookie, sk, &event),
+    let state = match RETRANSMIT_SOCKETS.get_ptr_mut(cookie) {
+        Some(socket) => {
+            // SAFETY: the socket's entry; only this socket's events, serialised by its lock,
+            // write it.
+            let state = unsafe { &mut (*socket).state };
+            event.count(state, sk);
+            state
+        }
+        None => match first_retransmit(cookie, sk, &event) {
+            Some(state) => state,
+            None => return,
+        },
+    };
+    if stall::kernel_counters() {
+        timeouts(cookie, sk, tcp, &event, state);
+    }
+}
+
+/// Kernel counters (6.7+): the timeouts since the socket's last retransmission, handed to
+/// the time-lost accounting. One load per event; only a timeout's event does more.
+#[inline(always)]
+fn timeouts(cookie: u64, sk: u64, tcp: u64, event: &Event, state: &mut FlowState) {
+    let Some(total) = Direct::at::<u16>(tcp, offset!(structs.tcp_total_rto)) else {
+        return;
+    };
+    let total = u32::from(total);
+    let delta = total.wrapping_sub(state.last_total_rto) & 0xffff;
+    state.last_total_rto = total;
+    if delta != 0 && matches!(event.kind, RetransmitKind::Rto | RetransmitKind::Syn) {
+        stall::timeouts_counted(cookie, sk, tcp, delta);
     }
 }
 
@@ -87,9 +112,10 @@ pub fn on_retransmit_skb_btf(ctx: &BtfTracePointContext) {
 // SAFETY: every field is an integer or an array of them: all zeros is a valid value.
 static EMPTY_SOCKET: SocketState = unsafe { core::mem::zeroed() };
 
-/// A socket's first retransmit: its entry is created, then its flow built in place.
+/// A socket's first retransmit: its entry is created, then its flow built in place. `None`
+/// when the map is full (the event went to the overflow counters).
 #[inline(always)]
-fn first_retransmit(cookie: u64, sk: u64, event: &Event) {
+fn first_retransmit(cookie: u64, sk: u64, event: &Event) -> Option<&'static mut FlowState> {
     #[expect(
         clippy::needless_borrows_for_generic_args,
         reason = "by value, the 160 bytes would be copied to the stack first"
@@ -102,12 +128,13 @@ fn first_retransmit(cookie: u64, sk: u64, event: &Event) {
     let Some(socket) = socket else {
         health::bump(HealthCounter::FlowMapFull);
         overflow(&owner::<Direct>(sk), &|c| event.add(c, event.fallback));
-        return;
+        return None;
     };
     // SAFETY: the entry just created; only this socket's events write it.
     let socket = unsafe { &mut *socket };
     socket.flow = socket_flow_key::<Direct>(sk);
     event.count(&mut socket.state, sk);
+    Some(&mut socket.state)
 }
 
 /// `tcp:tcp_retransmit_skb`, where `tp_btf` is not available: the same reads, each through

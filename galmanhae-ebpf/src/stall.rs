@@ -11,14 +11,16 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::HashMap,
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use galmanhae_common::{
     health::HealthCounter,
+    offsets::ABSENT,
     stall::{
         CLOSED, IN_SYN, STALL_BUCKETS_MS, SYN_START_ESTIMATED, SocketTime, TIME_LOST_CAPACITY,
     },
@@ -26,7 +28,7 @@ use galmanhae_common::{
 
 use crate::{
     health,
-    kernel::{Direct, Memory, offset, socket_cookie, tcp_sock},
+    kernel::{Direct, Memory, Probe, offset, socket_cookie, tcp_sock},
     retransmit::socket_flow_key,
 };
 
@@ -196,8 +198,13 @@ fn end_recovery(entry: &mut SocketTime, now: u64, slot: Slot) {
     if !slot.is_empty() {
         slot.add(u64::MAX); // minus one
     }
+    finish(entry, now.saturating_sub(entry.loss_since));
+}
+
+/// The recovery in progress ended after `stall` ns (a handshake's is SYN time, not a stall).
+#[inline(always)]
+fn finish(entry: &mut SocketTime, stall: u64) {
     if entry.flags & IN_SYN == 0 {
-        let stall = now.saturating_sub(entry.loss_since);
         entry.stall_ns += stall;
         entry.recoveries += 1;
         if stall > entry.longest_ns {
@@ -219,6 +226,152 @@ fn end_recovery(entry: &mut SocketTime, now: u64, slot: Slot) {
     entry.flags &= !IN_SYN;
 }
 
+/// Whether recoveries are timed with the kernel's own counters (6.7+, see the module doc).
+#[inline(always)]
+pub fn kernel_counters() -> bool {
+    offset!(structs.tcp_rto_stamp) != ABSENT
+}
+
+/// A socket's RTO counters as the kernel keeps them (6.7+).
+/// <https://elixir.bootlin.com/linux/v6.18/source/net/ipv4/tcp_timer.c> (`tcp_update_rto_stats`)
+struct RtoCounters {
+    recoveries: u16,
+    time_ms: u32,
+    stamp_ms: u32,
+}
+
+impl RtoCounters {
+    #[inline(always)]
+    fn read<M: Memory>(tcp: u64) -> Self {
+        Self {
+            recoveries: M::at::<u16>(tcp, offset!(structs.tcp_total_rto_recoveries)).unwrap_or(0),
+            time_ms: M::at::<u32>(tcp, offset!(structs.tcp_total_rto_time)).unwrap_or(0),
+            stamp_ms: M::at::<u32>(tcp, offset!(structs.tcp_rto_stamp)).unwrap_or(0),
+        }
+    }
+
+    /// When the running recovery began, from the kernel's stamp (ms of the same clock).
+    #[inline(always)]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the kernel's stamp is the low 32 bits of the milliseconds"
+    )]
+    fn began(&self, now: u64) -> u64 {
+        let age = ((now / NS_PER_MS) as u32).wrapping_sub(self.stamp_ms);
+        if self.stamp_ms == 0 || age >= MAX_SYN_AGE_MS {
+            return now;
+        }
+        now.saturating_sub(u64::from(age) * NS_PER_MS)
+    }
+}
+
+/// Kernel counters: `delta` timeouts of socket `sk`, seen at the retransmission that
+/// followed them (`tcp_retransmit_timer` counts, then retransmits).
+#[inline(always)]
+pub fn timeouts_counted(cookie: u64, sk: u64, tcp: u64, delta: u32) {
+    let Some(entry) = entry_for(cookie, sk) else {
+        health::bump(HealthCounter::TimeMapFull);
+        return;
+    };
+    // SAFETY: this socket's entry; its retransmissions run under its lock.
+    let entry = unsafe { &mut *entry };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let kernel = RtoCounters::read::<Direct>(tcp);
+    let in_syn = Direct::at::<u8>(sk, offset!(sock.state)) == Some(TCP_SYN_SENT);
+    if in_syn {
+        entry.syn_timeouts += delta;
+        if entry.syn_start == 0 {
+            entry.syn_start = first_syn(tcp, now, &mut entry.flags);
+        }
+    }
+    settle(entry, &kernel, now, false);
+    if entry.loss_since == 0 {
+        entry.loss_since = kernel.began(now);
+        entry.timeouts = delta;
+        entry.rto_time_at_start = kernel.time_ms;
+        entry.flags = (entry.flags & !IN_SYN) | if in_syn { IN_SYN } else { 0 };
+    } else {
+        entry.timeouts += delta;
+    }
+    entry.kernel_recoveries = kernel.recoveries;
+    entry.socket = sk;
+}
+
+/// Kernel counters: ends the data recovery in progress if the kernel ended it (its stamp
+/// cleared, or a newer recovery counted), as long as the kernel added to `total_rto_time`;
+/// `closing`: the socket closes now, so a recovery still running ends now.
+#[inline(always)]
+fn settle(entry: &mut SocketTime, kernel: &RtoCounters, now: u64, closing: bool) {
+    if entry.loss_since == 0 || entry.flags & IN_SYN != 0 {
+        return;
+    }
+    if kernel.stamp_ms == 0 || kernel.recoveries != entry.kernel_recoveries {
+        let folded = kernel.time_ms.wrapping_sub(entry.rto_time_at_start);
+        finish(entry, u64::from(folded) * NS_PER_MS);
+    } else if closing {
+        finish(entry, now.saturating_sub(entry.loss_since));
+    }
+}
+
+/// How many keys one run of `time_lost_settle` takes (the most arguments a raw tracepoint
+/// has, `MAX_BPF_FUNC_ARGS`).
+pub const SETTLE_BATCH: usize = galmanhae_common::stall::SETTLE_BATCH;
+
+/// `time_lost_settle(cookie, ...)`: for each socket named (0: none), ends the recovery the
+/// kernel ended since. The socket is read through the helper: it may be gone, and its cookie,
+/// unique for the boot, says whether the memory is still that socket.
+#[inline(always)]
+pub fn on_settle(ctx: &RawTracePointContext) {
+    let args = ctx.as_ptr().cast::<u64>();
+    let now = unsafe { bpf_ktime_get_ns() };
+    // One block per argument: the verifier takes context reads at constant offsets only.
+    macro_rules! each_argument {
+        ($($i:literal),+) => {
+            $(
+                // SAFETY: the context is the run's argument array, which the agent always
+                // fills to SETTLE_BATCH slots (the kernel checks its size against the
+                // furthest read).
+                settle_socket(unsafe { core::ptr::read_volatile(args.add($i)) }, now);
+            )+
+        };
+    }
+    each_argument!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11);
+}
+
+const _: () = assert!(SETTLE_BATCH == 12);
+
+#[inline(always)]
+fn settle_socket(cookie: u64, now: u64) {
+    if cookie == 0 {
+        return;
+    }
+    if let Some(entry) = TIME_LOST.get_ptr_mut(cookie) {
+        // SAFETY: the socket's entry; a settled entry is only ever moved to "ended", which
+        // the socket's own events also check before they write.
+        settle_entry(cookie, unsafe { &mut *entry }, now);
+    }
+}
+
+#[inline(always)]
+fn settle_entry(cookie: u64, entry: &mut SocketTime, now: u64) {
+    let sk = entry.socket;
+    if sk == 0 || entry.flags & CLOSED != 0 || entry.loss_since == 0 {
+        return;
+    }
+    if Probe::at::<u64>(sk, offset!(sock.cookie)) != Some(cookie) {
+        // Gone without a close seen: what ran, ran until now.
+        let stall = if entry.flags & IN_SYN == 0 {
+            now.saturating_sub(entry.loss_since)
+        } else {
+            0
+        };
+        finish(entry, stall);
+        entry.flags |= CLOSED;
+        return;
+    }
+    settle(entry, &RtoCounters::read::<Probe>(sk), now, false);
+}
+
 /// `tp_btf/inet_sock_set_state(sk, oldstate, newstate)`: a handshake that timed out ends at
 /// established or close; any recovery ends at close. Only sockets with an entry are touched.
 pub fn on_inet_sock_set_state(ctx: &BtfTracePointContext) {
@@ -238,7 +391,14 @@ pub fn on_inet_sock_set_state(ctx: &BtfTracePointContext) {
     if entry.syn_start != 0 && entry.syn_ns == 0 {
         entry.syn_ns = now.saturating_sub(entry.syn_start).max(1);
     }
-    if let Some(slot) = loss_slot(sk) {
+    if kernel_counters() {
+        if entry.flags & IN_SYN != 0 {
+            finish(entry, 0);
+        } else {
+            let kernel = RtoCounters::read::<Direct>(tcp_sock(sk));
+            settle(entry, &kernel, now, new == TCP_CLOSE);
+        }
+    } else if let Some(slot) = loss_slot(sk) {
         end_recovery(entry, now, slot);
     }
     if new == TCP_CLOSE {

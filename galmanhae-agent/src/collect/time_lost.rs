@@ -4,13 +4,16 @@
 
 use std::collections::HashMap;
 
-use aya::Ebpf;
+use aya::{Ebpf, maps::MapData};
 use galmanhae_common::{
     retransmit::FlowKey,
-    stall::{IN_SYN, STALL_BUCKETS, SYN_START_ESTIMATED, SocketTime},
+    stall::{CLOSED, IN_SYN, STALL_BUCKETS, SYN_START_ESTIMATED, SocketTime},
 };
 
 use super::maps::{ReadError, read_hash};
+use crate::kernel::settle::Settler;
+
+const TIME_LOST: &str = "TIME_LOST";
 
 /// `TIME_LOST` as read at `at` (`CLOCK_MONOTONIC` ns, the programs' clock).
 #[derive(Clone, Debug, Default)]
@@ -95,8 +98,13 @@ fn totals(s: &SocketTime, at: u64) -> Totals {
 }
 
 impl TimeLostSample {
-    pub(crate) fn read(ebpf: &Ebpf) -> Result<Self, ReadError> {
-        let sockets = read_hash(ebpf, "TIME_LOST", |s: &SocketTime| *s)?;
+    /// `settler`: where the kernel's counters time recoveries, the recoveries read as running
+    /// are first ended where the kernel ended them, and read again.
+    pub(crate) fn read(ebpf: &Ebpf, settler: Option<&Settler>) -> Result<Self, ReadError> {
+        let mut sockets = read_hash(ebpf, TIME_LOST, |s: &SocketTime| *s)?;
+        if let Some(settler) = settler {
+            settle(ebpf, settler, &mut sockets)?;
+        }
         Ok(Self {
             sockets,
             at: monotonic_ns(),
@@ -140,6 +148,40 @@ impl TimeLostSample {
         }
         flows
     }
+}
+
+/// Runs the settler on the recoveries read as running, then reads their entries again (a
+/// failed run leaves them running until the next reading, and says so).
+fn settle(
+    ebpf: &Ebpf,
+    settler: &Settler,
+    sockets: &mut HashMap<u64, SocketTime>,
+) -> Result<(), ReadError> {
+    let running: Vec<u64> = sockets
+        .iter()
+        .filter(|(_, s)| s.socket != 0 && s.loss_since != 0 && s.flags & (IN_SYN | CLOSED) == 0)
+        .map(|(cookie, _)| *cookie)
+        .collect();
+    if running.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = settler.settle(&running) {
+        log::warn!("time lost: ending the recoveries the kernel ended: {e}");
+        return Ok(());
+    }
+    let map = ebpf.map(TIME_LOST).ok_or(ReadError::NoMap(TIME_LOST))?;
+    let map: aya::maps::HashMap<&MapData, u64, SocketTime> = aya::maps::HashMap::try_from(map)
+        .map_err(|source| ReadError::Map {
+            name: TIME_LOST,
+            source,
+        })?;
+    for cookie in running {
+        // Freed in between (the agent's own cleanup): the earlier reading stands.
+        if let Ok(socket) = map.get(&cookie, 0) {
+            sockets.insert(cookie, socket);
+        }
+    }
+    Ok(())
 }
 
 /// Recoveries per bucket that ended between `then` and `now` (16-bit counters: wrapping).

@@ -408,6 +408,12 @@ pub(crate) fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<Stri
     // https://elixir.bootlin.com/linux/v6.18/source/include/linux/tcp.h (struct tcp_sock)
     let tcp_total_retrans = optional(btf.offset_of("tcp_sock", "total_retrans"));
     let tcp_retrans_stamp = optional(btf.offset_of("tcp_sock", "retrans_stamp"));
+    let [
+        tcp_total_rto,
+        tcp_total_rto_recoveries,
+        tcp_total_rto_time,
+        tcp_rto_stamp,
+    ] = rto_counters(btf);
     // tcp_skb_pcount(): TCP_SKB_CB(skb)->tcp_gso_segs, skb->cb holds struct tcp_skb_cb.
     let skb_tcp_gso_segs = match (
         btf.offset_of("sk_buff", "cb"),
@@ -455,6 +461,10 @@ pub(crate) fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<Stri
             ct_orig_l3num,
             tcp_total_retrans,
             tcp_retrans_stamp,
+            tcp_total_rto,
+            tcp_total_rto_recoveries,
+            tcp_total_rto_time,
+            tcp_rto_stamp,
             tcp_sock_type: btf.struct_id("tcp_sock").unwrap_or(0),
             iphdr_type: btf.struct_id("iphdr").unwrap_or(0),
             udphdr_type: btf.struct_id("udphdr").unwrap_or(0),
@@ -462,6 +472,23 @@ pub(crate) fn struct_offsets(btf: &KernelBtf) -> Result<(StructOffsets, Vec<Stri
         },
         notes,
     ))
+}
+
+/// `struct tcp_sock` -> `total_rto`, `total_rto_recoveries`, `total_rto_time`, `rto_stamp`:
+/// the kernel's own RTO counters (6.7+, commit 3868ab0f1925), all or none.
+fn rto_counters(btf: &KernelBtf) -> [u32; 4] {
+    let rto = [
+        "total_rto",
+        "total_rto_recoveries",
+        "total_rto_time",
+        "rto_stamp",
+    ]
+    .map(|member| btf.offset_of("tcp_sock", member).ok());
+    if rto.iter().all(Option::is_some) {
+        rto.map(|o| o.unwrap_or(ABSENT))
+    } else {
+        [ABSENT; 4]
+    }
 }
 
 #[cfg(test)]

@@ -3,57 +3,27 @@
 //! to the process (`CAP_SYS_PTRACE` for other users' and more privileged processes); the
 //! iterator's output needs none, so with it the agent gives `CAP_SYS_PTRACE` back after attach.
 //!
-//! aya 0.14 hands out an iterator's output only once (`IterLink::into_file` consumes the
-//! link), so the link is made here and kept: each pass opens a new output with
-//! `BPF_ITER_CREATE`. Both are commands of the stable `bpf()` ABI.
-//! <https://elixir.bootlin.com/linux/v6.18/source/include/uapi/linux/bpf.h> (`union bpf_attr`)
+//! The link is kept (`iter.rs`); each pass reads a new dump.
 
-use std::{
-    collections::BTreeMap,
-    fs::File,
-    io::{self, Read as _},
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
-};
+use std::{collections::BTreeMap, io, os::fd::AsFd as _};
 
 use aya::{Ebpf, programs::Iter};
 use galmanhae_common::task::{READER, TaskRecord};
 
-use super::probes::{Hook, HookStatus, error_chain};
+use super::{
+    iter::IterLink,
+    probes::{Hook, HookStatus, error_chain},
+};
 
 /// The program's name in the object.
 pub(crate) const TASK_ITER_PROGRAM: &str = "task_namespaces";
 /// What the program iterates (`bpf_iter_task`).
 pub(crate) const TASK_ITER_TYPE: &str = "task";
 
-/// `enum bpf_cmd` and `enum bpf_attach_type` values (stable ABI).
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_ITER_CREATE: libc::c_long = 33;
-const BPF_TRACE_ITER: u32 = 28;
-
-/// The `link_create` member of `union bpf_attr`, without the per-type tail (zero for a task
-/// iterator over every task).
-#[repr(C)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-    iter_info: u64,
-    iter_info_len: u32,
-    padding: u32,
-}
-
-/// The `iter_create` member of `union bpf_attr`.
-#[repr(C)]
-struct IterCreateAttr {
-    link_fd: u32,
-    flags: u32,
-}
-
 /// The attached iterator.
 #[derive(Debug)]
 pub(crate) struct TaskIter {
-    link: OwnedFd,
+    link: IterLink,
 }
 
 /// One dump: each process's namespace inode and cgroup id, by pid.
@@ -114,7 +84,7 @@ impl TaskIter {
             .ok_or("no iter/task program in the object")?
             .try_into()?;
         program.load(TASK_ITER_TYPE, btf)?;
-        let link = link_create(program.fd()?.as_fd())?;
+        let link = IterLink::create(program.fd()?.as_fd())?;
         let iter = Self { link };
         // One dump now: a program the kernel runs but that reads nothing useful is refused here.
         let tasks = iter.read()?;
@@ -126,13 +96,8 @@ impl TaskIter {
 
     /// Every process's namespace and cgroup, now.
     pub(crate) fn read(&self) -> Result<Tasks, DumpError> {
-        let attr = IterCreateAttr {
-            link_fd: fd_u32(self.link.as_fd())?,
-            flags: 0,
-        };
-        let fd = bpf(BPF_ITER_CREATE, &attr)?;
         let mut bytes = Vec::with_capacity(64 * 1024);
-        File::from(fd).read_to_end(&mut bytes)?;
+        self.link.read(&mut bytes)?;
         parse(&bytes, own_pid())
     }
 }
@@ -172,43 +137,6 @@ fn parse(bytes: &[u8], own: i32) -> Result<Tasks, DumpError> {
 
 fn own_pid() -> i32 {
     i32::try_from(std::process::id()).unwrap_or(i32::MAX)
-}
-
-fn link_create(program: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let attr = LinkCreateAttr {
-        prog_fd: fd_u32(program)?,
-        target_fd: 0,
-        attach_type: BPF_TRACE_ITER,
-        flags: 0,
-        iter_info: 0,
-        iter_info_len: 0,
-        padding: 0,
-    };
-    bpf(BPF_LINK_CREATE, &attr)
-}
-
-fn fd_u32(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)
-}
-
-/// A `bpf()` command that answers with a new file descriptor.
-fn bpf<T>(command: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a valid `union bpf_attr` prefix for `command`, `size_of::<T>()` bytes
-    // long; the kernel zero-extends the rest.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            std::ptr::from_ref(attr),
-            size_of::<T>(),
-        )
-    };
-    let fd = i32::try_from(rc).map_err(io::Error::other)?;
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a file descriptor the kernel just created for this process and nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ impl Pipeline {
         let retransmits = retransmits::read(&self.probes.ebpf)?;
         let drops = drop_maps::read(&self.probes.ebpf)?;
         let leaks = nat_leaks::read(&self.probes.ebpf)?;
-        let time_lost = TimeLostSample::read(&self.probes.ebpf)?;
+        let time_lost = TimeLostSample::read(&self.probes.ebpf, self.probes.recoveries.as_ref())?;
         let processes = self.processes();
         self.attributor.observe(&processes);
         Ok(Snapshot {

@@ -24,6 +24,7 @@ use crate::kernel::{
     kallsyms::Symbolizer,
     leak_watch::LeakWatch,
     prereq::Environment,
+    settle::Settler,
     task_iter::{TASK_ITER_TYPE, TaskIter},
     tracefs::Format,
 };
@@ -94,7 +95,8 @@ impl Probes {
         let (mut ebpf, inlined) =
             load_object(&offsets, options.flow_capacity, rdonly_cast, &mut notes)?;
         let kernel = (attach_btf, rto_counters);
-        let (mut hooks, tasks) = attach_hooks(&mut ebpf, formats, &drop_reasons, options, kernel);
+        let (mut hooks, iterators) =
+            attach_hooks(&mut ebpf, formats, &drop_reasons, options, kernel);
         say_how_sockets_are_cast(&mut hooks, inlined);
         let stats = options
             .bpf_stats
@@ -119,7 +121,8 @@ impl Probes {
             recursion_misses_offset,
             stats,
             leak_watch: LeakWatch::default(),
-            tasks,
+            tasks: iterators.tasks,
+            recoveries: iterators.recoveries,
         })
     }
 }
@@ -167,7 +170,7 @@ fn read_kernel(env: &Environment) -> Result<KernelFacts, LoadError> {
     let drop_reasons = DropReasons::resolve(&btf, drop_format.as_ref().ok());
     let drops = drop_format.and_then(|f| f.kfree_skb());
     let recursion_misses_offset = btf.offset_of("bpf_prog_info", "recursion_misses").ok();
-    let rto_counters = btf.offset_of("tcp_sock", "total_rto_time").is_ok();
+    let rto_counters = offsets.structs.tcp_rto_stamp != ABSENT;
     let rdonly_cast = btf
         .function_id("bpf_rdonly_cast")
         .filter(|_| offsets.structs.tcp_sock_type != 0);
@@ -302,6 +305,12 @@ fn loader_without_kernel_btf<'a>() -> EbpfLoader<'a> {
     loader
 }
 
+/// The iterators the agent runs each pass.
+struct Iterators {
+    tasks: Option<TaskIter>,
+    recoveries: Option<Settler>,
+}
+
 /// Attaches every tracing hook (the tc one comes later, see [`Probes::watch_uplinks`]) and
 /// the task iterator, each with its status.
 fn attach_hooks(
@@ -310,7 +319,7 @@ fn attach_hooks(
     drop_reasons: &DropReasons,
     options: &LoadOptions,
     (aya_btf, rto_counters): (Result<aya::Btf, String>, bool),
-) -> (Vec<Hook>, Option<TaskIter>) {
+) -> (Vec<Hook>, Iterators) {
     let classic = "--classic-tracepoints asked for the classic ones".to_owned();
     let tp_btf = if options.classic_tracepoints {
         Err(&classic)
@@ -319,14 +328,17 @@ fn attach_hooks(
     };
     let mut hooks = attach_all(ebpf, tp_btf, formats, drop_reasons);
     hooks.push(attach_conntrack_confirm(ebpf, tp_btf));
-    hooks.extend(if options.classic_tracepoints {
-        time_lost_off()
+    let recoveries = if options.classic_tracepoints {
+        hooks.extend(time_lost_off());
+        None
     } else {
-        attach_time_lost(ebpf, tp_btf, rto_counters)
-    });
+        let (time_lost, recoveries) = attach_time_lost(ebpf, tp_btf, rto_counters);
+        hooks.extend(time_lost);
+        recoveries
+    };
     let (tasks, task_hook) = TaskIter::attach(ebpf, aya_btf.as_ref());
     hooks.push(task_hook);
-    (hooks, tasks)
+    (hooks, Iterators { tasks, recoveries })
 }
 
 /// Holds `BPF_ENABLE_STATS` on; a note when the kernel refuses (it needs `CAP_SYS_ADMIN`).

@@ -31,6 +31,7 @@ use super::{
     kallsyms::Symbolizer,
     leak_watch::{LeakWatch, NAT_LEAK_OTHER, NAT_LEAK_PROGRAM, Uplink},
     prog_info,
+    settle::Settler,
     task_iter::TaskIter,
 };
 
@@ -56,6 +57,8 @@ pub(crate) struct Probes {
     leak_watch: LeakWatch,
     /// Every process's namespace and cgroup from the kernel (`None`: from /proc instead).
     pub(crate) tasks: Option<TaskIter>,
+    /// Ends the RTO recoveries the kernel ended, before `TIME_LOST` is read (6.7+).
+    pub(crate) recoveries: Option<Settler>,
 }
 
 impl Probes {

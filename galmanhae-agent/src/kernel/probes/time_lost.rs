@@ -4,6 +4,7 @@
 use aya::{Ebpf, programs::ProgramError};
 
 use super::{
+    super::settle::Settler,
     hook::{Hook, HookStatus, error_chain},
     tracepoints::{TracepointSpec, load_btf_tracepoint},
 };
@@ -19,47 +20,64 @@ pub(super) const INET_SOCK_SET_STATE: TracepointSpec = TracepointSpec {
     name: "inet_sock_set_state",
 };
 
-/// The two time-lost hooks, each attached or unavailable with why. `rto_counters`: whether
-/// the kernel keeps its own `total_rto_time`.
+/// The time-lost hooks, each attached or unavailable with why, and the recovery iterator
+/// where the kernel's own RTO counters (6.7+, `kernel_counters`) time recoveries: then
+/// `tcp_cong_state_set`, which fires on every congestion-state change, is not attached.
 pub(super) fn attach_time_lost(
     ebpf: &mut Ebpf,
     btf: Result<&aya::Btf, &String>,
-    rto_counters: bool,
-) -> Vec<Hook> {
-    let clock = if rto_counters {
-        "the kernel's own total_rto_time (6.7+) agrees in the tests"
-    } else {
-        "no total_rto_time in this kernel (before 6.7): event timestamps only"
-    };
-    [
-        (
+    kernel_counters: bool,
+) -> (Vec<Hook>, Option<Settler>) {
+    let mut hooks = Vec::new();
+    let mut recoveries = None;
+    if kernel_counters {
+        hooks.push(time_lost_hook(
             &CONG_STATE_SET,
-            format!(
-                "time lost: RTO recoveries timed from entering to leaving TCP_CA_Loss; {clock}"
-            ),
-        ),
-        (
-            &INET_SOCK_SET_STATE,
-            "time lost: ends timed-out handshakes (established or closed) and recoveries at close"
+            HookStatus::Off,
+            "not needed: the kernel's own RTO counters (6.7+: total_rto, rto_stamp, \
+             total_rto_time) time recoveries, read at each timeout's retransmission"
                 .to_owned(),
-        ),
-    ]
-    .into_iter()
-    .map(|(spec, detail)| {
-        let attached = load_btf_tracepoint(ebpf, btf, spec.program, spec.name);
-        let (status, detail) = match attached {
-            Ok(()) => (HookStatus::Attached, detail),
-            Err(e) => (
-                refusal_status(e.as_ref()),
-                format!(
-                    "time lost is not measured: tp_btf refused: {}",
-                    error_chain(e.as_ref())
-                ),
+        ));
+        let (settler, hook) = Settler::load(ebpf);
+        recoveries = settler;
+        hooks.push(hook);
+    } else {
+        hooks.push(attach_one(
+            ebpf,
+            btf,
+            &CONG_STATE_SET,
+            "time lost: RTO recoveries timed from entering to leaving TCP_CA_Loss; no \
+             total_rto_time in this kernel (before 6.7): event timestamps only"
+                .to_owned(),
+        ));
+    }
+    hooks.push(attach_one(
+        ebpf,
+        btf,
+        &INET_SOCK_SET_STATE,
+        "time lost: ends timed-out handshakes (established or closed) and recoveries at close"
+            .to_owned(),
+    ));
+    (hooks, recoveries)
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    btf: Result<&aya::Btf, &String>,
+    spec: &TracepointSpec,
+    detail: String,
+) -> Hook {
+    let (status, detail) = match load_btf_tracepoint(ebpf, btf, spec.program, spec.name) {
+        Ok(()) => (HookStatus::Attached, detail),
+        Err(e) => (
+            refusal_status(e.as_ref()),
+            format!(
+                "time lost is not measured: tp_btf refused: {}",
+                error_chain(e.as_ref())
             ),
-        };
-        time_lost_hook(spec, status, detail)
-    })
-    .collect()
+        ),
+    };
+    time_lost_hook(spec, status, detail)
 }
 
 /// The time-lost hooks as `--classic-tracepoints` leaves them: they exist only as `tp_btf`.

@@ -202,3 +202,25 @@ fn conntrack_runs_must_equal_new_entries() {
     let names: Vec<_> = failed(&c).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["the conntrack hook runs once per new entry"]);
 }
+
+#[test]
+fn time_lost_from_the_kernels_counters_needs_the_settling_program() {
+    let with_hooks = |hooks: Value| {
+        let mut c = console_with(17);
+        let (_, mut pmtu) = scenario_reports().into_iter().next().unwrap();
+        pmtu["hooks"] = hooks;
+        c.sections
+            .insert("report-pmtu".into(), (pmtu.to_string(), 0));
+        failed(&c).into_iter().map(|(n, _)| n).collect::<Vec<_>>()
+    };
+    let counters = json!([
+        {"name": "tcp:tcp_cong_state_set", "status": "off", "detail": "x"},
+        {"name": "time_lost_settle", "status": "attached", "detail": "y"}
+    ]);
+    assert_eq!(with_hooks(counters), Vec::<&str>::new());
+    let unsettled = json!([
+        {"name": "tcp:tcp_cong_state_set", "status": "off", "detail": "x"},
+        {"name": "time_lost_settle", "status": "failed", "detail": "y"}
+    ]);
+    assert_eq!(with_hooks(unsettled).len(), 1);
+}
