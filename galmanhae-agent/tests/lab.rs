@@ -24,7 +24,10 @@ use serde_json::Value;
 
 mod common;
 
-use common::{GALMANHAE, Scenario, fails, flows, privileged, retrans_segs, stream_from, workload};
+use common::{
+    GALMANHAE, Scenario, db_connections_closed, fails, flows, privileged, retrans_segs,
+    stream_from, workload,
+};
 
 /// A running `galmanhae diagnose --json`, returned once its hooks are attached.
 struct Diagnose {
@@ -136,6 +139,8 @@ fn lossy_container_counts(options: &[&str], hook_kind: &str) {
     let lossy = thread::spawn(|| stream_from("t-lossy", DB_V4, 20_000_000));
     stream_from("t-healthy", DB_V4, 20_000_000);
     lossy.join().expect("lossy stream");
+    // The window must hold every drop the rule counts: none may come after the last reading.
+    db_connections_closed();
     let report = run.stop();
     for hook in ["tcp:tcp_retransmit_skb", "skb:kfree_skb"] {
         let attached = report["hooks"]

@@ -101,6 +101,32 @@ pub fn stream_from(container: &str, host: &str, bytes: u64) {
     .expect("the stream's sockets settle");
 }
 
+/// Waits until no connection to the db's port is closing on its side: called once the clients'
+/// FINs are acknowledged, it waits for the db's own FIN and the ACK of it (a lost last ACK
+/// re-sends the FIN), after which no segment of those connections crosses the host again, so a
+/// fault rule's counter read afterwards matches a reading taken now. (The lab's db may hold
+/// established connections of earlier tests: those do not count.)
+pub fn db_connections_closed() {
+    let port = format!(":{DB_PORT}");
+    let mut args = vec!["netns", "exec", galmanhae_lab::DB_NETNS, "ss", "-Htn"];
+    for state in [
+        "fin-wait-1",
+        "fin-wait-2",
+        "close-wait",
+        "last-ack",
+        "closing",
+    ] {
+        args.extend(["state", state]);
+    }
+    args.extend(["sport", "=", &port]);
+    galmanhae_lab::wait_for(
+        Duration::from_secs(20),
+        "the db's connections to close",
+        || galmanhae_lab::run("ip", &args).is_ok_and(|sockets| sockets.trim().is_empty()),
+    )
+    .expect("the db's side of the streams closes");
+}
+
 /// `Tcp: RetransSegs` of a process's network namespace, read independently of galmanhae.
 pub fn retrans_segs(pid: u32) -> u64 {
     galmanhae_lab::snmp::read(pid)
