@@ -137,6 +137,29 @@ fn first_retransmit(cookie: u64, sk: u64, event: &Event) -> Option<&'static mut 
     Some(&mut socket.state)
 }
 
+/// A socket closes (`inet_sock_set_state`, BTF): the segments of its retransmits since its
+/// last counted event are added from its `total_retrans`. They are those of runs the kernel
+/// skipped (a program run nested in another of its own on the same CPU): a later event of
+/// the socket counts them through the same growth, but after its last one only this does.
+#[inline(always)]
+pub fn on_close(cookie: u64, sk: u64) {
+    let Some(socket) = RETRANSMIT_SOCKETS.get_ptr_mut(cookie) else {
+        return;
+    };
+    // SAFETY: the socket's entry; its close runs under its lock, as its retransmits do.
+    let state = unsafe { &mut (*socket).state };
+    if state.socket != sk {
+        return;
+    }
+    let Some(total) = Direct::at::<u32>(tcp_sock(sk), offset!(structs.tcp_total_retrans)) else {
+        return;
+    };
+    if total > state.last_total_retrans {
+        state.counters.segments += u64::from(total - state.last_total_retrans);
+        state.last_total_retrans = total;
+    }
+}
+
 /// `tcp:tcp_retransmit_skb`, where `tp_btf` is not available: the same reads, each through
 /// `bpf_probe_read_kernel`.
 pub fn on_retransmit_skb(ctx: &TracePointContext) {

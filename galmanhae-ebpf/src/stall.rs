@@ -29,7 +29,7 @@ use galmanhae_common::{
 use crate::{
     health,
     kernel::{Direct, Memory, Probe, offset, socket_cookie, tcp_sock},
-    retransmit::socket_flow_key,
+    retransmit::{self, socket_flow_key},
 };
 
 #[map]
@@ -373,7 +373,8 @@ fn settle_entry(cookie: u64, entry: &mut SocketTime, now: u64) {
 }
 
 /// `tp_btf/inet_sock_set_state(sk, oldstate, newstate)`: a handshake that timed out ends at
-/// established or close; any recovery ends at close. Only sockets with an entry are touched.
+/// established or close; any recovery ends at close, where the socket's retransmit count is
+/// also completed. Only sockets with an entry are touched.
 pub fn on_inet_sock_set_state(ctx: &BtfTracePointContext) {
     let old = (ctx.arg::<u64>(1) & 0xffff_ffff) as i32;
     let new = (ctx.arg::<u64>(2) & 0xffff_ffff) as i32;
@@ -382,7 +383,14 @@ pub fn on_inet_sock_set_state(ctx: &BtfTracePointContext) {
         return;
     }
     let sk: u64 = ctx.arg(0);
-    let Some(entry) = TIME_LOST.get_ptr_mut(socket_cookie(sk)) else {
+    // A socket without a cookie never retransmitted nor timed out: our programs made it.
+    let Some(cookie) = Direct::at::<u64>(sk, offset!(sock.cookie)).filter(|c| *c != 0) else {
+        return;
+    };
+    if new == TCP_CLOSE {
+        retransmit::on_close(cookie, sk);
+    }
+    let Some(entry) = TIME_LOST.get_ptr_mut(cookie) else {
         return;
     };
     // SAFETY: this socket's entry; its state changes run under its lock.

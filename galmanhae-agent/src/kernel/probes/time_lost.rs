@@ -55,7 +55,8 @@ pub(super) fn attach_time_lost(
         ebpf,
         btf,
         &INET_SOCK_SET_STATE,
-        "time lost: ends timed-out handshakes (established or closed) and recoveries at close"
+        "time lost: ends timed-out handshakes (established or closed) and recoveries at close; \
+         completes a closing socket's retransmitted segments"
             .to_owned(),
     ));
     (hooks, recoveries)
