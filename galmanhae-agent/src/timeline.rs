@@ -2,7 +2,9 @@
 //! cgroup), one sample per tick, named at the end; and the period of bursts that come back at
 //! regular intervals (the incident's "again and again").
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
 
 use galmanhae_common::retransmit::OwnerKey;
 

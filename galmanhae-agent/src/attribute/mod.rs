@@ -46,6 +46,13 @@ pub(crate) struct Workload {
     pub(crate) netns_shared: bool,
 }
 
+/// What `hashbrown`'s `entry_ref` makes a key from: the workload, cloned only when new.
+impl From<&Workload> for Workload {
+    fn from(workload: &Workload) -> Self {
+        workload.clone()
+    }
+}
+
 /// Resolves owners to workloads, remembering namespaces after their processes exit.
 pub(crate) struct Attributor {
     docker: DockerNames,

@@ -2,7 +2,9 @@
 //! it leaves the host (post-NAT), from the host namespace's conntrack table. A packet seen in
 //! the host namespace with the post-NAT tuple belongs to the container that owns the original.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
+
+use hashbrown::HashMap;
 
 /// One conntrack entry whose reply tuple is not the mirror of its original: it is translated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +19,7 @@ pub(crate) struct Binding {
 }
 
 /// Which side of a flow a packet travels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Direction {
     /// From the workload towards its remote.

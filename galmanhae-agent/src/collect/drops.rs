@@ -33,7 +33,7 @@ pub(crate) fn read(ebpf: &Ebpf) -> Result<DropSample, ReadError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use hashbrown::HashMap;
 
     use super::*;
 

@@ -1,6 +1,8 @@
 //! Reading the programs' maps: per-CPU values summed, deleted keys skipped.
 
-use std::{collections::HashMap, hash::Hash};
+use std::hash::Hash;
+
+use hashbrown::HashMap;
 
 use std::os::fd::AsFd as _;
 

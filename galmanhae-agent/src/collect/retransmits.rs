@@ -1,6 +1,6 @@
 //! Reads the retransmit maps the kernel programs fill (`galmanhae-ebpf/src/retransmit.rs`).
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use aya::Ebpf;
 use galmanhae_common::{

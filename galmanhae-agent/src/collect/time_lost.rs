@@ -2,9 +2,9 @@
 //! recoveries and timed-out handshake took; and turns two readings into a window's time lost
 //! per flow, a recovery or handshake still running counted up to the reading.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
-use aya::{Ebpf, maps::MapData};
+use aya::Ebpf;
 use galmanhae_common::{
     retransmit::FlowKey,
     stall::{CLOSED, IN_SYN, STALL_BUCKETS, SYN_START_ESTIMATED, SocketTime},
@@ -99,11 +99,14 @@ fn totals(s: &SocketTime, at: u64) -> Totals {
 
 impl TimeLostSample {
     /// `settler`: where the kernel's counters time recoveries, the recoveries read as running
-    /// are first ended where the kernel ended them, and read again.
+    /// are first ended where the kernel ended them, and the map read again (one batch read
+    /// costs less than a lookup per socket in recovery).
     pub(crate) fn read(ebpf: &Ebpf, settler: Option<&Settler>) -> Result<Self, ReadError> {
         let mut sockets = read_hash(ebpf, TIME_LOST, |s: &SocketTime| *s)?;
-        if let Some(settler) = settler {
-            settle(ebpf, settler, &mut sockets)?;
+        if let Some(settler) = settler
+            && settle(settler, &sockets)
+        {
+            sockets = read_hash(ebpf, TIME_LOST, |s: &SocketTime| *s)?;
         }
         Ok(Self {
             sockets,
@@ -150,38 +153,24 @@ impl TimeLostSample {
     }
 }
 
-/// Runs the settler on the recoveries read as running, then reads their entries again (a
-/// failed run leaves them running until the next reading, and says so).
-fn settle(
-    ebpf: &Ebpf,
-    settler: &Settler,
-    sockets: &mut HashMap<u64, SocketTime>,
-) -> Result<(), ReadError> {
+/// Runs the settler on the recoveries read as running; whether it ran (a failed run leaves
+/// them running until the next reading, and says so).
+fn settle(settler: &Settler, sockets: &HashMap<u64, SocketTime>) -> bool {
     let running: Vec<u64> = sockets
         .iter()
         .filter(|(_, s)| s.socket != 0 && s.loss_since != 0 && s.flags & (IN_SYN | CLOSED) == 0)
         .map(|(cookie, _)| *cookie)
         .collect();
     if running.is_empty() {
-        return Ok(());
+        return false;
     }
-    if let Err(e) = settler.settle(&running) {
-        log::warn!("time lost: ending the recoveries the kernel ended: {e}");
-        return Ok(());
-    }
-    let map = ebpf.map(TIME_LOST).ok_or(ReadError::NoMap(TIME_LOST))?;
-    let map: aya::maps::HashMap<&MapData, u64, SocketTime> = aya::maps::HashMap::try_from(map)
-        .map_err(|source| ReadError::Map {
-            name: TIME_LOST,
-            source,
-        })?;
-    for cookie in running {
-        // Freed in between (the agent's own cleanup): the earlier reading stands.
-        if let Ok(socket) = map.get(&cookie, 0) {
-            sockets.insert(cookie, socket);
+    match settler.settle(&running) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("time lost: ending the recoveries the kernel ended: {e}");
+            false
         }
     }
-    Ok(())
 }
 
 /// Recoveries per bucket that ended between `then` and `now` (16-bit counters: wrapping).

@@ -109,7 +109,6 @@ async fn collect_forever(
                 let shared = Arc::clone(&shared);
                 let pass = tokio::task::spawn_blocking(move || {
                     drop(shared.pass(true));
-                    crate::malloc::release_free();
                     shared.health().error.is_none()
                 });
                 match pass.await {

@@ -1,9 +1,11 @@
 //! The exporter: a pass of the engine after another, each folded into the series.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
+
+use hashbrown::HashMap;
 
 use super::{
     Families, Lifecycle as _,

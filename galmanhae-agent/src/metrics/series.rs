@@ -10,10 +10,11 @@
 //! ([`Lifecycle::settle`]).
 
 use std::{
-    collections::HashMap,
     hash::Hash,
     time::{Duration, Instant},
 };
+
+use hashbrown::HashMap;
 
 /// Values by label set. Counters grow with [`Self::add`]; gauges are replaced with [`Self::set`].
 #[derive(Debug)]

@@ -1,15 +1,19 @@
 //! From a window's summary to [`Evidence`]: flows, drops and leaks attributed and named,
 //! conntrack per namespace, the NAT audit, kernel health. Sorted as the report lists them.
 
-use std::{cmp::Reverse, collections::BTreeMap};
+use std::collections::BTreeMap;
 
 use galmanhae_common::{
-    drop::{DropKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    drop::{DropKey, IPPROTO_TCP, IPPROTO_UDP},
     health::HealthCounter,
     retransmit::AF_INET,
 };
 
-use super::{Pipeline, Summary, leaks};
+use super::{
+    Pipeline, Summary,
+    drops::{EXAMPLES, is_icmp_too_big},
+    leaks,
+};
 use crate::{
     addr::{conntrack_source, describe, endpoints, packet_endpoints},
     attribute::{Attributor, nat::Direction},
@@ -83,46 +87,50 @@ fn workloads(summary: &Summary) -> Vec<WorkloadEvidence> {
     workloads
 }
 
-/// Flows by retransmitted segments, then failed attempts, workload and local address.
+/// Flows by retransmitted segments, then failed attempts, workload and local address. Sorted
+/// as references: moving the flows themselves (hundreds of bytes each) was most of the sort.
 fn flows(summary: &Summary) -> Vec<Flow> {
-    let mut flows: Vec<Flow> = summary
+    let mut order: Vec<_> = summary
         .flows
         .iter()
         .map(|f| {
             let (local, remote) = endpoints(&f.key);
-            Flow {
-                workload: f.workload.clone(),
-                family: if f.key.family == AF_INET {
-                    Family::Ipv4
-                } else {
-                    Family::Ipv6
-                },
-                local,
-                remote,
-                netns: f.key.netns,
-                counters: f.counters,
-                time_lost: f.time_lost,
-                nat: f.nat,
-            }
+            (f, local, remote)
         })
         .collect();
-    flows.sort_by_cached_key(|f| {
-        (
-            Reverse(f.counters.segments),
-            Reverse(f.counters.failed),
-            f.workload.name.clone(),
-            f.local.to_string(),
-        )
+    order.sort_by(|(a, a_local, _), (b, b_local, _)| {
+        b.counters
+            .segments
+            .cmp(&a.counters.segments)
+            .then(b.counters.failed.cmp(&a.counters.failed))
+            .then_with(|| a.workload.name.cmp(&b.workload.name))
+            .then_with(|| a_local.cmp(b_local))
     });
-    flows
+    order
+        .into_iter()
+        .map(|(f, local, remote)| Flow {
+            workload: f.workload.clone(),
+            family: if f.key.family == AF_INET {
+                Family::Ipv4
+            } else {
+                Family::Ipv6
+            },
+            local,
+            remote,
+            netns: f.key.netns,
+            counters: f.counters,
+            time_lost: f.time_lost,
+            nat: f.nat,
+        })
+        .collect()
 }
 
 /// Drops grouped by workload, site, reason and location, most packets first.
 fn drops(summary: &Summary, reasons: &DropReasons, symbols: &Symbolizer) -> Vec<Drop> {
-    let mut groups: BTreeMap<(String, u32, u32, u64), Drop> = BTreeMap::new();
+    let mut groups: BTreeMap<(&str, u32, u32, u64), Drop> = BTreeMap::new();
     for d in &summary.drops {
         let group = groups
-            .entry((d.workload.name.clone(), d.netns, d.reason, d.location))
+            .entry((d.workload.name.as_str(), d.netns, d.reason, d.location))
             .or_insert_with(|| Drop {
                 workload: d.workload.clone(),
                 site: d.site.clone(),
@@ -157,8 +165,9 @@ fn drops(summary: &Summary, reasons: &DropReasons, symbols: &Symbolizer) -> Vec<
         if is_icmp_too_big(key) {
             group.icmp_too_big += d.packets;
         }
-        if let Some(example) = describe_packet(key)
-            && group.examples.len() < 5
+        // Formatting is most of a pass's cost here: only while examples are wanted.
+        if group.examples.len() < EXAMPLES
+            && let Some(example) = describe_packet(key)
             && !group.examples.contains(&example)
         {
             group.examples.push(example);
@@ -171,16 +180,6 @@ fn drops(summary: &Summary, reasons: &DropReasons, symbols: &Symbolizer) -> Vec<
             .then_with(|| a.workload.name.cmp(&b.workload.name))
     });
     drops
-}
-
-/// ICMP type 3 code 4 (RFC 1191) or `ICMPv6` type 2 (RFC 8201); the kernel map keeps the
-/// type and code in the port fields.
-fn is_icmp_too_big(key: &DropKey) -> bool {
-    match key.protocol {
-        IPPROTO_ICMP => key.src_port == 3 && key.dst_port == 4,
-        IPPROTO_ICMPV6 => key.src_port == 2,
-        _ => false,
-    }
 }
 
 /// `tcp 198.18.100.2:41000 -> 198.19.0.2:5432`, `icmp 198.19.0.1 -> 198.18.100.2 type 3 code 4`.

@@ -3,10 +3,9 @@
 //! time-lost entries at once, so that a daemon that runs for months keeps per-flow detail.
 //! What they counted is already in the summaries the entries were read into.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
 
 use galmanhae_common::{
     drop::DropKey,

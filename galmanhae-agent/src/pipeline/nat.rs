@@ -6,10 +6,11 @@
 //! time (bounded by the maps' caps) do.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     time::{Duration, Instant},
 };
+
+use hashbrown::HashMap;
 
 use crate::{
     attribute::{

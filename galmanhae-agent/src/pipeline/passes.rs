@@ -3,11 +3,13 @@
 //! passes of the findings window: the evidence findings are evaluated on slides with it.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     time::{Duration, Instant},
 };
 
-use super::{Pipeline, Snapshot, Summary, Window, housekeeping::Housekeeping};
+use hashbrown::HashMap;
+
+use super::{Pipeline, Snapshot, Summary, Window, drops::compact, housekeeping::Housekeeping};
 use crate::{
     collect::{netfilter::ConntrackSample, retransmits::ReadError},
     model::{Evidence, Path},
@@ -135,7 +137,8 @@ impl Passes {
     /// Adds a pass to the findings window, drops the passes that ended before it, and
     /// returns the window's evidence (paths read again on `full` passes, for the workloads
     /// that retransmitted in the window).
-    fn slide(&mut self, summary: Summary, now: Instant, full: bool) -> Evidence {
+    fn slide(&mut self, mut summary: Summary, now: Instant, full: bool) -> Evidence {
+        summary.drops = compact(&summary.drops);
         self.recent.push_back((now, summary));
         while self
             .recent

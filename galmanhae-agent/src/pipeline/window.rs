@@ -1,9 +1,12 @@
 //! A window: accumulates snapshots from a start and attributes what changed over it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
     time::Duration,
 };
+
+use hashbrown::HashMap;
 
 use galmanhae_common::{
     drop::{IPPROTO_TCP, IPPROTO_UDP},
@@ -70,7 +73,8 @@ pub(crate) struct Summary {
     pub(crate) duration: Duration,
     pub(crate) workloads: Vec<WorkloadTotals>,
     pub(crate) flows: Vec<FlowTotals>,
-    pub(crate) drops: Vec<DropTotals>,
+    /// Shared: a findings window's merge of passes copies pointers, not every drop again.
+    pub(crate) drops: Vec<Arc<DropTotals>>,
     /// Untranslated packets that left through the uplinks.
     pub(crate) leaks: LeakSample,
     /// The kernel-side counters over the window: overflow per owner, health.
@@ -192,12 +196,12 @@ impl Window {
             by_flow,
             drops,
         } = deltas;
-        let mut workloads: HashMap<Workload, WorkloadTotals> = HashMap::new();
+        let mut workloads = WorkloadMap::default();
         let flows = Self::flows(&by_flow, &mut workloads, attributor, nat);
         for (owner, counters) in &delta.overflow {
             totals(
                 &mut workloads,
-                attributor.workload(owner.netns, owner.cgroup_id),
+                &attributor.workload(owner.netns, owner.cgroup_id),
             )
             .hooked
             .add(counters);
@@ -207,7 +211,10 @@ impl Window {
             entry.removed = attributor.removed(&entry.workload);
         }
         Summary {
-            drops: attribute_drops(&drops, attributor, nat),
+            drops: attribute_drops(&drops, attributor, nat)
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
             leaks: counts_since(&self.latest.leaks, &self.start.leaks),
             duration: self
                 .latest
@@ -225,14 +232,14 @@ impl Window {
     /// Every flow that retransmitted or lost time, added to its workload's totals.
     fn flows(
         by_flow: &HashMap<FlowKey, (RetransmitCounters, TimeLost)>,
-        workloads: &mut HashMap<Workload, WorkloadTotals>,
+        workloads: &mut WorkloadMap,
         attributor: &mut Attributor,
         nat: &NatIndex,
     ) -> Vec<FlowTotals> {
         let mut flows = Vec::with_capacity(by_flow.len());
         for (key, (counters, lost)) in by_flow {
             let workload = attributor.workload(key.netns, key.cgroup_id);
-            let entry = totals(workloads, workload.clone());
+            let entry = totals(workloads, &workload);
             entry.hooked.add(counters);
             entry.time_lost.add(lost);
             let (local, remote) = endpoints(key);
@@ -249,11 +256,7 @@ impl Window {
 
     /// Every namespace with traffic in the window, whether or not it retransmitted. A
     /// namespace first seen after the start is new: its counters started at zero.
-    fn namespaces(
-        &self,
-        workloads: &mut HashMap<Workload, WorkloadTotals>,
-        attributor: &mut Attributor,
-    ) {
+    fn namespaces(&self, workloads: &mut WorkloadMap, attributor: &mut Attributor) {
         for (netns, end) in &self.last_good_tcp {
             let begin = self.start.netns_tcp.get(netns).copied().unwrap_or_default();
             let tcp = end.since(&begin);
@@ -270,7 +273,7 @@ impl Window {
             } else {
                 owners
             };
-            for owner in owners {
+            for owner in &owners {
                 let entry = totals(workloads, owner);
                 entry.netns_tcp = tcp;
                 entry.vanished = self.vanished.contains(netns);
@@ -296,16 +299,19 @@ impl Window {
     }
 }
 
-fn totals(map: &mut HashMap<Workload, WorkloadTotals>, workload: Workload) -> &mut WorkloadTotals {
-    map.entry(workload.clone())
-        .or_insert_with(|| WorkloadTotals {
-            workload,
-            netns_tcp: TcpSegments::default(),
-            hooked: RetransmitCounters::default(),
-            time_lost: TimeLost::default(),
-            vanished: false,
-            removed: false,
-        })
+/// Totals per workload. `hashbrown`'s map: its `entry_ref` clones a workload (five strings)
+/// only when it is new, and its hasher is several times faster than `SipHash` on them.
+type WorkloadMap = HashMap<Workload, WorkloadTotals>;
+
+fn totals<'m>(map: &'m mut WorkloadMap, workload: &Workload) -> &'m mut WorkloadTotals {
+    map.entry_ref(workload).or_insert_with(|| WorkloadTotals {
+        workload: workload.clone(),
+        netns_tcp: TcpSegments::default(),
+        hooked: RetransmitCounters::default(),
+        time_lost: TimeLost::default(),
+        vanished: false,
+        removed: false,
+    })
 }
 
 impl Summary {
@@ -313,13 +319,15 @@ impl Summary {
     /// end (flow map entries, table fill, segment counters) is the last window's.
     pub(crate) fn merge<'a>(parts: impl IntoIterator<Item = &'a Summary>) -> Summary {
         let mut out = Summary::default();
-        let mut workloads: HashMap<Workload, WorkloadTotals> = HashMap::new();
-        let mut flows: HashMap<(Workload, FlowKey), FlowTotals> = HashMap::new();
+        let mut workloads = WorkloadMap::default();
+        // By flow, then workload (one, unless the flow's owner was renamed in between):
+        // nothing is cloned for a flow already seen.
+        let mut flows: HashMap<FlowKey, Vec<FlowTotals>> = HashMap::new();
         let mut last = None;
         for part in parts {
             out.duration += part.duration;
             for w in &part.workloads {
-                let total = totals(&mut workloads, w.workload.clone());
+                let total = totals(&mut workloads, &w.workload);
                 total.netns_tcp.out_segs += w.netns_tcp.out_segs;
                 total.netns_tcp.retrans_segs += w.netns_tcp.retrans_segs;
                 total.hooked.add(&w.hooked);
@@ -328,17 +336,19 @@ impl Summary {
                 total.removed = w.removed;
             }
             for f in &part.flows {
-                let total =
-                    flows
-                        .entry((f.workload.clone(), f.key))
-                        .or_insert_with(|| FlowTotals {
-                            counters: RetransmitCounters::default(),
-                            time_lost: TimeLost::default(),
-                            ..f.clone()
-                        });
-                total.counters.add(&f.counters);
-                total.time_lost.add(&f.time_lost);
-                total.nat = f.nat.or(total.nat);
+                let owners = flows.entry(f.key).or_default();
+                if !owners.iter().any(|t| t.workload == f.workload) {
+                    owners.push(FlowTotals {
+                        counters: RetransmitCounters::default(),
+                        time_lost: TimeLost::default(),
+                        ..f.clone()
+                    });
+                }
+                if let Some(total) = owners.iter_mut().find(|t| t.workload == f.workload) {
+                    total.counters.add(&f.counters);
+                    total.time_lost.add(&f.time_lost);
+                    total.nat = f.nat.or(total.nat);
+                }
             }
             out.drops.extend(part.drops.iter().cloned());
             for (key, packets) in &part.leaks {
@@ -360,7 +370,7 @@ impl Summary {
             out.segments.clone_from(&last.segments);
         }
         out.workloads = workloads.into_values().collect();
-        out.flows = flows.into_values().collect();
+        out.flows = flows.into_values().flatten().collect();
         out
     }
 }

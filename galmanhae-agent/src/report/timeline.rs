@@ -1,7 +1,7 @@
 //! The report's timeline: per second, the retransmits and RTO-stall seconds of the workloads
 //! that had the most, with the period of bursts that repeat; and its sparkline rows.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use serde::Serialize;
 
