@@ -86,18 +86,15 @@ impl Settler {
         let settler = Self {
             program: program.fd()?.try_clone()?,
         };
-        // One run now: a kernel that cannot run it says so here, not at the first reading.
-        settler.settle(&[])?;
+        // One run on no socket now: a kernel that cannot run it says so here, not at the first
+        // reading.
+        settler.run(&[0; SETTLE_BATCH])?;
         Ok(settler)
     }
 
     /// Ends the recoveries of these sockets (`TIME_LOST` keys) that the kernel ended.
     pub(crate) fn settle(&self, cookies: &[u64]) -> io::Result<()> {
-        let mut batches = cookies.chunks(SETTLE_BATCH).peekable();
-        if batches.peek().is_none() {
-            return self.run(&[0; SETTLE_BATCH]);
-        }
-        for batch in batches {
+        for batch in cookies.chunks(SETTLE_BATCH) {
             let mut args = [0u64; SETTLE_BATCH];
             args[..batch.len()].copy_from_slice(batch);
             self.run(&args)?;
