@@ -26,6 +26,9 @@ pub(crate) enum Answer {
     Dump,
     /// One object or none, then the acknowledgement `NLM_F_ACK` asks for.
     Acked,
+    /// One object, or an error: no acknowledgement. Half the datagrams of `Acked` for the
+    /// lookups of a pass, which can be thousands.
+    Reply,
 }
 
 /// Why a request got no complete answer.
@@ -49,6 +52,8 @@ pub(crate) struct Replies<T> {
     pub(crate) undecodable: usize,
     /// `NLMSG_DONE` or the acknowledgement arrived.
     pub(crate) complete: bool,
+    /// Messages of the request read, decoded or not.
+    pub(crate) matched: usize,
     /// The kernel flagged the dump inconsistent (`NLM_F_DUMP_INTR`: objects changed while it
     /// was read); asking again gives a consistent one.
     pub(crate) interrupted: bool,
@@ -60,6 +65,7 @@ impl<T> Default for Replies<T> {
             messages: Vec::new(),
             undecodable: 0,
             complete: false,
+            matched: 0,
             interrupted: false,
         }
     }
@@ -80,6 +86,7 @@ impl<T: NetlinkDeserializable + Debug> Replies<T> {
             if sequence != seq {
                 continue;
             }
+            self.matched += 1;
             if flags & NLM_F_DUMP_INTR != 0 {
                 self.interrupted = true;
             }
@@ -142,8 +149,13 @@ impl Socket {
 
         let mut replies = Replies::default();
         let mut datagram = Vec::new();
-        while !replies.complete {
-            self.receive(&mut datagram)?;
+        let answered = |r: &Replies<T>| r.complete || (answer == Answer::Reply && r.matched > 0);
+        while !answered(&replies) {
+            if answer == Answer::Reply {
+                self.receive_small(&mut datagram)?;
+            } else {
+                self.receive(&mut datagram)?;
+            }
             replies.read(&datagram, self.seq)?;
         }
         Ok(replies)
@@ -177,6 +189,32 @@ impl Socket {
     }
 }
 
+impl Socket {
+    /// Reads one datagram of at most [`SMALL_DATAGRAM`] bytes in one call (no peek first): a
+    /// single object's reply. A larger one is lost, and said.
+    fn receive_small(&self, datagram: &mut Vec<u8>) -> Result<(), Failure> {
+        loop {
+            datagram.clear();
+            datagram.reserve(SMALL_DATAGRAM);
+            match self.socket.recv_from(datagram, libc::MSG_TRUNC) {
+                Ok((read, _)) if read > datagram.len() => {
+                    return Err(Failure::Io(io::Error::other(format!(
+                        "netlink reply of {read} bytes, more than {SMALL_DATAGRAM}: lost"
+                    ))));
+                }
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(Failure::Overrun),
+                Err(e) => return Err(Failure::Io(e)),
+            }
+        }
+    }
+}
+
+/// The largest reply to a request for one object: a conntrack entry with every attribute is
+/// under 1 KiB.
+const SMALL_DATAGRAM: usize = 16 * 1024;
+
 /// The request as it goes on the wire: `inner` with the header flags `answer` asks for.
 pub(crate) fn encode<T>(inner: T, answer: Answer, seq: u32) -> Vec<u8>
 where
@@ -187,6 +225,7 @@ where
         | match answer {
             Answer::Dump => NLM_F_DUMP,
             Answer::Acked => NLM_F_ACK,
+            Answer::Reply => 0,
         };
     message.header.sequence_number = seq;
     message.finalize();

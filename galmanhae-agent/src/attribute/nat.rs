@@ -37,7 +37,11 @@ pub(crate) struct NatIndex {
 
 impl NatIndex {
     pub(crate) fn new(bindings: impl IntoIterator<Item = Binding>) -> Self {
-        let mut index = Self::default();
+        let bindings = bindings.into_iter();
+        let mut index = Self {
+            by_original: HashMap::with_capacity(bindings.size_hint().1.unwrap_or(0)),
+            by_translated: HashMap::with_capacity(bindings.size_hint().1.unwrap_or(0)),
+        };
         for b in bindings {
             index.by_original.insert((b.protocol, b.local, b.remote), b);
             index

@@ -8,7 +8,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::Settings,
-    metrics::{Exporter, encode, http, shared::Shared},
+    metrics::{
+        Exporter, encode, http,
+        shared::{Asker, Shared},
+    },
     systemd::{self, Notifier},
 };
 
@@ -39,7 +42,8 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<()> {
         (settings.limits, settings.findings_window),
     )
     .context("first reading of the maps")?;
-    let shared = Arc::new(Shared::new(exporter));
+    let every = systemd::watchdog_interval().map_or(TICK, |w| TICK.min(w / 2));
+    let shared = Arc::new(Shared::new(exporter, every));
     let registry = encode::registry(Arc::clone(&shared));
     let app = http::router(Arc::clone(&shared), registry, TICK * 3);
     log::info!(
@@ -59,6 +63,7 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
     let ticker = tokio::spawn(collect_forever(
         Arc::clone(&shared),
+        every,
         stop_rx,
         notifier.clone(),
     ));
@@ -91,15 +96,16 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A full pass every [`TICK`] (more often if systemd's watchdog wants it), on the blocking
-/// pool, until told to stop. Each healthy pass pets the watchdog: a stuck or failing loop gets
-/// the agent restarted.
+/// A tick `every` [`TICK`] (more often if systemd's watchdog wants it), on the blocking
+/// pool, until told to stop: a full pass unless scrapes keep the state fresh (see
+/// [`crate::metrics::shared::plan`]). Each tick that finds the last pass healthy pets the
+/// watchdog: a stuck or failing loop gets the agent restarted.
 async fn collect_forever(
     shared: Arc<Shared>,
+    every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
     notifier: Notifier,
 ) {
-    let every = systemd::watchdog_interval().map_or(TICK, |w| TICK.min(w / 2));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -108,7 +114,7 @@ async fn collect_forever(
             _ = ticks.tick() => {
                 let shared = Arc::clone(&shared);
                 let pass = tokio::task::spawn_blocking(move || {
-                    drop(shared.pass(true));
+                    drop(shared.pass(Asker::Timer));
                     shared.health().error.is_none()
                 });
                 match pass.await {

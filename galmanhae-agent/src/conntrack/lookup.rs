@@ -42,7 +42,7 @@ impl Lookups {
         let Some(message) = request(protocol, src, dst) else {
             return Ok(None); // an IPv4 source with an IPv6 destination names no entry
         };
-        match self.socket.request(message, Answer::Acked) {
+        match self.socket.request(message, Answer::Reply) {
             Ok(replies) => Ok(replies.messages.iter().find_map(|m| match &m.inner {
                 NetfilterMessageInner::Conntrack(
                     ConntrackMessage::New(attributes) | ConntrackMessage::Get(attributes),

@@ -17,7 +17,10 @@ use axum::{
 };
 use prometheus_client::{encoding::prometheus_text, registry::Registry};
 
-use super::{encode, shared::Shared};
+use super::{
+    encode,
+    shared::{Asker, Shared},
+};
 
 /// Renders in flight at once; more scrapes wait for a slot.
 const RENDERS: usize = 4;
@@ -119,7 +122,7 @@ async fn findings(State(app): State<App>) -> Response {
         let shared = Arc::clone(&app.shared);
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            shared.pass(false).findings_json()
+            shared.pass(Asker::Scrape).findings_json()
         })
         .await
     };

@@ -1,6 +1,6 @@
 //! Kernel-map housekeeping for a long-running agent: entries of sockets, flows, drops and NAT
 //! leaks idle for a minute are deleted once their map is half full, and closed sockets'
-//! time-lost entries at once, so that a daemon that runs for months keeps per-flow detail.
+//! time-lost entries at the next full pass, so that a daemon that runs for months keeps per-flow detail.
 //! What they counted is already in the summaries the entries were read into.
 
 use std::time::{Duration, Instant};
@@ -29,56 +29,81 @@ pub(crate) struct Housekeeping {
     flows_idle: IdleKeys<FlowKey>,
     drops_idle: IdleKeys<DropKey>,
     leaks_idle: IdleKeys<LeakKey>,
+    /// The keys that counted in the passes since the last housekeeping.
+    pending: Changed,
     /// Kernel map entries freed because their flow went idle or closed.
     pub(crate) evicted: u64,
 }
 
+/// Keys that counted, per map.
+#[derive(Debug, Default)]
+struct Changed {
+    sockets: Vec<u64>,
+    flows: Vec<FlowKey>,
+    drops: Vec<DropKey>,
+    leaks: Vec<LeakKey>,
+}
+
+impl Changed {
+    fn add(&mut self, summary: &Summary) {
+        let retransmits = &summary.retransmits;
+        self.sockets.extend(retransmits.sockets.keys());
+        self.flows.extend(retransmits.flows.keys());
+        self.drops
+            .extend(summary.drops.iter().filter_map(|d| d.key));
+        self.leaks.extend(summary.leaks.keys());
+    }
+}
+
 impl Housekeeping {
-    /// Records which keys of `last` counted in `summary` (a pass ending at `last`), then
-    /// frees idle entries from the kernel and from `last`.
+    /// Records which keys of `last` counted in `summary` (a pass ending at `last`); on a
+    /// `full` pass, frees idle entries from the kernel and from `last`. Idle times are
+    /// counted in full passes (every 10 s): against a minute, close enough, and a light pass
+    /// does not walk every key of every map.
     pub(crate) fn free_idle(
         &mut self,
         probes: &mut Probes,
         last: &mut Snapshot,
         summary: &Summary,
-        now: Instant,
+        (now, full): (Instant, bool),
     ) {
+        self.pending.add(summary);
+        if !full {
+            return;
+        }
+        let changed = std::mem::take(&mut self.pending);
         let ebpf = &mut probes.ebpf;
         let capacity = probes.flow_capacity as usize;
-        let changed: Vec<u64> = summary.retransmits.sockets.keys().copied().collect();
         self.evicted += free_idle::<u64, SocketState, _>(
             ebpf,
             ("RETRANSMIT_SOCKETS", capacity),
             &mut self.sockets_idle,
             &mut last.retransmits.sockets,
-            &changed,
+            &changed.sockets,
             now,
         );
-        let changed: Vec<FlowKey> = summary.retransmits.flows.keys().copied().collect();
         self.evicted += free_idle::<FlowKey, FlowState, _>(
             ebpf,
             ("RETRANSMIT_FLOWS", capacity),
             &mut self.flows_idle,
             &mut last.retransmits.flows,
-            &changed,
+            &changed.flows,
             now,
         );
-        let changed: Vec<DropKey> = summary.drops.iter().filter_map(|d| d.key).collect();
         self.evicted += free_idle::<DropKey, u64, _>(
             ebpf,
             ("DROPS", galmanhae_common::drop::DROP_MAP_CAPACITY as usize),
             &mut self.drops_idle,
             &mut last.drops.flows,
-            &changed,
+            &changed.drops,
             now,
         );
-        let changed: Vec<LeakKey> = summary.leaks.keys().copied().collect();
         self.evicted += free_idle::<LeakKey, u64, _>(
             ebpf,
             ("LEAKS", galmanhae_common::leak::LEAK_MAP_CAPACITY as usize),
             &mut self.leaks_idle,
             &mut last.leaks,
-            &changed,
+            &changed.leaks,
             now,
         );
         self.evicted += free_closed_sockets(probes, last);

@@ -8,6 +8,7 @@
 
 mod drops;
 mod evidence;
+mod findings_window;
 pub(crate) mod housekeeping;
 mod leaks;
 pub(crate) mod nat;

@@ -97,7 +97,13 @@ impl NatSources {
     /// or the wire saw it) that are not known yet or are due a check, and indexes them.
     pub(crate) fn follow(&mut self, wanted: &[NatKey]) {
         let now = Instant::now();
-        let asked = match self.look_up(wanted, now) {
+        let looked_up = self.look_up(wanted, now);
+        log::debug!(
+            "NAT bindings: {} wanted, {:?} looked up",
+            wanted.len(),
+            looked_up
+        );
+        let asked = match looked_up {
             Ok(0)
                 if self
                     .probed

@@ -2,14 +2,14 @@
 //! last pass into [`Evidence`], keeps the kernel maps and attribution tidy, and keeps the
 //! passes of the findings window: the evidence findings are evaluated on slides with it.
 
-use std::{
-    collections::VecDeque,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
-use super::{Pipeline, Snapshot, Summary, Window, drops::compact, housekeeping::Housekeeping};
+use super::{
+    Pipeline, Snapshot, Summary, Window, findings_window::FindingsWindow,
+    housekeeping::Housekeeping,
+};
 use crate::{
     collect::{netfilter::ConntrackSample, retransmits::ReadError},
     model::{Evidence, Path},
@@ -40,9 +40,8 @@ pub(crate) struct Passes {
     forget_after: Duration,
     /// The paths as last read (on full passes).
     paths: Vec<Path>,
-    /// Each pass's summary, by when it ended, over the last `findings_window`.
-    recent: VecDeque<(Instant, Summary)>,
-    findings_window: Duration,
+    /// The passes of the last findings window.
+    window: FindingsWindow,
 }
 
 impl Passes {
@@ -60,8 +59,7 @@ impl Passes {
             seen: HashMap::new(),
             forget_after,
             paths: Vec::new(),
-            recent: VecDeque::new(),
-            findings_window,
+            window: FindingsWindow::new(findings_window),
         })
     }
 
@@ -118,8 +116,12 @@ impl Passes {
         if nat_table == Some(true) {
             evidence.nat = Some(self.pipeline.nat.pairs(&mut self.pipeline.attributor));
         }
-        self.housekeeping
-            .free_idle(&mut self.pipeline.probes, &mut self.last, &summary, now);
+        self.housekeeping.free_idle(
+            &mut self.pipeline.probes,
+            &mut self.last,
+            &summary,
+            (now, full),
+        );
         let window = self.slide(summary, now, full);
         if full {
             evidence.paths.clone_from(&self.paths);
@@ -137,17 +139,9 @@ impl Passes {
     /// Adds a pass to the findings window, drops the passes that ended before it, and
     /// returns the window's evidence (paths read again on `full` passes, for the workloads
     /// that retransmitted in the window).
-    fn slide(&mut self, mut summary: Summary, now: Instant, full: bool) -> Evidence {
-        summary.drops = compact(&summary.drops);
-        self.recent.push_back((now, summary));
-        while self
-            .recent
-            .front()
-            .is_some_and(|(ended, _)| now.saturating_duration_since(*ended) > self.findings_window)
-        {
-            self.recent.pop_front();
-        }
-        let merged = Summary::merge(self.recent.iter().map(|(_, summary)| summary));
+    fn slide(&mut self, summary: Summary, now: Instant, full: bool) -> Evidence {
+        self.window.add(summary, now);
+        let merged = self.window.summary();
         if full {
             self.paths = self.pipeline.paths(&merged);
         }
@@ -158,7 +152,7 @@ impl Passes {
 
     /// The length of the findings window.
     pub(crate) fn findings_window(&self) -> Duration {
-        self.findings_window
+        self.window.length()
     }
 
     /// The maps as of the last pass.

@@ -16,7 +16,10 @@ use std::{
 
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder, registry::Registry};
 
-use super::{Exporter, Families, Lifecycle as _, shared::Shared};
+use super::{
+    Exporter, Families, Lifecycle as _,
+    shared::{Asker, Shared},
+};
 
 /// A registry whose only collector is the exporter.
 pub(crate) fn registry(shared: Arc<Shared>) -> Registry {
@@ -30,7 +33,7 @@ struct ExporterCollector(Arc<Shared>);
 
 impl Collector for ExporterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut exporter = self.0.pass(false);
+        let mut exporter = self.0.pass(Asker::Scrape);
         exporter.series.mark_shown();
         let render = Duration::from_nanos(self.0.render_ns.load(Ordering::Relaxed));
         encode_exporter(&exporter, render, &mut encoder)
