@@ -7,7 +7,7 @@
 use aya_ebpf::{
     helpers::generated::bpf_probe_read_kernel,
     macros::map,
-    maps::PerCpuHashMap,
+    maps::{HashMap, PerCpuHashMap},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use galmanhae_common::{
@@ -27,8 +27,10 @@ use crate::{
 };
 
 /// Drops per namespace, reason, location and flow. A plain hash: an LRU would evict silently.
+/// Shared by the CPUs, counted with the atomic add: a per-CPU value is one more cold line per
+/// drop, and one value per CPU per key for the agent to read (64 on a 64-CPU host).
 #[map]
-static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(DROP_MAP_CAPACITY, 0);
+static DROPS: HashMap<DropKey, u64> = HashMap::with_max_entries(DROP_MAP_CAPACITY, 0);
 
 /// Drops per namespace, reason and location, when `DROPS` is full.
 #[map]
@@ -313,11 +315,11 @@ fn conntrack_origin<M: Memory>(skb: u64, key: &mut DropKey) {
 /// One more drop for `key`; per site when the flow map is full; counted as lost otherwise.
 #[inline(always)]
 fn count(key: &DropKey) {
-    let one_more = |n: &mut u64| *n += 1;
-    if maps::update(&DROPS, key, &one_more) {
+    if maps::add_shared(&DROPS, key, 1) {
         return;
     }
     health::bump(HealthCounter::DropMapFull);
+    let one_more = |n: &mut u64| *n += 1;
     if !maps::update(&DROP_OVERFLOW, &key.site(), &one_more) {
         health::bump(HealthCounter::DropOverflowFull);
     }

@@ -1,5 +1,7 @@
 //! Counting into hash maps, shared by every program.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     maps::{HashMap, PerCpuHashMap},
@@ -56,6 +58,28 @@ pub fn update<K, V: Default>(map: &impl Slots<K, V>, key: &K, update: &impl Fn(&
             }
             None => false,
         },
+        Err(_) => false,
+    }
+}
+
+/// Adds `n` to the shared counter of `key`, creating it if needed: with the BPF atomic add
+/// (`lock xadd`, every kernel), since several CPUs may count one key at once. `true` if
+/// counted; `false` only when the map is full.
+#[inline(always)]
+pub fn add_shared<K>(map: &HashMap<K, u64>, key: &K, n: u64) -> bool {
+    let add = |counter: *mut u64| {
+        // SAFETY: a value of the map, aligned; the result is unused, so LLVM emits the plain
+        // atomic add.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+    };
+    if let Some(counter) = map.get_ptr_mut(key) {
+        add(counter);
+        return true;
+    }
+    match map.insert(key, n, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        // Another CPU created the key in between: add to what it created.
+        Err(e) if e == -EEXIST => map.get_ptr_mut(key).map(add).is_some(),
         Err(_) => false,
     }
 }

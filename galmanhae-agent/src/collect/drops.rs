@@ -4,7 +4,7 @@
 use aya::Ebpf;
 use galmanhae_common::drop::{DropKey, DropSiteKey};
 
-use super::maps::{Counts, ReadError, counts_since, read_counts};
+use super::maps::{Counts, ReadError, counts_since, read_counts, read_hash};
 
 /// Cumulative drop counts since the programs were loaded.
 #[derive(Clone, Debug, Default)]
@@ -26,7 +26,7 @@ impl DropSample {
 
 pub(crate) fn read(ebpf: &Ebpf) -> Result<DropSample, ReadError> {
     Ok(DropSample {
-        flows: read_counts(ebpf, "DROPS")?,
+        flows: read_hash(ebpf, "DROPS", |n: &u64| *n)?,
         overflow: read_counts(ebpf, "DROP_OVERFLOW")?,
     })
 }
