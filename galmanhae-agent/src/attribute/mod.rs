@@ -14,6 +14,7 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     path::Path,
+    sync::Arc,
     time::Duration,
 };
 
@@ -34,12 +35,12 @@ const NAME_WAIT: Duration = Duration::from_millis(300);
 pub(crate) struct Workload {
     pub(crate) kind: WorkloadKind,
     /// docker, containerd, podman, cri-o, kubernetes, systemd, host, none.
-    pub(crate) runtime: String,
+    pub(crate) runtime: Arc<str>,
     /// Full container id, pod uid, unit name, namespace inode, or `host`.
-    pub(crate) id: String,
+    pub(crate) id: Arc<str>,
     /// Container name (from the Engine API), unit name, `host`, ...
-    pub(crate) name: String,
-    pub(crate) image: Option<String>,
+    pub(crate) name: Arc<str>,
+    pub(crate) image: Option<Arc<str>>,
     pub(crate) netns: u32,
     /// The namespace is the host's, shared with other workloads: its segment counters are
     /// the whole host's.
@@ -75,6 +76,9 @@ pub(crate) struct Attributor {
     addressed: HashSet<u32>,
     /// Why a source of names is unavailable (shown once in the report).
     pub(crate) notes: Vec<String>,
+    /// The workloads named since the last scan, by namespace and (host network) cgroup: a
+    /// pass names the owner of each of thousands of flows and drops, mostly the same few.
+    named_now: HashMap<(u32, u64), Workload>,
 }
 
 impl Attributor {
@@ -92,6 +96,7 @@ impl Attributor {
             addressed: HashSet::new(),
             pids: HashMap::new(),
             notes: Vec::new(),
+            named_now: HashMap::new(),
         }
     }
 
@@ -99,6 +104,7 @@ impl Attributor {
     /// container that exits mid-window is still named; one that left a scan and comes back
     /// is learned again.
     pub(crate) fn observe(&mut self, table: &ProcessTable) {
+        self.named_now.clear();
         self.host_netns = table.host_netns.or(self.host_netns);
         self.pids = table
             .netns
@@ -201,6 +207,7 @@ impl Attributor {
     /// names thread for fresh container names (Docker Engine API) without waiting; see
     /// [`Self::docker_answered`] for how the last ask went.
     pub(crate) fn refresh_names(&mut self) {
+        self.named_now.clear();
         self.netns_names = procfs::netns_names();
         self.pods = kubernetes::pod_names(Path::new(kubernetes::POD_LOG_DIR));
         self.docker.wake();
@@ -234,6 +241,7 @@ impl Attributor {
 
     /// Drops what was learned of a namespace: identity, fallback name, addresses.
     fn unlearn(&mut self, netns: u32) {
+        self.named_now.clear();
         self.by_netns.remove(&netns);
         self.fallback_names.remove(&netns);
         self.addresses.retain(|_, owner| *owner != netns);
@@ -242,6 +250,18 @@ impl Attributor {
 
     /// The workload that owns a socket in `netns` created by a task in cgroup `cgroup_id`.
     pub(crate) fn workload(&mut self, netns: u32, cgroup_id: u64) -> Workload {
+        // Outside the host's namespace the namespace alone names the workload.
+        let host = Some(netns) == self.host_netns;
+        let key = (netns, if host { cgroup_id } else { 0 });
+        if let Some(workload) = self.named_now.get(&key) {
+            return workload.clone();
+        }
+        let workload = self.name(netns, cgroup_id);
+        self.named_now.insert(key, workload.clone());
+        workload
+    }
+
+    fn name(&mut self, netns: u32, cgroup_id: u64) -> Workload {
         if Some(netns) == self.host_netns {
             // Host network: the namespace says nothing, the socket's cgroup does.
             let identity = self.cgroups.path(cgroup_id).and_then(cgroup_path::classify);
@@ -249,9 +269,9 @@ impl Attributor {
                 Some(identity) => self.named(identity, netns, true),
                 None => Workload {
                     kind: WorkloadKind::Host,
-                    runtime: "host".to_owned(),
-                    id: "host".to_owned(),
-                    name: "host".to_owned(),
+                    runtime: "host".into(),
+                    id: "host".into(),
+                    name: "host".into(),
                     image: None,
                     netns,
                     netns_shared: true,
@@ -262,17 +282,21 @@ impl Attributor {
             Some(identity) => self.named(identity, netns, false),
             None => Workload {
                 kind: WorkloadKind::Netns,
-                runtime: "none".to_owned(),
-                id: netns.to_string(),
-                name: self.netns_names.get(&netns).map_or_else(
-                    || {
-                        self.fallback_names
-                            .get(&netns)
-                            .cloned()
-                            .unwrap_or_else(|| format!("netns-{netns}"))
-                    },
-                    |n| format!("netns:{n}"),
-                ),
+                runtime: "none".into(),
+                id: netns.to_string().into(),
+                name: self
+                    .netns_names
+                    .get(&netns)
+                    .map_or_else(
+                        || {
+                            self.fallback_names
+                                .get(&netns)
+                                .cloned()
+                                .unwrap_or_else(|| format!("netns-{netns}"))
+                        },
+                        |n| format!("netns:{n}"),
+                    )
+                    .into(),
                 image: None,
                 netns,
                 netns_shared: false,
@@ -295,10 +319,10 @@ impl Attributor {
         };
         Workload {
             kind: identity.kind,
-            runtime: identity.runtime.to_owned(),
-            name,
-            image: info.map(|i| i.image.clone()),
-            id: identity.id,
+            runtime: identity.runtime.into(),
+            name: name.into(),
+            image: info.map(|i| i.image.as_str().into()),
+            id: identity.id.into(),
             netns,
             netns_shared,
         }

@@ -125,7 +125,13 @@ pub(crate) fn netns_names() -> HashMap<u32, String> {
 pub(crate) struct CgroupResolver {
     root: Option<PathBuf>,
     paths: HashMap<u64, String>,
+    /// When the tree was last walked: an id no walk finds (a cgroup removed while its
+    /// sockets live on) would otherwise cost a walk per socket.
+    walked: Option<std::time::Instant>,
 }
+
+/// An unknown id walks the tree again at most this often (about once per pass).
+const REWALK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl CgroupResolver {
     pub(crate) fn new() -> Self {
@@ -133,6 +139,7 @@ impl CgroupResolver {
             // `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` in hybrid mode.
             root: crate::kernel::mounts::mount_point("cgroup2"),
             paths: HashMap::new(),
+            walked: None,
         }
     }
 
@@ -141,7 +148,9 @@ impl CgroupResolver {
         if id == 0 {
             return None;
         }
-        if !self.paths.contains_key(&id) {
+        if !self.paths.contains_key(&id)
+            && self.walked.is_none_or(|at| at.elapsed() >= REWALK_EVERY)
+        {
             self.rescan();
         }
         self.paths.get(&id).map(String::as_str)
@@ -151,6 +160,7 @@ impl CgroupResolver {
         let Some(root) = self.root.clone() else {
             return;
         };
+        self.walked = Some(std::time::Instant::now());
         // Rebuilt whole: cgroups removed since the last scan are forgotten.
         self.paths.clear();
         let mut stack = vec![root.clone()];

@@ -83,7 +83,13 @@ pub(crate) async fn run(args: &DiagnoseArgs) -> anyhow::Result<()> {
     );
 
     report.timeline = TimelineReport::new(
-        timeline.by_name(|o| pipeline.attributor.workload(o.netns, o.cgroup_id).name),
+        timeline.by_name(|o| {
+            pipeline
+                .attributor
+                .workload(o.netns, o.cgroup_id)
+                .name
+                .to_string()
+        }),
         timeline.dropped,
     );
     let rendered = if args.json {

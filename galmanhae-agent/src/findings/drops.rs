@@ -62,7 +62,7 @@ pub(super) fn local_drops(evidence: &Evidence) -> Vec<Finding> {
         out.push(Finding {
             id: "local_drops",
             severity,
-            workload: name.clone(),
+            workload: name.to_string(),
             flows: top.examples.clone(),
             summary: format!(
                 "{total} packets of {} `{name}` were dropped on this host, mostly {} at {} in {}",
@@ -107,7 +107,7 @@ pub(super) fn loss_beyond_host(evidence: &Evidence) -> Vec<Finding> {
             } else {
                 Severity::Medium
             },
-            workload: name.clone(),
+            workload: name.to_string(),
             flows: flow_names(evidence, name, 5),
             summary: format!(
                 "{} `{name}` retransmits {} of its segments but this host dropped (almost) none \

@@ -83,7 +83,7 @@ fn own_drops<'a>(evidence: &'a Evidence, workload: &'a str) -> impl Iterator<Ite
     evidence
         .drops
         .iter()
-        .filter(move |d| d.workload.name == workload && d.site.is_local())
+        .filter(move |d| *d.workload.name == *workload && d.site.is_local())
 }
 
 /// Functions that free a closing socket's queues. Newer kernels name these drops
@@ -128,7 +128,7 @@ fn flows_of<'a>(
     evidence
         .flows
         .iter()
-        .filter(move |f| f.workload.name == workload)
+        .filter(move |f| *f.workload.name == *workload)
 }
 
 fn percent(ratio: f64) -> String {

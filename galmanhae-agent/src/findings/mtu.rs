@@ -25,7 +25,7 @@ pub(super) fn path_mtu(evidence: &Evidence) -> Vec<Finding> {
             .filter(|d| d.workload.name == *name)
             .map(|d| d.icmp_too_big)
             .sum();
-        let path = evidence.paths.iter().find(|p| p.workload == *name);
+        let path = evidence.paths.iter().find(|p| *p.workload == **name);
         let mismatch = path.and_then(|p| p.mismatch);
         let oversize: Vec<_> = flows_of(evidence, name)
             .filter(|f| match (f.segment_bytes(), mismatch) {
@@ -85,7 +85,7 @@ pub(super) fn path_mtu(evidence: &Evidence) -> Vec<Finding> {
         out.push(Finding {
             id: "path_mtu",
             severity,
-            workload: name.clone(),
+            workload: name.to_string(),
             flows: flow_names(evidence, name, 5),
             summary: match (icmp_dropped > 0, mismatch) {
                 (true, _) => format!(

@@ -57,7 +57,7 @@ pub(super) fn syn_retransmits(evidence: &Evidence) -> Vec<Finding> {
             } else {
                 Severity::Medium
             },
-            workload: name.clone(),
+            workload: name.to_string(),
             flows: by_remote.keys().map(|r| format!("-> {r}")).collect(),
             summary: format!(
                 "connections from `{name}` to {worst} fail to set up: {total} SYN retransmits \

@@ -45,7 +45,7 @@ pub(super) fn rto_stalls(evidence: &Evidence) -> Vec<Finding> {
         out.push(Finding {
             id: "rto_stalls",
             severity: severity(t),
-            workload: name.clone(),
+            workload: name.to_string(),
             flows: flows
                 .iter()
                 .take(5)
@@ -74,7 +74,7 @@ pub(super) fn cite(evidence: &Evidence, findings: &mut [Finding]) {
         let Some(w) = evidence
             .workloads
             .iter()
-            .find(|w| w.workload.name == f.workload)
+            .find(|w| *w.workload.name == *f.workload)
         else {
             continue;
         };

@@ -64,7 +64,7 @@ impl Exporter {
                 Admission::Refused => "other".to_owned(),
             };
             let labels = DropLabels {
-                workload: drop.workload.name.clone(),
+                workload: drop.workload.name.to_string(),
                 reason: drop.reason.name().to_owned(),
                 location,
             };

@@ -17,10 +17,10 @@ pub struct WorkloadLabels {
 impl WorkloadLabels {
     pub(super) fn of(workload: &Workload) -> Self {
         Self {
-            workload: workload.name.clone(),
+            workload: workload.name.to_string(),
             workload_kind: workload.kind.as_str(),
-            container_id: workload.id.clone(),
-            runtime: workload.runtime.clone(),
+            container_id: workload.id.to_string(),
+            runtime: workload.runtime.to_string(),
         }
     }
 }

@@ -19,9 +19,9 @@ use crate::{
 pub(crate) fn container(name: &str, netns: u32) -> Workload {
     Workload {
         kind: WorkloadKind::Container,
-        runtime: "docker".to_owned(),
-        id: format!("{name}-id"),
-        name: name.to_owned(),
+        runtime: "docker".into(),
+        id: format!("{name}-id").into(),
+        name: name.into(),
         image: None,
         netns,
         netns_shared: false,

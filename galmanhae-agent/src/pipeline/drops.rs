@@ -165,7 +165,7 @@ pub(super) fn compact(drops: &[Arc<DropTotals>]) -> Vec<Arc<DropTotals>> {
     let mut out: Vec<Arc<DropTotals>> = Vec::new();
     for d in drops {
         let group = (
-            d.workload.name.as_str(),
+            &*d.workload.name,
             d.netns,
             d.reason,
             d.location,

@@ -130,7 +130,7 @@ fn drops(summary: &Summary, reasons: &DropReasons, symbols: &Symbolizer) -> Vec<
     let mut groups: BTreeMap<(&str, u32, u32, u64), Drop> = BTreeMap::new();
     for d in &summary.drops {
         let group = groups
-            .entry((d.workload.name.as_str(), d.netns, d.reason, d.location))
+            .entry((&*d.workload.name, d.netns, d.reason, d.location))
             .or_insert_with(|| Drop {
                 workload: d.workload.clone(),
                 site: d.site.clone(),

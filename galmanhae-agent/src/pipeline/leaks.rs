@@ -25,7 +25,7 @@ pub(crate) fn attribute(
         let owner = attributor
             .netns_of_address(source)
             .map_or(LeakOwner::Unowned(source), |netns| {
-                LeakOwner::Workload(attributor.workload(netns, 0).name)
+                LeakOwner::Workload(attributor.workload(netns, 0).name.to_string())
             });
         let interface = uplinks
             .get(&key.ifindex)

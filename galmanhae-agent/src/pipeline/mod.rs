@@ -153,6 +153,6 @@ pub(crate) fn namespace(attributor: &mut Attributor, netns: u32) -> Namespace {
     } else if Some(netns) == attributor.host_netns() {
         Namespace::Host
     } else {
-        Namespace::Workload(attributor.workload(netns, 0).name)
+        Namespace::Workload(attributor.workload(netns, 0).name.to_string())
     }
 }

@@ -185,7 +185,7 @@ impl NatSources {
             .filter_map(|b| {
                 let netns = attributor.netns_of_address(b.local.ip())?;
                 Some(NatPair {
-                    workload: attributor.workload(netns, 0).name,
+                    workload: attributor.workload(netns, 0).name.to_string(),
                     source: b.local.ip(),
                     translated: b.nat_local.ip(),
                 })

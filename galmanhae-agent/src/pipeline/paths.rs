@@ -19,7 +19,7 @@ pub(crate) fn read(summary: &Summary, attributor: &Attributor) -> Vec<Path> {
         }
         let (_, remote) = crate::addr::endpoints(&f.key);
         let entry = top
-            .entry(f.workload.name.as_str())
+            .entry(&*f.workload.name)
             .or_insert((0, remote, f.key.netns));
         if f.counters.segments > entry.0 {
             *entry = (f.counters.segments, remote, f.key.netns);

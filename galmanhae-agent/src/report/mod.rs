@@ -307,10 +307,10 @@ impl From<&WorkloadEvidence> for WorkloadReport {
     fn from(w: &WorkloadEvidence) -> Self {
         Self {
             kind: w.workload.kind.as_str(),
-            id: w.workload.id.clone(),
-            name: w.workload.name.clone(),
-            runtime: w.workload.runtime.clone(),
-            image: w.workload.image.clone(),
+            id: w.workload.id.to_string(),
+            name: w.workload.name.to_string(),
+            runtime: w.workload.runtime.to_string(),
+            image: w.workload.image.as_deref().map(str::to_owned),
             netns: w.workload.netns,
             netns_shared: w.workload.netns_shared,
             sent_segments: w.segments.out_segs,
@@ -329,7 +329,7 @@ impl From<&WorkloadEvidence> for WorkloadReport {
 impl From<&Flow> for FlowReport {
     fn from(f: &Flow) -> Self {
         Self {
-            workload: f.workload.name.clone(),
+            workload: f.workload.name.to_string(),
             workload_kind: f.workload.kind.as_str(),
             family: f.family.as_str(),
             local: f.local.to_string(),
@@ -349,7 +349,7 @@ impl From<&Flow> for FlowReport {
 impl From<&model::Drop> for DropReport {
     fn from(d: &model::Drop) -> Self {
         Self {
-            workload: d.workload.name.clone(),
+            workload: d.workload.name.to_string(),
             workload_kind: d.workload.kind.as_str(),
             dropped_in: d.site.name().to_owned(),
             netns: d.netns,
