@@ -58,6 +58,8 @@ pub(crate) struct NatSources {
     audited: Instant,
     cache: HashMap<NatKey, Cached>,
     index: NatIndex,
+    /// What `index` was built for: kept while the same flows want the same bindings.
+    indexed: Vec<NatKey>,
     /// The last lookups' outcome: why the table could not be read.
     table_error: Option<String>,
     /// When the table was last asked for nothing in particular (see [`probe`]).
@@ -75,6 +77,7 @@ impl NatSources {
             audited: Instant::now(),
             cache: HashMap::new(),
             index: NatIndex::default(),
+            indexed: Vec::new(),
             table_error: None,
             probed: None,
             deferred: 0,
@@ -103,6 +106,8 @@ impl NatSources {
             wanted.len(),
             looked_up
         );
+        // No lookup changed a binding and the same flows want them: the index stands.
+        let unchanged = matches!(looked_up, Ok(0)) && self.indexed == wanted;
         let asked = match looked_up {
             Ok(0)
                 if self
@@ -121,8 +126,12 @@ impl NatSources {
         }
         self.cache
             .retain(|_, c| now.saturating_duration_since(c.used) < FORGET_UNUSED);
+        if unchanged {
+            return;
+        }
         let cache = &self.cache;
         self.index = NatIndex::new(wanted.iter().filter_map(|k| cache.get(k)?.binding));
+        self.indexed = wanted.to_vec();
     }
 
     /// Looks up what is due; how many lookups reached the kernel.
