@@ -149,64 +149,53 @@ impl Socket {
 
         let mut replies = Replies::default();
         let mut datagram = Vec::new();
-        let answered = |r: &Replies<T>| r.complete || (answer == Answer::Reply && r.matched > 0);
-        while !answered(&replies) {
-            if answer == Answer::Reply {
-                self.receive_small(&mut datagram)?;
-            } else {
-                self.receive(&mut datagram)?;
-            }
+        let (one_reply, at_most) = match answer {
+            Answer::Reply => (true, Some(SMALL_DATAGRAM)),
+            Answer::Dump | Answer::Acked => (false, None),
+        };
+        while !(replies.complete || (one_reply && replies.matched > 0)) {
+            self.receive(&mut datagram, at_most)?;
             replies.read(&datagram, self.seq)?;
         }
         Ok(replies)
     }
 
-    /// Reads one whole datagram, however large: its size is peeked first, because a dump's
-    /// datagrams grow past any fixed buffer and a short read would truncate them silently.
-    fn receive(&self, datagram: &mut Vec<u8>) -> Result<(), Failure> {
-        loop {
-            datagram.clear();
-            let peeked = self
-                .socket
-                .recv_from(datagram, libc::MSG_PEEK | libc::MSG_TRUNC);
-            let size = match peeked {
-                Ok((size, _)) => size,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(Failure::Overrun),
-                Err(e) => return Err(Failure::Io(e)),
-            };
-            datagram.clear();
-            datagram.reserve(size);
-            let (read, _) = self.socket.recv_from(datagram, 0).map_err(Failure::Io)?;
-            if read > datagram.len() {
-                return Err(Failure::Io(io::Error::other(format!(
-                    "netlink datagram truncated: {read} bytes, {} read",
-                    datagram.len()
-                ))));
-            }
-            return Ok(());
+    /// Reads one whole datagram. `at_most`: a bound known in advance (the reply to a request
+    /// for one object), read in one call; without one the size is peeked first, because a
+    /// dump's datagrams grow past any fixed buffer and a short read would truncate them
+    /// silently.
+    fn receive(&self, datagram: &mut Vec<u8>, at_most: Option<usize>) -> Result<(), Failure> {
+        datagram.clear();
+        let size = match at_most {
+            Some(bound) => bound,
+            None => retrying(|| {
+                self.socket
+                    .recv_from(datagram, libc::MSG_PEEK | libc::MSG_TRUNC)
+            })?,
+        };
+        datagram.clear();
+        datagram.reserve(size);
+        let read = retrying(|| self.socket.recv_from(datagram, libc::MSG_TRUNC))?;
+        if read > datagram.len() {
+            return Err(Failure::Io(io::Error::other(format!(
+                "netlink datagram truncated: {read} bytes, {} read",
+                datagram.len()
+            ))));
         }
+        Ok(())
     }
 }
 
-impl Socket {
-    /// Reads one datagram of at most [`SMALL_DATAGRAM`] bytes in one call (no peek first): a
-    /// single object's reply. A larger one is lost, and said.
-    fn receive_small(&self, datagram: &mut Vec<u8>) -> Result<(), Failure> {
-        loop {
-            datagram.clear();
-            datagram.reserve(SMALL_DATAGRAM);
-            match self.socket.recv_from(datagram, libc::MSG_TRUNC) {
-                Ok((read, _)) if read > datagram.len() => {
-                    return Err(Failure::Io(io::Error::other(format!(
-                        "netlink reply of {read} bytes, more than {SMALL_DATAGRAM}: lost"
-                    ))));
-                }
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(Failure::Overrun),
-                Err(e) => return Err(Failure::Io(e)),
-            }
+/// A receive, again while interrupted; the datagram's whole size (`MSG_TRUNC`).
+fn retrying(
+    mut receive: impl FnMut() -> io::Result<(usize, SocketAddr)>,
+) -> Result<usize, Failure> {
+    loop {
+        match receive() {
+            Ok((size, _)) => return Ok(size),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(Failure::Overrun),
+            Err(e) => return Err(Failure::Io(e)),
         }
     }
 }

@@ -151,12 +151,9 @@ pub fn on_close(cookie: u64, sk: u64) {
     if state.socket != sk {
         return;
     }
-    let Some(total) = Direct::at::<u32>(tcp_sock(sk), offset!(structs.tcp_total_retrans)) else {
-        return;
-    };
-    if total > state.last_total_retrans {
-        state.counters.segments += u64::from(total - state.last_total_retrans);
-        state.last_total_retrans = total;
+    let total = Direct::at::<u32>(tcp_sock(sk), offset!(structs.tcp_total_retrans));
+    if let Some(segments) = segments_counted(state, sk, total) {
+        state.counters.segments += segments;
     }
 }
 

@@ -383,7 +383,8 @@ pub fn on_inet_sock_set_state(ctx: &BtfTracePointContext) {
         return;
     }
     let sk: u64 = ctx.arg(0);
-    // A socket without a cookie never retransmitted nor timed out: our programs made it.
+    // Our programs give a socket its cookie at its first event: one without a cookie has no
+    // entry in any of our maps.
     let Some(cookie) = Direct::at::<u64>(sk, offset!(sock.cookie)).filter(|c| *c != 0) else {
         return;
     };

@@ -256,13 +256,14 @@ impl Attributor {
         if let Some(workload) = self.named_now.get(&key) {
             return workload.clone();
         }
-        let workload = self.name(netns, cgroup_id);
+        let workload = self.name(netns, cgroup_id, host);
         self.named_now.insert(key, workload.clone());
         workload
     }
 
-    fn name(&mut self, netns: u32, cgroup_id: u64) -> Workload {
-        if Some(netns) == self.host_netns {
+    /// `host`: `netns` is the host's.
+    fn name(&mut self, netns: u32, cgroup_id: u64, host: bool) -> Workload {
+        if host {
             // Host network: the namespace says nothing, the socket's cgroup does.
             let identity = self.cgroups.path(cgroup_id).and_then(cgroup_path::classify);
             return match identity {

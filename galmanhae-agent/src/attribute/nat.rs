@@ -38,9 +38,10 @@ pub(crate) struct NatIndex {
 impl NatIndex {
     pub(crate) fn new(bindings: impl IntoIterator<Item = Binding>) -> Self {
         let bindings = bindings.into_iter();
+        let most = bindings.size_hint().1.unwrap_or(0);
         let mut index = Self {
-            by_original: HashMap::with_capacity(bindings.size_hint().1.unwrap_or(0)),
-            by_translated: HashMap::with_capacity(bindings.size_hint().1.unwrap_or(0)),
+            by_original: HashMap::with_capacity(most),
+            by_translated: HashMap::with_capacity(most),
         };
         for b in bindings {
             index.by_original.insert((b.protocol, b.local, b.remote), b);

@@ -4,6 +4,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use crate::kernel::task_iter::Tasks;
@@ -127,11 +128,11 @@ pub(crate) struct CgroupResolver {
     paths: HashMap<u64, String>,
     /// When the tree was last walked: an id no walk finds (a cgroup removed while its
     /// sockets live on) would otherwise cost a walk per socket.
-    walked: Option<std::time::Instant>,
+    walked: Option<Instant>,
 }
 
 /// An unknown id walks the tree again at most this often (about once per pass).
-const REWALK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const REWALK_EVERY: Duration = Duration::from_secs(1);
 
 impl CgroupResolver {
     pub(crate) fn new() -> Self {
@@ -160,7 +161,7 @@ impl CgroupResolver {
         let Some(root) = self.root.clone() else {
             return;
         };
-        self.walked = Some(std::time::Instant::now());
+        self.walked = Some(Instant::now());
         // Rebuilt whole: cgroups removed since the last scan are forgotten.
         self.paths.clear();
         let mut stack = vec![root.clone()];

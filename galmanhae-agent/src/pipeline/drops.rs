@@ -1,11 +1,10 @@
 //! Who each dropped packet belonged to, and where it was dropped from their side.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use galmanhae_common::drop::{
     DropKey, IPPROTO_ICMP, IPPROTO_ICMPV6, SOCKET_RECEIVING, SOCKET_SENDING,
 };
-use hashbrown::HashMap;
 
 use crate::{
     addr::{conntrack_source, packet_endpoints},
@@ -151,92 +150,5 @@ pub(super) fn is_icmp_too_big(key: &DropKey) -> bool {
         IPPROTO_ICMP => key.src_port == 3 && key.dst_port == 4,
         IPPROTO_ICMPV6 => key.src_port == 2,
         _ => false,
-    }
-}
-
-/// A pass's drops as the findings window keeps them: what the report derives from them (per
-/// workload, namespace, reason and location: packets by direction and protocol, ICMP "too
-/// big", up to [`EXAMPLES`] example packets) without a row per packet header. The first
-/// rows of each group keep their headers; the rest add their packets to the group's first.
-/// One row per flow and reason made a storm's window hold thousands of rows per pass.
-pub(super) fn compact(drops: &[Arc<DropTotals>]) -> Vec<Arc<DropTotals>> {
-    type Group<'a> = (&'a str, u32, u32, u64, Option<Direction>, Option<u8>, bool);
-    let mut groups: HashMap<Group<'_>, (usize, usize)> = HashMap::new();
-    let mut out: Vec<Arc<DropTotals>> = Vec::new();
-    for d in drops {
-        let group = (
-            &*d.workload.name,
-            d.netns,
-            d.reason,
-            d.location,
-            d.direction,
-            d.key.map(|k| k.protocol),
-            d.key.as_ref().is_some_and(is_icmp_too_big),
-        );
-        match groups.get_mut(&group) {
-            Some((kept, first)) if *kept >= EXAMPLES => {
-                if let Some(first) = out.get_mut(*first) {
-                    Arc::make_mut(first).packets += d.packets;
-                }
-            }
-            Some((kept, _)) => {
-                *kept += 1;
-                out.push(Arc::clone(d));
-            }
-            None => {
-                groups.insert(group, (1, out.len()));
-                out.push(Arc::clone(d));
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use galmanhae_common::drop::{IPPROTO_TCP, IPPROTO_UDP};
-
-    use super::*;
-    use crate::model::testing;
-
-    fn row(port: u16, protocol: u8, packets: u64) -> Arc<DropTotals> {
-        // SAFETY: DropKey is plain integers; all zeros is a valid key.
-        let mut key: DropKey = unsafe { std::mem::zeroed() };
-        key.protocol = protocol;
-        key.src_port = port;
-        Arc::new(DropTotals {
-            workload: testing::container("app", 2),
-            site: Site::Host,
-            netns: 1,
-            reason: 6,
-            location: 0xffff_0000,
-            key: Some(key),
-            direction: Some(Direction::Egress),
-            packets,
-        })
-    }
-
-    #[test]
-    fn a_window_keeps_examples_and_sums_not_a_row_per_packet_header() {
-        let mut rows: Vec<_> = (0..12)
-            .map(|port| row(40_000 + port, IPPROTO_TCP, 2))
-            .collect();
-        rows.push(row(53, IPPROTO_UDP, 3));
-        let kept = compact(&rows);
-        let tcp: Vec<_> = kept
-            .iter()
-            .filter(|d| d.key.is_some_and(|k| k.protocol == IPPROTO_TCP))
-            .collect();
-        assert_eq!(tcp.len(), EXAMPLES);
-        assert_eq!(tcp.iter().map(|d| d.packets).sum::<u64>(), 24);
-        assert_eq!(tcp[0].packets, 2 * (12 - 4));
-        let udp: Vec<_> = kept
-            .iter()
-            .filter(|d| d.key.is_some_and(|k| k.protocol == IPPROTO_UDP))
-            .collect();
-        assert_eq!(udp.len(), 1);
-        assert_eq!(udp[0].packets, 3);
-        // The pass's own rows are untouched.
-        assert!(rows.iter().all(|d| d.packets <= 3));
     }
 }

@@ -1,7 +1,7 @@
 //! Kernel-map housekeeping for a long-running agent: entries of sockets, flows, drops and NAT
 //! leaks idle for a minute are deleted once their map is half full, and closed sockets'
-//! time-lost entries at the next full pass, so that a daemon that runs for months keeps per-flow detail.
-//! What they counted is already in the summaries the entries were read into.
+//! time-lost entries at the next full pass, so that a daemon that runs for months keeps
+//! per-flow detail. What they counted is already in the summaries the entries were read into.
 
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,8 @@ impl Housekeeping {
         probes: &mut Probes,
         last: &mut Snapshot,
         summary: &Summary,
-        (now, full): (Instant, bool),
+        now: Instant,
+        full: bool,
     ) {
         self.pending.add(summary);
         if !full {

@@ -120,7 +120,8 @@ impl Passes {
             &mut self.pipeline.probes,
             &mut self.last,
             &summary,
-            (now, full),
+            now,
+            full,
         );
         let window = self.slide(summary, now, full);
         if full {

@@ -299,8 +299,8 @@ impl Window {
     }
 }
 
-/// Totals per workload. `hashbrown`'s map: its `entry_ref` clones a workload (five strings)
-/// only when it is new, and its hasher is several times faster than `SipHash` on them.
+/// Totals per workload. `hashbrown`'s map: its `entry_ref` clones a workload only when it is
+/// new, and its hasher is several times faster than `SipHash` on its strings.
 type WorkloadMap = HashMap<Workload, WorkloadTotals>;
 
 fn totals<'m>(map: &'m mut WorkloadMap, workload: &Workload) -> &'m mut WorkloadTotals {
